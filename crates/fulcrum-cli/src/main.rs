@@ -1,1 +1,55 @@
-fn main() {}
+//! `fulcrum`: pull, inspect, run, chat with, benchmark and evaluate GGUF models on the CPU.
+
+mod bench;
+mod chat;
+mod common;
+mod eval;
+mod generate;
+mod info;
+mod pull;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Fulcrum: an LLM inference engine for GGUF models.
+#[derive(Parser)]
+#[command(name = "fulcrum", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download a default model into the cache (checks its sha256).
+    Pull(pull::Args),
+    /// Show a model's architecture, sizes, tensor types, tokenizer and template.
+    Info(info::Args),
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate(generate::Args),
+    /// Chat interactively, keeping the conversation's history.
+    Chat(chat::Args),
+    /// Measure prompt processing and generation speed (like llama-bench's pp512 and tg128).
+    Bench(bench::Args),
+    /// Evaluate a model (perplexity).
+    Eval(eval::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pull(a) => pull::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Eval(a) => eval::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,21 @@
-//! fulcrum-core
+//! Fulcrum's core: model configuration from GGUF metadata, weights, the forward pass, and the thread pool.
+
+pub mod attention;
+pub mod config;
+pub mod error;
+pub mod kv;
+pub mod model;
+pub mod ops;
+pub mod session;
+pub mod threads;
+pub mod vocab;
+pub mod weights;
+
+pub use config::{Arch, Config, SUPPORTED_ARCHITECTURES};
+pub use error::ModelError;
+pub use model::{Logits, Model};
+pub use session::Session;
+pub use threads::ThreadPool;
+pub use weights::Weights;
+pub use fulcrum_gguf as gguf;
+pub use fulcrum_tokenizer as tokenizer;

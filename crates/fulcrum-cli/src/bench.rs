@@ -1,0 +1,129 @@
+//! `fulcrum bench`: prompt-processing and generation speed, measured the way llama-bench does.
+
+use crate::common::{load_model, CliResult, DEFAULT_MODEL};
+use fulcrum_core::Session;
+use serde_json::json;
+use std::time::Instant;
+
+/// Arguments of `fulcrum bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model name or path to a .gguf file.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Threads (default: all cores).
+    #[arg(long, short, default_value_t = 0)]
+    threads: usize,
+    /// Prompt length of the prompt-processing test (0 skips it).
+    #[arg(long, short = 'p', default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens of the generation test (0 skips it).
+    #[arg(long, short = 'n', default_value_t = 128)]
+    n_gen: usize,
+    /// Tokens already in the context before each test (llama-bench's -d).
+    #[arg(long, short = 'd', default_value_t = 0)]
+    depth: usize,
+    /// Repetitions of each test.
+    #[arg(long, short = 'r', default_value_t = 5)]
+    reps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Mean and sample standard deviation.
+fn mean_stddev(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// A deterministic stream of token ids in `0..vocab` (llama-bench feeds random tokens too).
+struct TokenStream(u64, u32);
+
+impl TokenStream {
+    fn next(&mut self) -> u32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % self.1 as u64) as u32
+    }
+}
+
+/// Runs `fulcrum bench`.
+pub fn run(args: Args) -> CliResult {
+    if args.reps == 0 {
+        return Err("--reps must be at least 1".into());
+    }
+    let model = load_model(&args.model, !args.json)?;
+    let vocab = model.config.vocab_size as u32;
+    let n_ctx = args.depth + args.n_prompt.max(args.n_gen) + 1;
+    if n_ctx > model.config.context_length {
+        return Err(format!("depth + test length {n_ctx} exceeds the model's context of {}", model.config.context_length).into());
+    }
+    let batch = args.n_prompt.max(args.depth).clamp(1, 512);
+    let mut session = Session::new(model.clone(), n_ctx, args.threads, batch)?;
+    let threads = session.pool.n_threads();
+    let mut stream = TokenStream(42, vocab);
+    let depth_tokens: Vec<u32> = (0..args.depth).map(|_| stream.next()).collect();
+    let mut prepare = |session: &mut Session| -> CliResult {
+        session.truncate(0);
+        if !depth_tokens.is_empty() {
+            session.eval_last(&depth_tokens)?;
+        }
+        Ok(())
+    };
+    let suffix = if args.depth > 0 { format!(" @ d{}", args.depth) } else { String::new() };
+    let mut results = Vec::new();
+    if args.n_prompt > 0 {
+        let tokens: Vec<u32> = (0..args.n_prompt).map(|_| stream.next()).collect();
+        let mut rates = Vec::new();
+        for rep in 0..=args.reps {
+            prepare(&mut session)?;
+            let started = Instant::now();
+            session.eval_last(&tokens)?;
+            let rate = tokens.len() as f64 / started.elapsed().as_secs_f64();
+            if rep > 0 {
+                rates.push(rate); // repetition 0 warms caches and pages in the weights
+            }
+        }
+        results.push((format!("pp{}{suffix}", args.n_prompt), rates));
+    }
+    if args.n_gen > 0 {
+        let mut rates = Vec::new();
+        for rep in 0..=args.reps {
+            prepare(&mut session)?;
+            let mut token = model.tokenizer.bos().unwrap_or(0);
+            let started = Instant::now();
+            for _ in 0..args.n_gen {
+                session.eval_last(&[token])?;
+                token = stream.next();
+            }
+            let rate = args.n_gen as f64 / started.elapsed().as_secs_f64();
+            if rep > 0 {
+                rates.push(rate);
+            }
+        }
+        results.push((format!("tg{}{suffix}", args.n_gen), rates));
+    }
+    if args.json {
+        let out = json!({
+            "model": model.path.display().to_string(),
+            "threads": threads,
+            "kernels": fulcrum_core::ops::simd_level(),
+            "results": results.iter().map(|(test, rates)| {
+                let (mean, stddev) = mean_stddev(rates);
+                json!({"test": test, "tokens_per_s": {"mean": mean, "stddev": stddev}, "samples": rates})
+            }).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+    } else {
+        println!("| model | threads | test | t/s |");
+        println!("|---|---|---|---|");
+        let name = model.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        for (test, rates) in &results {
+            let (mean, stddev) = mean_stddev(rates);
+            println!("| {name} | {threads} | {test} | {mean:.2} ± {stddev:.2} |");
+        }
+    }
+    Ok(())
+}

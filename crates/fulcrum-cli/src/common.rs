@@ -1,0 +1,99 @@
+//! Pieces shared by the subcommands: loading a model by name or path, sampling flags.
+
+use clap::Args as ClapArgs;
+use fulcrum_core::Model;
+use fulcrum_engine::models;
+use fulcrum_engine::sampler::SamplerConfig;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A boxed error: subcommands report anything the libraries return.
+pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// The model used when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct";
+
+/// Resolves a model name or path (pulling a known model on first use) and loads it.
+pub fn load_model(name_or_path: &str, verbose: bool) -> CliResult<Arc<Model>> {
+    let path = models::resolve(name_or_path, true)?;
+    let started = Instant::now();
+    let model = Model::load(&path)?;
+    if verbose {
+        eprintln!(
+            "loaded {} ({}, {} layers) in {:.0} ms",
+            path.display(),
+            model.config.arch_name,
+            model.config.n_layers,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    Ok(Arc::new(model))
+}
+
+/// Sampling flags shared by `generate` and `chat`.
+#[derive(ClapArgs, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Temperature; 0 picks the most likely token every time (greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probabilities add up to p (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p times the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for repeating recent tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed; the same seed, prompt and settings give the same output.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// The sampler configuration, with a time-based seed when none was given.
+    pub fn config(&self) -> CliResult<SamplerConfig> {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        });
+        let cfg = SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Context length to use: the request, or 4096, never more than the model's own.
+pub fn context_size(model: &Model, requested: Option<usize>) -> CliResult<usize> {
+    let max = model.config.context_length;
+    match requested {
+        Some(0) => Err("--ctx must be at least 1".into()),
+        Some(n) if n > max => Err(format!("--ctx {n} exceeds the model's context length of {max} tokens").into()),
+        Some(n) => Ok(n),
+        None => Ok(max.min(4096)),
+    }
+}
+
+/// Tokenizes text the way llama.cpp does for a prompt: BOS per the model's flag (unless the text already starts
+/// with it), special-token text parsed into special tokens.
+pub fn tokenize_prompt(model: &Model, text: &str) -> Vec<u32> {
+    let tok = &model.tokenizer;
+    let mut ids = tok.encode(text, true, true);
+    if tok.add_bos() && ids.len() >= 2 && ids[0] == ids[1] && Some(ids[0]) == tok.bos() {
+        ids.remove(0);
+    }
+    ids
+}

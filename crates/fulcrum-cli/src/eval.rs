@@ -1,0 +1,112 @@
+//! `fulcrum eval ppl`: perplexity of a text, computed as llama.cpp's perplexity tool does.
+
+use crate::common::{load_model, CliResult, DEFAULT_MODEL};
+use fulcrum_core::Session;
+use serde_json::json;
+use std::io::Write;
+
+/// Arguments of `fulcrum eval`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(clap::Subcommand)]
+enum What {
+    /// Perplexity over windows of --ctx tokens, scoring the second half of each window.
+    Ppl(PplArgs),
+}
+
+/// Arguments of `fulcrum eval ppl`.
+#[derive(clap::Args)]
+pub struct PplArgs {
+    /// Model name or path to a .gguf file.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Text file to evaluate.
+    #[arg(long, short)]
+    file: std::path::PathBuf,
+    /// Window length in tokens.
+    #[arg(long, short, default_value_t = 512)]
+    ctx: usize,
+    /// Stop after this many windows (default: all).
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Threads (default: all cores).
+    #[arg(long, short, default_value_t = 0)]
+    threads: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `fulcrum eval`.
+pub fn run(args: Args) -> CliResult {
+    match args.what {
+        What::Ppl(a) => perplexity(a),
+    }
+}
+
+/// `log p(token)` under the softmax of `logits`, with the sum of exponentials in f64 as llama.cpp does.
+fn log_prob(logits: &[f32], token: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    (logits[token as usize] - max) as f64 - sum.ln()
+}
+
+fn perplexity(args: PplArgs) -> CliResult {
+    let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let model = load_model(&args.model, !args.json)?;
+    let n_ctx = args.ctx;
+    if n_ctx < 16 {
+        return Err("--ctx must be at least 16".into());
+    }
+    let tok = &model.tokenizer;
+    // As llama.cpp: BOS per the model's flag, special-token text left as text.
+    let tokens = tok.encode(&text, true, false);
+    let available = tokens.len() / n_ctx;
+    if available == 0 {
+        return Err(format!("the text has {} tokens; it needs at least --ctx {n_ctx}", tokens.len()).into());
+    }
+    let n_chunks = args.chunks.map_or(available, |c| c.min(available));
+    let mut session = Session::new(model.clone(), n_ctx, args.threads, n_ctx.min(512))?;
+    let vocab = model.config.vocab_size;
+    let first = n_ctx / 2;
+    let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
+    let started = std::time::Instant::now();
+    for chunk in 0..n_chunks {
+        let mut window = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
+        if tok.add_bos() {
+            if let Some(bos) = tok.bos() {
+                window[0] = bos;
+            }
+        }
+        session.truncate(0);
+        let logits = session.eval_from(&window, first)?;
+        for i in 0..n_ctx - 1 - first {
+            let lp = log_prob(&logits[i * vocab..(i + 1) * vocab], window[first + i + 1]);
+            nll -= lp;
+            nll2 += lp * lp;
+        }
+        count += n_ctx - 1 - first;
+        if !args.json {
+            eprint!("[{}]{:.4},", chunk + 1, (nll / count as f64).exp());
+            let _ = std::io::stderr().flush();
+        }
+    }
+    let mean = nll / count as f64;
+    let ppl = mean.exp();
+    let var = nll2 / count as f64 - mean * mean;
+    let plus_minus = if var > 0.0 { (var / (count as f64 - 1.0)).sqrt() * ppl } else { 0.0 };
+    if args.json {
+        println!("{}", json!({"ppl": ppl, "plus_minus": plus_minus, "chunks": n_chunks, "ctx": n_ctx, "tokens_scored": count}));
+    } else {
+        eprintln!();
+        println!(
+            "PPL = {ppl:.4} +/- {plus_minus:.5} ({n_chunks} chunks of {n_ctx} tokens, {:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}

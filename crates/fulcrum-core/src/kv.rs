@@ -1,0 +1,54 @@
+//! The KV cache of one sequence: keys and values of every layer, stored as f16 like llama.cpp's default.
+
+use half::f16;
+
+/// Keys and values of one layer: `(n_ctx, kv_dim)` and `(n_ctx, kv_dim_v)`, row = position.
+pub struct LayerKv {
+    pub k: Vec<f16>,
+    pub v: Vec<f16>,
+}
+
+/// A contiguous KV cache for positions `0..n_ctx` of one sequence.
+pub struct KvCache {
+    pub layers: Vec<LayerKv>,
+    /// Capacity in positions.
+    pub n_ctx: usize,
+    /// Positions `0..len` hold valid entries.
+    pub len: usize,
+    pub kv_dim: usize,
+    pub kv_dim_v: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `n_ctx` positions.
+    pub fn new(n_layers: usize, n_ctx: usize, kv_dim: usize, kv_dim_v: usize) -> KvCache {
+        let layers = (0..n_layers)
+            .map(|_| LayerKv { k: vec![f16::ZERO; n_ctx * kv_dim], v: vec![f16::ZERO; n_ctx * kv_dim_v] })
+            .collect();
+        KvCache { layers, n_ctx, len: 0, kv_dim, kv_dim_v }
+    }
+
+    /// Bytes held by the cache.
+    pub fn bytes(&self) -> usize {
+        self.layers.len() * self.n_ctx * (self.kv_dim + self.kv_dim_v) * 2
+    }
+
+    /// Forgets every position from `len` on (a rejected draft, a new prompt sharing a prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Writes keys and values for consecutive positions starting at `pos` into `layer`.
+    pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let lkv = &mut self.layers[layer];
+        let (kd, vd) = (self.kv_dim, self.kv_dim_v);
+        let n = k.len() / kd;
+        to_f16(k, &mut lkv.k[pos * kd..(pos + n) * kd]);
+        to_f16(v, &mut lkv.v[pos * vd..(pos + n) * vd]);
+    }
+}
+
+fn to_f16(src: &[f32], dst: &mut [f16]) {
+    use half::slice::HalfFloatSliceExt;
+    dst.convert_from_f32_slice(src);
+}

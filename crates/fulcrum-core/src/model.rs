@@ -1,0 +1,222 @@
+//! A loaded model and its forward pass over a batch of tokens of one sequence.
+
+use crate::attention::{self, AttentionShape};
+use crate::config::{Activation, Config};
+use crate::error::ModelError;
+use crate::kv::KvCache;
+use crate::ops::{self, QuantBuffer};
+use crate::threads::ThreadPool;
+use crate::weights::{Mat, Weights};
+use fulcrum_gguf::GgufFile;
+use fulcrum_tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+
+/// A model ready to run: the mapped file, its configuration, weights and tokenizer.
+pub struct Model {
+    pub file: GgufFile,
+    pub path: PathBuf,
+    pub config: Config,
+    pub weights: Weights,
+    pub tokenizer: Tokenizer,
+}
+
+/// Which positions of a batch need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Tokens `from..n` of the batch (perplexity, speculative verification).
+    From(usize),
+}
+
+/// Activation buffers for batches of up to `max_batch` tokens, allocated once.
+pub struct Scratch {
+    pub max_batch: usize,
+    /// (n, d_model) residual stream
+    x: Vec<f32>,
+    /// (n, d_model) normed input of a sub-layer
+    xb: Vec<f32>,
+    /// (n, q_dim)
+    q: Vec<f32>,
+    /// (n, kv_dim)
+    k: Vec<f32>,
+    /// (n, kv_dim_v)
+    v: Vec<f32>,
+    /// (n, n_heads·head_dim_v)
+    att: Vec<f32>,
+    /// (n, d_model) output of a sub-layer
+    o: Vec<f32>,
+    /// (n, d_ff)
+    gate: Vec<f32>,
+    /// (n, d_ff)
+    up: Vec<f32>,
+    /// (n_logits, vocab)
+    logits: Vec<f32>,
+    /// Per-thread attention scratch.
+    att_scratch: Vec<f32>,
+    qbuf: QuantBuffer,
+}
+
+impl Scratch {
+    /// Buffers for `config`, batches of `max_batch` tokens, a context of `n_ctx` and `n_threads` threads.
+    pub fn new(c: &Config, max_batch: usize, n_ctx: usize, n_threads: usize) -> Scratch {
+        let n = max_batch;
+        Scratch {
+            max_batch,
+            x: vec![0.0; n * c.d_model],
+            xb: vec![0.0; n * c.d_model],
+            q: vec![0.0; n * c.q_dim()],
+            k: vec![0.0; n * c.kv_dim()],
+            v: vec![0.0; n * c.kv_dim_v()],
+            att: vec![0.0; n * c.n_heads * c.head_dim_v],
+            o: vec![0.0; n * c.d_model],
+            gate: vec![0.0; n * c.d_ff],
+            up: vec![0.0; n * c.d_ff],
+            logits: Vec::new(),
+            att_scratch: vec![0.0; n_threads * attention::scratch_per_thread(n_ctx, c.head_dim, c.head_dim_v)],
+            qbuf: QuantBuffer::default(),
+        }
+    }
+}
+
+impl Model {
+    /// Maps and validates the GGUF file at `path` and prepares its weights and tokenizer.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let file = GgufFile::open(path)?;
+        let config = Config::from_gguf(&file)?;
+        let weights = Weights::load(&file, &config)?;
+        let tokenizer = crate::vocab::tokenizer_from_gguf(&file)?;
+        if tokenizer.vocab_size() < config.vocab_size {
+            return Err(ModelError::BadMetadata {
+                key: "tokenizer.ggml.tokens".into(),
+                reason: format!("{} tokens for an embedding of {} rows", tokenizer.vocab_size(), config.vocab_size),
+            });
+        }
+        Ok(Model { file, path: path.to_path_buf(), config, weights, tokenizer })
+    }
+
+    /// The chat template stored in the file, if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.file.get_str("tokenizer.chat_template").ok().flatten()
+    }
+
+    /// A KV cache for `n_ctx` positions.
+    pub fn new_kv_cache(&self, n_ctx: usize) -> KvCache {
+        let c = &self.config;
+        KvCache::new(c.n_layers, n_ctx, c.kv_dim(), c.kv_dim_v())
+    }
+
+    fn data(&self, m: &Mat) -> &[u8] {
+        self.file.tensor_data(&m.info)
+    }
+
+    /// Runs `tokens` at positions `kv.len ..` through the network, appends their keys and values to `kv`, and
+    /// returns the logits asked for: `(rows, vocab)` row-major.
+    ///
+    /// `tokens.len()` must be at most `scratch.max_batch`; callers split longer inputs.
+    pub fn forward<'s>(&self, pool: &ThreadPool, tokens: &[u32], kv: &mut KvCache, s: &'s mut Scratch, logits: Logits) -> Result<&'s [f32], ModelError> {
+        let c = &self.config;
+        let w = &self.weights;
+        let n = tokens.len();
+        let start = kv.len;
+        if n == 0 {
+            return Err(ModelError::EmptyBatch);
+        }
+        assert!(n <= s.max_batch, "batch of {n} exceeds scratch capacity {}", s.max_batch);
+        if start + n > kv.n_ctx {
+            return Err(ModelError::ContextOverflow { needed: start + n, ctx: kv.n_ctx, max: c.context_length });
+        }
+        let d = c.d_model;
+
+        // Embed: x[t] = E[token_t] (· √d for Gemma).
+        let embd_data = self.data(&w.token_embd);
+        for (t, &tok) in tokens.iter().enumerate() {
+            if tok as usize >= c.vocab_size {
+                return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
+            }
+            let row = &embd_data[tok as usize * w.token_embd.row_bytes..][..w.token_embd.row_bytes];
+            let x = &mut s.x[t * d..(t + 1) * d];
+            fulcrum_quant::dequantize_row(w.token_embd.ty, row, x);
+            if let Some(scale) = c.embed_scale {
+                x.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+
+        for (l, lw) in w.layers.iter().enumerate() {
+            // Attention block.
+            ops::rms_norm(&s.x[..n * d], &lw.attn_norm, c.rms_eps, &mut s.xb[..n * d]);
+            let xb = &s.xb[..n * d];
+            ops::matmul(pool, &lw.wq, self.data(&lw.wq), xb, n, &mut s.q, &mut s.qbuf);
+            ops::matmul(pool, &lw.wk, self.data(&lw.wk), xb, n, &mut s.k, &mut s.qbuf);
+            ops::matmul(pool, &lw.wv, self.data(&lw.wv), xb, n, &mut s.v, &mut s.qbuf);
+            let (q, k, v) = (&mut s.q[..n * c.q_dim()], &mut s.k[..n * c.kv_dim()], &mut s.v[..n * c.kv_dim_v()]);
+            for (bias, x) in [(&lw.bq, &mut *q), (&lw.bk, &mut *k), (&lw.bv, &mut *v)] {
+                if let Some(b) = bias {
+                    ops::add_bias(x, b);
+                }
+            }
+            if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                ops::rms_norm_inplace(q, qn, c.rms_eps);
+                ops::rms_norm_inplace(k, kn, c.rms_eps);
+            }
+            let sliding = c.is_sliding(l);
+            let base = if sliding { c.rope_base_local } else { c.rope_base };
+            let factors = w.rope_freqs.as_deref();
+            for t in 0..n {
+                let pos = start + t;
+                let rope = |x: &mut [f32]| ops::rope(x, c.head_dim, c.rope_dims, pos, base, c.rope_scale, c.rope_style, factors);
+                rope(&mut q[t * c.q_dim()..(t + 1) * c.q_dim()]);
+                rope(&mut k[t * c.kv_dim()..(t + 1) * c.kv_dim()]);
+            }
+            kv.store(l, start, k, v);
+            let shape = AttentionShape {
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+                head_dim_v: c.head_dim_v,
+                scale: c.attn_scale,
+                window: if sliding { c.sliding_window } else { None },
+            };
+            let att = &mut s.att[..n * c.n_heads * c.head_dim_v];
+            attention::attention(pool, &shape, &kv.layers[l], q, n, start, att, &mut s.att_scratch);
+            ops::matmul(pool, &lw.wo, self.data(&lw.wo), att, n, &mut s.o, &mut s.qbuf);
+            let o = &mut s.o[..n * d];
+            if let Some(norm) = &lw.post_attn_norm {
+                ops::rms_norm_inplace(o, norm, c.rms_eps);
+            }
+            ops::add_inplace(&mut s.x[..n * d], o);
+
+            // Feed-forward block.
+            ops::rms_norm(&s.x[..n * d], &lw.ffn_norm, c.rms_eps, &mut s.xb[..n * d]);
+            let xb = &s.xb[..n * d];
+            ops::matmul(pool, &lw.w_gate, self.data(&lw.w_gate), xb, n, &mut s.gate, &mut s.qbuf);
+            ops::matmul(pool, &lw.w_up, self.data(&lw.w_up), xb, n, &mut s.up, &mut s.qbuf);
+            let (gate, up) = (&mut s.gate[..n * c.d_ff], &s.up[..n * c.d_ff]);
+            match c.activation {
+                Activation::Silu => ops::swiglu(gate, up),
+                Activation::GeluTanh => ops::geglu(gate, up),
+            }
+            ops::matmul(pool, &lw.w_down, self.data(&lw.w_down), gate, n, &mut s.o, &mut s.qbuf);
+            let o = &mut s.o[..n * d];
+            if let Some(norm) = &lw.post_ffn_norm {
+                ops::rms_norm_inplace(o, norm, c.rms_eps);
+            }
+            ops::add_inplace(&mut s.x[..n * d], o);
+        }
+        kv.len = start + n;
+
+        // Final norm and classifier for the rows asked for.
+        let first = match logits {
+            Logits::Last => n - 1,
+            Logits::From(i) => i.min(n - 1),
+        };
+        let rows = n - first;
+        ops::rms_norm(&s.x[first * d..n * d], &w.output_norm, c.rms_eps, &mut s.xb[..rows * d]);
+        s.logits.resize(rows * c.vocab_size, 0.0);
+        ops::matmul(pool, &w.output, self.data(&w.output), &s.xb[..rows * d], rows, &mut s.logits, &mut s.qbuf);
+        if let Some(cap) = c.final_logit_softcap {
+            s.logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+        }
+        Ok(&s.logits)
+    }
+}

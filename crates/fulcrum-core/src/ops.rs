@@ -1,0 +1,210 @@
+//! The small f32 operations of a forward pass (norms, rope, activations) and the threaded matmul.
+//!
+//! Arithmetic follows ggml's CPU backend where the order of operations changes results visibly (sums of squares in
+//! f64, rope angles advanced by repeated multiplication, GELU through an f16 table), so that logits track llama.cpp's.
+
+use crate::config::RopeStyle;
+use crate::threads::{split_range, ThreadPool};
+use crate::weights::Mat;
+use half::f16;
+use std::sync::OnceLock;
+
+/// A raw pointer that threads of one `ThreadPool::run` job share to write disjoint parts of a buffer.
+#[derive(Clone, Copy)]
+pub struct SharedMut<T>(pub *mut T);
+// SAFETY: every user writes only indices that no other thread of the same job touches.
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+/// `out = x / rms(x) · weight`, one row of `weight.len()` at a time.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let d = weight.len();
+    for (row, out_row) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let scale = rms_scale(row, eps);
+        for ((o, &v), &w) in out_row.iter_mut().zip(row).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+/// In-place variant of [`rms_norm`] (used for per-head q/k norms and post-norms).
+pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
+    let d = weight.len();
+    for row in x.chunks_exact_mut(d) {
+        let scale = rms_scale(row, eps);
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = *v * scale * w;
+        }
+    }
+}
+
+fn rms_scale(row: &[f32], eps: f32) -> f32 {
+    // ggml accumulates the sum of squares in double precision.
+    let sum: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / row.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+/// Rotary position embedding of one token: rotates every head of `x` (heads of `head_dim`) for position `pos`.
+///
+/// Angles are `pos · base^(-2i/rope_dims) / freq_factor[i] / scale`, advanced by multiplication as ggml does.
+pub fn rope(x: &mut [f32], head_dim: usize, rope_dims: usize, pos: usize, base: f32, scale: f32, style: RopeStyle, factors: Option<&[f32]>) {
+    let half = rope_dims / 2;
+    let theta_scale = base.powf(-2.0 / rope_dims as f32);
+    let mut theta = pos as f32;
+    let mut cos_sin = [(0.0f32, 0.0f32); 512];
+    let table = &mut cos_sin[..half.min(512)];
+    for (i, cs) in table.iter_mut().enumerate() {
+        let factor = factors.map_or(1.0, |f| f[i]);
+        let angle = theta / factor / scale;
+        *cs = (angle.cos(), angle.sin());
+        theta *= theta_scale;
+    }
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &(cos, sin)) in table.iter().enumerate() {
+            let (a, b) = match style {
+                RopeStyle::Neox => (i, i + half),
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
+        }
+    }
+}
+
+/// `gate = silu(gate) · up`, elementwise.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `gate = gelu_tanh(gate) · up`, elementwise, through ggml's f16 GELU table.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            table[f16::from_f32(x).to_bits() as usize].to_f32() * u
+        };
+    }
+}
+
+/// The tanh approximation of GELU.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF_A: f32 = 0.044_715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+}
+
+fn gelu_table() -> &'static [f16] {
+    static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
+    TABLE.get_or_init(|| (0..=u16::MAX).map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32()))).collect())
+}
+
+/// Scratch for quantized activations of one matmul input.
+#[derive(Default)]
+pub struct QuantBuffer {
+    bytes: Vec<u8>,
+}
+
+/// `out[t][r] = W[r] · x[t]` for `n` input rows `x` of `w.cols` floats; `out` holds `n` rows of `w.rows` floats.
+///
+/// The inputs are first quantized to the weight type's activation format (as ggml does), then weight rows are split
+/// across the pool's threads so that each weight row is read once for all `n` inputs.
+pub fn matmul(pool: &ThreadPool, w: &Mat, w_data: &[u8], x: &[f32], n: usize, out: &mut [f32], qbuf: &mut QuantBuffer) {
+    debug_assert_eq!(x.len(), n * w.cols);
+    debug_assert!(out.len() >= n * w.rows);
+    let act_ty = fulcrum_quant::vec_dot_type(w.ty);
+    let act_row = fulcrum_quant::row_bytes(act_ty, w.cols);
+    qbuf.bytes.resize(n * act_row, 0);
+    for (src, dst) in x.chunks_exact(w.cols).zip(qbuf.bytes.chunks_exact_mut(act_row)) {
+        fulcrum_quant::quantize_row(act_ty, src, dst);
+    }
+    let acts = &qbuf.bytes;
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let rows = w.rows;
+    pool.run(|index, n_threads| {
+        let out_ptr = out_ptr;
+        // Whole cache lines of output per thread: split in units of 16 rows.
+        let units = rows.div_ceil(16);
+        let range = split_range(units, index, n_threads);
+        let (start, end) = (range.start * 16, (range.end * 16).min(rows));
+        for r in start..end {
+            let w_row = &w_data[r * w.row_bytes..(r + 1) * w.row_bytes];
+            for t in 0..n {
+                let a = &acts[t * act_row..(t + 1) * act_row];
+                let v = fulcrum_quant::vec_dot(w.ty, w.cols, w_row, a);
+                // SAFETY: row r belongs to this thread only.
+                unsafe { *out_ptr.0.add(t * rows + r) = v };
+            }
+        }
+    });
+}
+
+/// The kernel family chosen at start-up ("avx2+fma" or "scalar").
+pub fn simd_level() -> &'static str {
+    fulcrum_quant::simd_level()
+}
+
+/// Adds `bias` to each row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// `x += y`, elementwise.
+pub fn add_inplace(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_of_constant_row_is_weight() {
+        let x = [3.0f32; 8];
+        let w = [0.5f32; 8];
+        let mut out = [0.0f32; 8];
+        rms_norm(&x, &w, 0.0, &mut out);
+        for v in out {
+            assert!((v - 0.5).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        let orig: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+        for style in [RopeStyle::Neox, RopeStyle::Interleaved] {
+            let mut x = orig.clone();
+            rope(&mut x, 64, 64, 0, 10000.0, 1.0, style, None);
+            assert_eq!(x, orig);
+            rope(&mut x, 64, 64, 17, 10000.0, 1.0, style, None);
+            let n0: f32 = orig.iter().map(|v| v * v).sum();
+            let n1: f32 = x.iter().map(|v| v * v).sum();
+            assert!((n0 - n1).abs() < 1e-4 * n0);
+            assert_ne!(x, orig);
+        }
+    }
+
+    #[test]
+    fn geglu_table_tracks_exact_gelu() {
+        for i in -400..400 {
+            let x = i as f32 * 0.025;
+            let mut g = [x];
+            geglu(&mut g, &[1.0]);
+            assert!((g[0] - gelu_tanh(x)).abs() < 2e-2 * (1.0 + x.abs()), "x={x}");
+        }
+    }
+}
