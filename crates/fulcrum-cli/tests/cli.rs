@@ -1,0 +1,142 @@
+//! The `fulcrum` binary end to end: bad input gives a clear message and a non-zero exit, never a panic;
+//! `generate --json` and `eval ppl` produce what they promise.
+
+mod common;
+
+use common::{fulcrum_bin, ids, model};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fulcrum(args: &[&str]) -> Output {
+    Command::new(fulcrum_bin()).args(args).output().expect("run fulcrum")
+}
+
+/// Asserts a failed run with a message containing `needle` and no panic.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "stderr lacks {needle:?}: {stderr}");
+}
+
+fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fulcrum-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A GGUF v3 header with one string key and no tensors.
+fn gguf_with_architecture(arch: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&1u64.to_le_bytes()); // kv pairs
+    let key = b"general.architecture";
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(&8u32.to_le_bytes()); // string
+    b.extend_from_slice(&(arch.len() as u64).to_le_bytes());
+    b.extend_from_slice(arch.as_bytes());
+    b
+}
+
+#[test]
+fn unknown_model_name_lists_known_models() {
+    let out = fulcrum(&["info", "no-such-model-7b"]);
+    assert_clean_failure(&out, "gemma3-270m");
+}
+
+#[test]
+fn wrong_magic_is_reported() {
+    let path = temp_file("bad-magic.gguf", b"GGML\x03\x00\x00\x00 definitely not a model file at all");
+    let out = fulcrum(&["info", path.to_str().unwrap()]);
+    assert_clean_failure(&out, "magic");
+}
+
+#[test]
+fn truncated_model_is_reported() {
+    let m = model("gemma3-270m");
+    let bytes = std::fs::read(&m.path).unwrap();
+    for cut in [10, 1000, 4_000_000, bytes.len() - 1] {
+        let path = temp_file(&format!("truncated-{cut}.gguf"), &bytes[..cut]);
+        let out = fulcrum(&["generate", "--model", path.to_str().unwrap(), "--prompt", "hi", "-n", "1"]);
+        assert_clean_failure(&out, "");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("error:"), "cut {cut}: {stderr}");
+    }
+}
+
+#[test]
+fn unknown_architecture_lists_supported_ones() {
+    let path = temp_file("mamba.gguf", &gguf_with_architecture("mamba9"));
+    let out = fulcrum(&["info", path.to_str().unwrap()]);
+    assert_clean_failure(&out, "mamba9");
+    assert_clean_failure(&out, "qwen2");
+}
+
+#[test]
+fn prompt_longer_than_context_is_reported() {
+    let prompt = "word ".repeat(200);
+    let out = fulcrum(&["generate", "--model", "gemma3-270m", "--ctx", "64", "--prompt", &prompt, "-n", "4", "--raw"]);
+    assert_clean_failure(&out, "context");
+}
+
+#[test]
+fn invalid_sampling_parameter_is_reported() {
+    let out = fulcrum(&["generate", "--model", "gemma3-270m", "--prompt", "hi", "--top-p", "1.5"]);
+    assert_clean_failure(&out, "top");
+}
+
+#[test]
+fn generate_json_is_greedy_and_reproducible() {
+    let g = common::golden();
+    let case = &g["models"]["gemma3-270m"]["cases"]["code"];
+    let args = ["generate", "--model", "gemma3-270m", "--raw", "--json", "--temp", "0", "-n", "8", "--prompt", case["prompt"].as_str().unwrap()];
+    let out = fulcrum(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(ids(&v["prompt_tokens"]), ids(&case["prompt_ids"]));
+    assert_eq!(ids(&v["tokens"]), ids(&case["generated_ids"])[..8].to_vec());
+    assert!(v["text"].as_str().unwrap().len() > 1);
+    assert!(v["timings"]["prompt_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["timings"]["gen_tokens_per_s"].as_f64().unwrap() > 0.0);
+    // Sampling with a fixed seed is reproducible.
+    let sampled = ["generate", "--model", "gemma3-270m", "--raw", "--json", "--seed", "7", "-n", "12", "--prompt", "Once upon a time"];
+    let a: serde_json::Value = serde_json::from_slice(&fulcrum(&sampled).stdout).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&fulcrum(&sampled).stdout).unwrap();
+    assert_eq!(a["tokens"], b["tokens"]);
+}
+
+/// Perplexity of GPL-3 with 512-token windows, against llama-perplexity's figures in ../shared/golden/README.md.
+fn check_ppl(name: &str, reference: f64) {
+    let text = Path::new("/usr/share/common-licenses/GPL-3");
+    assert!(text.exists(), "the perplexity text {} is missing (Debian's base-files)", text.display());
+    model(name);
+    let out = fulcrum(&["eval", "ppl", "--model", name, "--file", text.to_str().unwrap(), "--ctx", "512", "--threads", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ppl = v["ppl"].as_f64().unwrap();
+    assert_eq!(v["chunks"].as_u64(), Some(14), "GPL-3 gives 14 windows of 512 tokens");
+    let rel = (ppl - reference).abs() / reference;
+    eprintln!("{name}: ppl {ppl:.4} vs llama.cpp {reference} ({:.3}% off)", rel * 100.0);
+    assert!(rel < 0.01, "{name}: perplexity {ppl:.4} is {:.2}% from llama.cpp's {reference}", rel * 100.0);
+}
+
+#[test]
+fn perplexity_gemma3_270m_matches_llama_cpp() {
+    check_ppl("gemma3-270m", 13.8844);
+}
+
+#[test]
+fn perplexity_qwen25_coder_05b_matches_llama_cpp() {
+    check_ppl("qwen2.5-coder-0.5b-instruct", 5.3158);
+}
+
+#[test]
+fn perplexity_qwen25_coder_15b_matches_llama_cpp() {
+    check_ppl("qwen2.5-coder-1.5b-instruct", 1.7583);
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: build, fetch the three default models (cached after the first run), run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== build (release)"
+cargo build --release --locked
+
+echo "== models"
+for model in gemma3-270m qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct; do
+    ./target/release/fulcrum pull "$model"
+done
+
+echo "== format"
+cargo fmt --all -- --check
+
+echo "== tests"
+cargo test --release --locked --workspace
