@@ -1,1 +1,3 @@
-//! fulcrum-engine
+//! fulcrum-engine: sampling, chat templates and the model registry.
+
+pub mod sampler;

@@ -1,0 +1,494 @@
+//! Token sampling: repetition penalty, top-k, top-p, min-p, temperature, then a seeded draw.
+//!
+//! The chain and its order follow llama.cpp's default sampler chain (penalties → top-k → top-p →
+//! min-p → temperature → dist), so the same settings keep the same candidate sets. The random
+//! generator is our own (xoshiro256**), so sampled text is reproducible for a seed but does not
+//! match llama.cpp's draws; greedy decoding (temperature 0) matches exactly.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use thiserror::Error;
+
+mod rng;
+
+pub use rng::Rng;
+
+/// Seed used when the caller does not choose one, so runs are reproducible by default.
+pub const DEFAULT_SEED: u64 = 0x00C0_FFEE_5EED;
+
+/// A sampler setting is outside its valid range.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum SamplerError {
+    /// The named parameter has a value outside `valid`.
+    #[error("invalid sampler setting {name} = {value}: it must be {valid}")]
+    InvalidParameter {
+        /// Parameter name as the user spells it (e.g. `top_p`).
+        name: &'static str,
+        /// The rejected value, formatted.
+        value: String,
+        /// Human-readable valid range.
+        valid: &'static str,
+    },
+}
+
+/// Settings of the sampling chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerConfig {
+    /// Softmax temperature; 0 means greedy (argmax after the repetition penalty).
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 turns it off.
+    pub top_k: usize,
+    /// Keep the smallest set whose probability mass reaches `top_p`; 1 turns it off.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 turns it off.
+    pub min_p: f32,
+    /// Penalty for tokens seen in the last `repeat_last_n` tokens; 1 turns it off.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    pub repeat_last_n: usize,
+    /// Seed of the random generator.
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    /// llama.cpp's CLI defaults, with a fixed seed.
+    fn default() -> Self {
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: DEFAULT_SEED,
+        }
+    }
+}
+
+impl SamplerConfig {
+    /// Greedy decoding: always the most likely token, no penalty.
+    pub fn greedy() -> Self {
+        SamplerConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            ..SamplerConfig::default()
+        }
+    }
+
+    /// Checks every setting is in its valid range.
+    pub fn validate(&self) -> Result<(), SamplerError> {
+        let bad = |name, value: f32, valid| {
+            Err(SamplerError::InvalidParameter {
+                name,
+                value: value.to_string(),
+                valid,
+            })
+        };
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(
+                "temperature",
+                self.temperature,
+                "a finite number >= 0 (0 = greedy)",
+            );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", self.top_p, "in (0, 1] (1 = off)");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", self.min_p, "in [0, 1] (0 = off)");
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return bad(
+                "repeat_penalty",
+                self.repeat_penalty,
+                "a finite number > 0 (1 = off)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One token still in the running: its id and (possibly penalized) logit.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    id: u32,
+    logit: f32,
+}
+
+/// Most likely first; equal logits keep the lower id first, so every selection is deterministic.
+fn by_logit_desc(a: &Candidate, b: &Candidate) -> Ordering {
+    b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
+}
+
+/// A u64 that orders candidates like `by_logit_desc`, best = largest: the logit's bits made
+/// monotonic (IEEE 754 total order) in the high half, the bit-inverted id in the low half.
+fn rank_key(candidate: &Candidate) -> u64 {
+    let bits = candidate.logit.to_bits();
+    let monotonic = if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    };
+    u64::from(monotonic) << 32 | u64::from(!candidate.id)
+}
+
+/// Inverse of `rank_key`.
+fn from_rank_key(key: u64) -> Candidate {
+    let monotonic = (key >> 32) as u32;
+    let bits = if monotonic >> 31 == 1 {
+        monotonic & !(1 << 31)
+    } else {
+        !monotonic
+    };
+    Candidate {
+        id: !(key as u32),
+        logit: f32::from_bits(bits),
+    }
+}
+
+/// A configured sampling chain with its random generator and scratch buffers.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    config: SamplerConfig,
+    rng: Rng,
+    /// Candidates of the current call; capacity kept across calls.
+    candidates: Vec<Candidate>,
+    /// Distinct recent tokens for the repetition penalty; capacity kept across calls.
+    recent_distinct: Vec<u32>,
+    /// Probability mass per logit bucket for top-p; capacity kept across calls.
+    bucket_mass: Vec<f64>,
+    /// Min-heap of the best rank keys for top-k; capacity kept across calls.
+    top_keys: BinaryHeap<Reverse<u64>>,
+    /// Unnormalized probabilities of the final candidates; capacity kept across calls.
+    weights: Vec<f32>,
+}
+
+impl Sampler {
+    /// Builds a sampler after validating `config`.
+    pub fn new(config: SamplerConfig) -> Result<Sampler, SamplerError> {
+        config.validate()?;
+        Ok(Sampler {
+            rng: Rng::seed_from(config.seed),
+            config,
+            candidates: Vec::new(),
+            recent_distinct: Vec::new(),
+            bucket_mass: Vec::new(),
+            top_keys: BinaryHeap::new(),
+            weights: Vec::new(),
+        })
+    }
+
+    /// The settings this sampler runs with.
+    pub fn config(&self) -> &SamplerConfig {
+        &self.config
+    }
+
+    /// Restarts the random generator from `seed`.
+    pub fn reseed(&mut self, seed: u64) {
+        self.config.seed = seed;
+        self.rng = Rng::seed_from(seed);
+    }
+
+    /// Picks the next token from `logits`; `recent` are the previous tokens, oldest first.
+    ///
+    /// An empty `logits` slice returns 0. NaN logits are treated as impossible tokens.
+    pub fn sample(&mut self, logits: &[f32], recent: &[u32]) -> u32 {
+        self.load_candidates(logits);
+        self.apply_repeat_penalty(recent);
+        if self.candidates.is_empty() {
+            return 0;
+        }
+        if self.config.temperature <= 0.0 {
+            return self.best_candidate();
+        }
+        let sorted = self.apply_top_k();
+        if self.config.top_p < 1.0 {
+            self.apply_top_p(sorted);
+        }
+        self.apply_min_p();
+        self.draw()
+    }
+
+    fn load_candidates(&mut self, logits: &[f32]) {
+        self.candidates.clear();
+        self.candidates
+            .extend(logits.iter().enumerate().map(|(id, &logit)| Candidate {
+                id: id as u32,
+                logit: if logit.is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    logit
+                },
+            }));
+    }
+
+    /// llama.cpp's rule: each distinct token of the last `repeat_last_n` has its logit divided
+    /// by the penalty when positive and multiplied by it otherwise, once however often it occurs.
+    fn apply_repeat_penalty(&mut self, recent: &[u32]) {
+        let penalty = self.config.repeat_penalty;
+        if penalty == 1.0 || self.config.repeat_last_n == 0 {
+            return;
+        }
+        let window = &recent[recent.len().saturating_sub(self.config.repeat_last_n)..];
+        self.recent_distinct.clear();
+        self.recent_distinct.extend_from_slice(window);
+        self.recent_distinct.sort_unstable();
+        self.recent_distinct.dedup();
+        // Candidates are still in id order here, so a token id indexes its candidate.
+        for &id in &self.recent_distinct {
+            if let Some(candidate) = self.candidates.get_mut(id as usize) {
+                if candidate.logit <= 0.0 {
+                    candidate.logit *= penalty;
+                } else {
+                    candidate.logit /= penalty;
+                }
+            }
+        }
+    }
+
+    fn best_candidate(&self) -> u32 {
+        self.candidates
+            .iter()
+            .min_by(|a, b| by_logit_desc(a, b))
+            .map_or(0, |c| c.id)
+    }
+
+    /// Keeps the `top_k` best, sorted best first; returns whether the candidates are now sorted.
+    fn apply_top_k(&mut self) -> bool {
+        let k = self.config.top_k;
+        if k == 0 || k >= self.candidates.len() {
+            return false;
+        }
+        // One pass with a k-entry min-heap of the best keys seen: O(n) comparisons when k is small
+        // (most tokens lose to the heap's minimum at once) and no sort of the vocabulary.
+        self.top_keys.clear();
+        for candidate in &self.candidates {
+            let key = Reverse(rank_key(candidate));
+            if self.top_keys.len() < k {
+                self.top_keys.push(key);
+            } else if let Some(mut worst) = self.top_keys.peek_mut() {
+                if key < *worst {
+                    *worst = key;
+                }
+            }
+        }
+        self.candidates.clear();
+        self.candidates
+            .extend(self.top_keys.drain().map(|Reverse(key)| from_rank_key(key)));
+        self.candidates.sort_unstable_by(by_logit_desc);
+        true
+    }
+
+    /// Keeps the smallest set of best tokens whose probability reaches `top_p` (at least one).
+    fn apply_top_p(&mut self, sorted: bool) {
+        let max = self.max_logit();
+        if sorted {
+            let total: f64 = self.candidates.iter().map(|c| weight(c.logit, max)).sum();
+            let keep = prefix_reaching(
+                &self.candidates,
+                max,
+                0.0,
+                f64::from(self.config.top_p) * total,
+            );
+            self.candidates.truncate(keep);
+            return;
+        }
+        // Unsorted (no top-k): instead of sorting the whole vocabulary, bucket the tokens by
+        // logit distance from the best, find the bucket where the mass crosses top_p, and sort
+        // only that bucket. Every token in a better bucket is kept, in any order.
+        self.bucket_mass.clear();
+        self.bucket_mass.resize(BUCKETS, 0.0);
+        for candidate in &self.candidates {
+            self.bucket_mass[bucket_of(candidate.logit, max)] += weight(candidate.logit, max);
+        }
+        let total: f64 = self.bucket_mass.iter().sum();
+        let target = f64::from(self.config.top_p) * total;
+        let mut mass_before = 0.0;
+        let Some(boundary) = self.bucket_mass.iter().position(|&mass| {
+            let reached = mass_before + mass >= target;
+            if !reached {
+                mass_before += mass;
+            }
+            reached
+        }) else {
+            return; // Rounding left the sum just short of the target: everything is kept.
+        };
+        let better =
+            partition_in_place(&mut self.candidates, |c| bucket_of(c.logit, max) < boundary);
+        let in_boundary = partition_in_place(&mut self.candidates[better..], |c| {
+            bucket_of(c.logit, max) == boundary
+        });
+        let boundary_slice = &mut self.candidates[better..better + in_boundary];
+        boundary_slice.sort_unstable_by(by_logit_desc);
+        let keep = prefix_reaching(boundary_slice, max, mass_before, target);
+        self.candidates.truncate(better + keep);
+    }
+
+    /// Keeps tokens with p >= min_p * p_max, i.e. logit >= max_logit + ln(min_p).
+    fn apply_min_p(&mut self) {
+        let min_p = self.config.min_p;
+        if min_p <= 0.0 {
+            return;
+        }
+        let threshold = self.max_logit() + min_p.ln();
+        // The best token always passes (ln(min_p) <= 0), so at least one is kept; order is kept.
+        self.candidates.retain(|c| c.logit >= threshold);
+    }
+
+    /// Softmax of logit / temperature over the remaining candidates, then one draw.
+    fn draw(&mut self) -> u32 {
+        let inverse_temperature = 1.0 / self.config.temperature;
+        let max = self.max_logit();
+        if max == f32::NEG_INFINITY {
+            // Every token is impossible; fall back to the lowest id still in the running.
+            return self.best_candidate();
+        }
+        self.weights.clear();
+        self.weights.extend(
+            self.candidates
+                .iter()
+                .map(|c| ((c.logit - max) * inverse_temperature).exp()),
+        );
+        let total: f64 = self.weights.iter().map(|&w| f64::from(w)).sum();
+        let mut threshold = self.rng.next_f64() * total;
+        for (candidate, &w) in self.candidates.iter().zip(&self.weights) {
+            threshold -= f64::from(w);
+            if threshold < 0.0 {
+                return candidate.id;
+            }
+        }
+        // Rounding can leave a sliver past the last candidate: return the last possible one.
+        self.candidates
+            .iter()
+            .rev()
+            .find(|c| c.logit > f32::NEG_INFINITY)
+            .map_or(0, |c| c.id)
+    }
+
+    fn max_logit(&self) -> f32 {
+        self.candidates
+            .iter()
+            .map(|c| c.logit)
+            .fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+/// Number of logit buckets top-p sorts tokens into.
+const BUCKETS: usize = 1024;
+/// Logit range the buckets cover below the best; anything further (weight < e^-32) shares the last.
+const BUCKET_SPAN: f32 = 32.0;
+
+/// Bucket of a logit: 0 holds the best tokens; -inf lands in the last bucket.
+fn bucket_of(logit: f32, max: f32) -> usize {
+    // Float-to-int `as` saturates, so infinite distances map to the last bucket.
+    (((max - logit) * (BUCKETS as f32 / BUCKET_SPAN)) as usize).min(BUCKETS - 1)
+}
+
+/// Length of the shortest prefix of best-first `candidates` whose mass, added to `mass_before`,
+/// reaches `target`; the whole slice if rounding keeps it short, and at least 1.
+fn prefix_reaching(candidates: &[Candidate], max: f32, mass_before: f64, target: f64) -> usize {
+    let mut cumulative = mass_before;
+    for (index, candidate) in candidates.iter().enumerate() {
+        cumulative += weight(candidate.logit, max);
+        if cumulative >= target {
+            return index + 1;
+        }
+    }
+    candidates.len()
+}
+
+/// Moves the items matching `keep` to the front (order not kept); returns how many match.
+fn partition_in_place(items: &mut [Candidate], keep: impl Fn(&Candidate) -> bool) -> usize {
+    let mut front = 0;
+    for index in 0..items.len() {
+        if keep(&items[index]) {
+            items.swap(front, index);
+            front += 1;
+        }
+    }
+    front
+}
+
+/// exp(logit - max) in f64: the unnormalized softmax weight.
+fn weight(logit: f32, max: f32) -> f64 {
+    // f32 exp is several times faster than f64's over 262k tokens; sums stay in f64.
+    f64::from((logit - max).exp())
+}
+
+/// Index of the largest logit; the lowest id wins ties and NaN never wins (0 if none is a number).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best: Option<(usize, f32)> = None;
+    for (id, &logit) in logits.iter().enumerate() {
+        if logit.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|(_, best_logit)| logit > best_logit) {
+            best = Some((id, logit));
+        }
+    }
+    best.map_or(0, |(id, _)| id as u32)
+}
+
+/// log(sum(exp(logits))) in f64, ignoring NaN; -inf for an empty or all-impossible slice.
+fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return f64::NEG_INFINITY;
+    }
+    let sum: f64 = logits
+        .iter()
+        .filter(|l| !l.is_nan())
+        .map(|&l| weight(l, max))
+        .sum();
+    f64::from(max) + sum.ln()
+}
+
+/// Log-probabilities (softmax at temperature 1) of the tokens `ids`; an id outside the
+/// vocabulary gets -inf.
+pub fn log_softmax_at(logits: &[f32], ids: &[u32]) -> Vec<f32> {
+    let lse = log_sum_exp(logits);
+    ids.iter()
+        .map(|&id| match logits.get(id as usize) {
+            Some(&logit) if !logit.is_nan() => (f64::from(logit) - lse) as f32,
+            _ => f32::NEG_INFINITY,
+        })
+        .collect()
+}
+
+/// The `n` most likely tokens as (id, log-probability), best first, lower id first on ties.
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let lse = log_sum_exp(logits);
+    let mut candidates: Vec<Candidate> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.is_nan())
+        .map(|(id, &logit)| Candidate {
+            id: id as u32,
+            logit,
+        })
+        .collect();
+    let n = n.min(candidates.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    if n < candidates.len() {
+        candidates.select_nth_unstable_by(n - 1, by_logit_desc);
+        candidates.truncate(n);
+    }
+    candidates.sort_unstable_by(by_logit_desc);
+    candidates
+        .into_iter()
+        .map(|c| (c.id, (f64::from(c.logit) - lse) as f32))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
