@@ -1,3 +1,4 @@
 //! fulcrum-engine: sampling, chat templates and the model registry.
 
+pub mod chat;
 pub mod sampler;

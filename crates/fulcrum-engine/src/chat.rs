@@ -1,0 +1,248 @@
+//! Chat templates: turn a conversation into the prompt text a model was trained on.
+//!
+//! Templates come from GGUF metadata (`tokenizer.chat_template`), written in Jinja for Hugging
+//! Face's `apply_chat_template`. They are untrusted input, so rendering runs in minijinja with
+//! bounded work: limited fuel (instructions), recursion depth and output size.
+//!
+//! A model without a template gets a plain fallback format:
+//!
+//! ```text
+//! system: You are helpful.
+//!
+//! user: Hello
+//!
+//! assistant:
+//! ```
+//!
+//! (messages as `role: content` separated by a blank line; with `add_generation_prompt` a final
+//! `assistant:` line follows).
+
+use std::io::{self, Write};
+
+use minijinja::value::Value;
+use minijinja::{Environment, Error as JinjaError, ErrorKind};
+use thiserror::Error;
+
+mod date;
+
+/// Instructions a template may execute for one render (real templates use a few thousand).
+const FUEL: u64 = 2_000_000;
+/// Deepest nesting of macro calls, includes and blocks.
+const RECURSION_LIMIT: usize = 64;
+/// Largest prompt a render may produce.
+const MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// Marks errors raised by the template's own `raise_exception(...)`.
+const RAISED_PREFIX: &str = "template raised: ";
+
+/// A chat template could not be compiled or rendered.
+#[derive(Debug, Error)]
+pub enum ChatError {
+    /// The template source is not valid Jinja.
+    #[error("the model's chat template does not compile: {0}")]
+    Syntax(String),
+    /// The template failed while rendering (bad expression, unknown function, ...).
+    #[error("the model's chat template failed to render: {0}")]
+    Render(String),
+    /// The template itself rejected the conversation via `raise_exception`.
+    #[error("the model's chat template rejected the conversation: {0}")]
+    Raised(String),
+    /// The template exceeded its instruction budget (it may loop forever).
+    #[error("the model's chat template ran too long (over {FUEL} instructions) and may loop forever; supply a different template")]
+    TooMuchWork,
+    /// The template nested too deeply.
+    #[error("the model's chat template recursed deeper than {RECURSION_LIMIT} levels")]
+    TooDeep,
+    /// The rendered prompt exceeded the size cap.
+    #[error("the chat template produced more than {MAX_OUTPUT_BYTES} bytes; shorten the conversation or the template")]
+    TooLarge,
+}
+
+/// One chat turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// The text of the turn.
+    pub content: String,
+}
+
+impl Message {
+    /// A message from a role and its text.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A compiled chat template, or the plain fallback format.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    /// None for the fallback.
+    environment: Option<Environment<'static>>,
+    bos_token: String,
+    eos_token: String,
+}
+
+/// Name under which the template is stored in its environment.
+const TEMPLATE_NAME: &str = "chat_template";
+
+impl ChatTemplate {
+    /// Compiles `source` (None → the plain fallback) with the model's special token texts.
+    pub fn new(
+        source: Option<&str>,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<ChatTemplate, ChatError> {
+        let environment = match source {
+            Some(source) => {
+                let mut environment = sandboxed_environment();
+                environment
+                    .add_template_owned(TEMPLATE_NAME, source.to_owned())
+                    .map_err(|e| ChatError::Syntax(describe(&e)))?;
+                Some(environment)
+            }
+            None => None,
+        };
+        Ok(ChatTemplate {
+            environment,
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
+    }
+
+    /// True when the model had no template and the plain fallback format is used.
+    pub fn is_fallback(&self) -> bool {
+        self.environment.is_none()
+    }
+
+    /// Renders the conversation; `add_generation_prompt` appends the assistant turn's opening.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        let Some(environment) = &self.environment else {
+            return Ok(render_fallback(messages, add_generation_prompt));
+        };
+        let template = environment
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| ChatError::Syntax(describe(&e)))?;
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| {
+                Value::from_iter([
+                    ("role", Value::from(m.role.as_str())),
+                    ("content", Value::from(m.content.as_str())),
+                ])
+            })
+            .collect();
+        let context = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.as_str(),
+            eos_token => self.eos_token.as_str(),
+            tools => Value::from(()),
+        };
+        let mut output = CappedWriter::default();
+        match template.render_captured_to(context, &mut output) {
+            Ok(_) => String::from_utf8(output.buffer)
+                .map_err(|_| ChatError::Render("the output is not valid UTF-8".into())),
+            Err(_) if output.overflowed => Err(ChatError::TooLarge),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
+/// The plain format documented at the top of this module.
+fn render_fallback(messages: &[Message], add_generation_prompt: bool) -> String {
+    let mut turns: Vec<String> = messages
+        .iter()
+        .map(|m| format!("{}: {}", m.role, m.content))
+        .collect();
+    if add_generation_prompt {
+        turns.push("assistant:".to_owned());
+    }
+    turns.join("\n\n")
+}
+
+/// An environment set up like Hugging Face's (trim_blocks, lstrip_blocks, Python string
+/// methods) with every resource bound applied.
+fn sandboxed_environment() -> Environment<'static> {
+    let mut environment = Environment::new();
+    environment.set_trim_blocks(true);
+    environment.set_lstrip_blocks(true);
+    environment.set_fuel(Some(FUEL));
+    environment.set_recursion_limit(RECURSION_LIMIT);
+    environment.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    environment.add_function(
+        "raise_exception",
+        |message: String| -> Result<Value, JinjaError> {
+            Err(JinjaError::new(
+                ErrorKind::InvalidOperation,
+                format!("{RAISED_PREFIX}{message}"),
+            ))
+        },
+    );
+    environment.add_function("strftime_now", |format: String| -> String {
+        date::Date::today().format(&format)
+    });
+    environment
+}
+
+/// Maps a minijinja error to the variant that tells the user what happened.
+fn classify(error: &JinjaError) -> ChatError {
+    // The raise may be wrapped by the call site; look through the chain of sources.
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(jinja) = e.downcast_ref::<JinjaError>() {
+            match jinja.kind() {
+                ErrorKind::OutOfFuel => return ChatError::TooMuchWork,
+                ErrorKind::InvalidOperation => {
+                    if let Some(message) =
+                        jinja.detail().and_then(|d| d.strip_prefix(RAISED_PREFIX))
+                    {
+                        return ChatError::Raised(message.to_owned());
+                    }
+                    if jinja.detail().is_some_and(|d| d.contains("recursion")) {
+                        return ChatError::TooDeep;
+                    }
+                }
+                _ => {}
+            }
+        }
+        current = e.source();
+    }
+    ChatError::Render(describe(error))
+}
+
+/// The error on one line; minijinja's message already names the template line.
+fn describe(error: &JinjaError) -> String {
+    error.to_string()
+}
+
+/// Collects output and fails the render once it passes `MAX_OUTPUT_BYTES`.
+#[derive(Default)]
+struct CappedWriter {
+    buffer: Vec<u8>,
+    overflowed: bool,
+}
+
+impl Write for CappedWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.buffer.len() + bytes.len() > MAX_OUTPUT_BYTES {
+            self.overflowed = true;
+            return Err(io::Error::other("chat template output too large"));
+        }
+        self.buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
