@@ -1,1 +1,167 @@
-//! fulcrum-quant
+//! GGUF tensor block formats: layouts, quantizers, dequantizers and dot products that mirror llama.cpp's CPU
+//! backend, with scalar reference kernels and AVX2/FMA kernels chosen at run time.
+//!
+//! A matmul row `w · x` is computed as in ggml: the f32 activation row `x` is first quantized to the weight type's
+//! [`vec_dot_type`] with [`quantize_row`], then [`vec_dot`] takes the integer (or float) dot product block by block.
+//! Set `FULCRUM_FORCE_SCALAR=1` to use the scalar kernels everywhere (for bisecting numerical differences).
+
+mod block;
+mod dispatch;
+pub mod formats;
+mod fp;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+pub use fulcrum_gguf::GgmlType;
+
+/// Why a type or row length cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantError {
+    /// The type has no kernels here.
+    #[error("tensor type {ty} is not supported by this build (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K); re-quantize the model to one of those")]
+    Unsupported { ty: GgmlType },
+    /// The row length is not a whole number of blocks.
+    #[error("a row of {n} elements cannot be stored as {ty}, whose blocks hold {block} elements; the file is corrupt or the tensor shape is wrong")]
+    PartialBlock {
+        ty: GgmlType,
+        n: usize,
+        block: usize,
+    },
+}
+
+/// Whether `ty` can be dequantized and used as weights in [`vec_dot`].
+pub fn is_supported(ty: GgmlType) -> bool {
+    dispatch::scalar_kernels(ty).is_some_and(|k| k.vec_dot.is_some())
+}
+
+/// The activation format that weights of type `w` are dotted against (ggml's `vec_dot_type`).
+pub fn vec_dot_type(w: GgmlType) -> GgmlType {
+    use GgmlType::*;
+    match w {
+        Q4_0 | Q5_0 | Q8_0 => Q8_0,
+        Q4_1 | Q5_1 => Q8_1,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => Q8_K,
+        other => other,
+    }
+}
+
+/// Bytes of a row of `n` elements of type `ty`, or an error if `n` is not a whole number of blocks.
+pub fn try_row_bytes(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
+    let block = ty.block_size();
+    if n % block != 0 {
+        return Err(QuantError::PartialBlock { ty, n, block });
+    }
+    Ok(n / block * ty.type_size())
+}
+
+/// Bytes of a row of `n` elements of type `ty`.
+///
+/// # Panics
+/// If `n` is not a multiple of the block size: a programming error, since tensor shapes are checked at load time
+/// (use [`try_row_bytes`] to check them).
+pub fn row_bytes(ty: GgmlType, n: usize) -> usize {
+    try_row_bytes(ty, n).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Checks that tensors of type `ty` with rows of `n` elements can be used as weights.
+pub fn check_weights(ty: GgmlType, n: usize) -> Result<(), QuantError> {
+    if !is_supported(ty) {
+        return Err(QuantError::Unsupported { ty });
+    }
+    try_row_bytes(ty, n).map(|_| ())
+}
+
+fn kernels(ty: GgmlType) -> &'static dispatch::Kernels {
+    dispatch::table()
+        .get(ty)
+        .unwrap_or_else(|| panic!("tensor type {ty} is not supported; check is_supported first"))
+}
+
+/// Encodes the f32 row `src` as type `ty` into `dst` (exactly `row_bytes(ty, src.len())` bytes are written).
+///
+/// Supported for F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 and Q8_K with llama.cpp's reference rounding, and
+/// for Q4_K, Q5_K and Q6_K with a simpler min/max fit than llama.cpp's.
+///
+/// # Panics
+/// If `ty` has no quantizer, `src.len()` is not a whole number of blocks or `dst` is too short.
+pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    let bytes = row_bytes(ty, src.len());
+    let quantize = kernels(ty)
+        .quantize
+        .unwrap_or_else(|| panic!("no quantizer for {ty}"));
+    quantize(src, &mut dst[..bytes]);
+}
+
+/// Expands the first `dst.len()` elements of the row `src` of type `ty` into `dst`.
+///
+/// # Panics
+/// If `ty` is unsupported, `dst.len()` is not a whole number of blocks or `src` is too short.
+pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+    let bytes = row_bytes(ty, dst.len());
+    (kernels(ty).dequantize)(&src[..bytes], dst);
+}
+
+/// Dot product of the first `n` elements of the weight row `w_row` (type `w`) with the activation row `act_row`
+/// (type [`vec_dot_type`]`(w)`, as written by [`quantize_row`]). Uses SIMD kernels when the CPU has them.
+///
+/// # Panics
+/// If `w` is unsupported, `n` is not a whole number of blocks or a row is too short.
+pub fn vec_dot(w: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> f32 {
+    let dot = kernels(w)
+        .vec_dot
+        .unwrap_or_else(|| panic!("{w} cannot be used as weights"));
+    dot(
+        &w_row[..row_bytes(w, n)],
+        &act_row[..row_bytes(vec_dot_type(w), n)],
+    )
+}
+
+/// Dots one weight row with several activation rows: `out[i] = vec_dot(w, n, w_row, acts[i])`.
+///
+/// # Panics
+/// As [`vec_dot`], and if `out` is shorter than `acts`.
+pub fn vec_dot_multi(w: GgmlType, n: usize, w_row: &[u8], acts: &[&[u8]], out: &mut [f32]) {
+    let dot = kernels(w)
+        .vec_dot
+        .unwrap_or_else(|| panic!("{w} cannot be used as weights"));
+    let w_row = &w_row[..row_bytes(w, n)];
+    let act_bytes = row_bytes(vec_dot_type(w), n);
+    for (o, act) in out[..acts.len()].iter_mut().zip(acts) {
+        *o = dot(w_row, &act[..act_bytes]);
+    }
+}
+
+/// Which kernels [`vec_dot`] uses: `"avx2+fma"` or `"scalar"`.
+pub fn simd_level() -> &'static str {
+    dispatch::table().level
+}
+
+/// The scalar reference kernels, whatever the CPU supports (for tests, benchmarks and bisecting).
+pub mod scalar {
+    use super::{row_bytes, vec_dot_type, GgmlType};
+    use crate::dispatch::{scalar_kernels, Kernels};
+
+    fn kernels(ty: GgmlType) -> Kernels {
+        scalar_kernels(ty).unwrap_or_else(|| {
+            panic!("tensor type {ty} is not supported; check is_supported first")
+        })
+    }
+
+    /// Scalar [`crate::vec_dot`].
+    pub fn vec_dot(w: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> f32 {
+        let dot = kernels(w)
+            .vec_dot
+            .unwrap_or_else(|| panic!("{w} cannot be used as weights"));
+        dot(
+            &w_row[..row_bytes(w, n)],
+            &act_row[..row_bytes(vec_dot_type(w), n)],
+        )
+    }
+
+    /// Scalar [`crate::dequantize_row`].
+    pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
+        let bytes = row_bytes(ty, dst.len());
+        (kernels(ty).dequantize)(&src[..bytes], dst);
+    }
+}

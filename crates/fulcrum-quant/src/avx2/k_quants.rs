@@ -1,0 +1,150 @@
+//! AVX2 dot products for the K-quants against Q8_K: per super-block, codes are unpacked 32 at a time, multiplied
+//! with `maddubs`, weighted by their sub-block scale with `madd`, and summed exactly in i32 before one float FMA.
+//! The minimum terms of Q4_K/Q5_K use the activation's `bsums`, as in ggml.
+
+use super::helpers::{dot_i8_i8, half, hsum_f32};
+use crate::block::cast;
+use crate::formats::{k_scales, q4_k::BlockQ4K, q5_k::BlockQ5K, q6_k::BlockQ6K, q8_k::BlockQ8K};
+use std::arch::x86_64::*;
+
+/// Σ over sub-blocks of min\[s\] · (sum of the activation codes in sub-block s), from the 16-code `bsums`.
+#[inline]
+fn min_term(mins: &[u8; 8], y: &BlockQ8K) -> i32 {
+    (0..8)
+        .map(|s| mins[s] as i32 * (y.bsum(2 * s) as i32 + y.bsum(2 * s + 1) as i32))
+        .sum()
+}
+
+/// i32 lanes of Σ scale · (u8 code × i8 activation) for 32 codes and 32 activations.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scaled_dot(codes: __m256i, q8: *const i8, scale: i16) -> __m256i {
+    let products = _mm256_maddubs_epi16(codes, _mm256_loadu_si256(q8.cast()));
+    _mm256_madd_epi16(_mm256_set1_epi16(scale), products)
+}
+
+/// Q4_K × Q8_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    let mut minimums = 0.0f32;
+    for (x, y) in cast::<BlockQ4K>(w).iter().zip(cast::<BlockQ8K>(a)) {
+        let (scales, mins) = k_scales::unpack(&x.scales);
+        minimums += half(x.dmin) * y.scale() * min_term(&mins, y) as f32;
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..4 {
+            let bits = _mm256_loadu_si256(x.qs.as_ptr().add(32 * j).cast());
+            let low = _mm256_and_si256(bits, low4);
+            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
+            let q8 = y.qs.as_ptr().add(64 * j);
+            sumi = _mm256_add_epi32(sumi, scaled_dot(low, q8, scales[2 * j] as i16));
+            sumi = _mm256_add_epi32(sumi, scaled_dot(high, q8.add(32), scales[2 * j + 1] as i16));
+        }
+        let d = _mm256_set1_ps(half(x.d) * y.scale());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_f32(acc) - minimums
+}
+
+/// Q5_K × Q8_K: as Q4_K, with bit 2·j (+1 for the high nibbles) of each `qh` byte as the code's fifth bit.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q5_k(w: &[u8], a: &[u8]) -> f32 {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut minimums = 0.0f32;
+    for (x, y) in cast::<BlockQ5K>(w).iter().zip(cast::<BlockQ8K>(a)) {
+        let (scales, mins) = k_scales::unpack(&x.scales);
+        minimums += half(x.dmin) * y.scale() * min_term(&mins, y) as f32;
+        let mut high_bits = _mm256_loadu_si256(x.qh.as_ptr().cast());
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..4 {
+            let bits = _mm256_loadu_si256(x.qs.as_ptr().add(32 * j).cast());
+            let fifth_low = _mm256_slli_epi16::<4>(_mm256_and_si256(high_bits, one));
+            let fifth_high =
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<1>(high_bits), one));
+            high_bits = _mm256_srli_epi16::<2>(high_bits);
+            let low = _mm256_or_si256(_mm256_and_si256(bits, low4), fifth_low);
+            let high = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4),
+                fifth_high,
+            );
+            let q8 = y.qs.as_ptr().add(64 * j);
+            sumi = _mm256_add_epi32(sumi, scaled_dot(low, q8, scales[2 * j] as i16));
+            sumi = _mm256_add_epi32(sumi, scaled_dot(high, q8.add(32), scales[2 * j + 1] as i16));
+        }
+        let d = _mm256_set1_ps(half(x.d) * y.scale());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_f32(acc) - minimums
+}
+
+/// Q6_K × Q8_K: unsigned codes (0..64) go through `maddubs`, and 32·Σq is subtracted (also via `maddubs`) to
+/// centre them; each 32-code group spans two 16-element sub-blocks, so its scale vector has two halves.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let low2 = _mm256_set1_epi8(0x03);
+    let bias = _mm256_set1_epi8(32);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in cast::<BlockQ6K>(w).iter().zip(cast::<BlockQ8K>(a)) {
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * n).cast());
+            let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * n + 32).cast());
+            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * n).cast());
+            let top = |shift: __m128i| {
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(qh, shift), low2))
+            };
+            let codes = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low4), top(_mm_cvtsi32_si128(0))),
+                _mm256_or_si256(_mm256_and_si256(ql1, low4), top(_mm_cvtsi32_si128(2))),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                    top(_mm_cvtsi32_si128(4)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                    top(_mm_cvtsi32_si128(6)),
+                ),
+            ];
+            for (k, &code) in codes.iter().enumerate() {
+                let q8 = _mm256_loadu_si256(y.qs.as_ptr().add(128 * n + 32 * k).cast());
+                let products = _mm256_sub_epi16(
+                    _mm256_maddubs_epi16(code, q8),
+                    _mm256_maddubs_epi16(bias, q8),
+                );
+                let sub = 8 * n + 2 * k;
+                let scale = _mm256_set_m128i(
+                    _mm_set1_epi16(x.scales[sub + 1] as i16),
+                    _mm_set1_epi16(x.scales[sub] as i16),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, products));
+            }
+        }
+        let d = _mm256_set1_ps(half(x.d) * y.scale());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_f32(acc)
+}
+
+/// Q8_K × Q8_K.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q8_k(w: &[u8], a: &[u8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in cast::<BlockQ8K>(w).iter().zip(cast::<BlockQ8K>(a)) {
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..8 {
+            let qx = _mm256_loadu_si256(x.qs.as_ptr().add(32 * j).cast());
+            let qy = _mm256_loadu_si256(y.qs.as_ptr().add(32 * j).cast());
+            sumi = _mm256_add_epi32(sumi, dot_i8_i8(qx, qy));
+        }
+        acc = _mm256_fmadd_ps(
+            _mm256_set1_ps(x.scale() * y.scale()),
+            _mm256_cvtepi32_ps(sumi),
+            acc,
+        );
+    }
+    hsum_f32(acc)
+}

@@ -1,0 +1,70 @@
+//! AVX2 + FMA (+ F16C) kernels, following the integer dot-product scheme of llama.cpp's x86 paths: unpack codes to
+//! bytes, `maddubs` (u8 × i8 → i16 pairs), `madd` (i16 → i32), then one float FMA per block.
+//!
+//! Every kernel here is an `unsafe fn` with `#[target_feature]`; [`install`] puts safe wrappers into the dispatch
+//! table only after [`available`] has confirmed the CPU features, which is what makes the wrappers sound.
+
+mod float;
+mod helpers;
+mod k_quants;
+mod legacy;
+
+use crate::dispatch::Table;
+use crate::GgmlType;
+
+/// Whether this CPU can run these kernels.
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// Defines safe wrappers around target-feature kernels; only [`install`] (after [`available`]) may hand them out.
+macro_rules! wrappers {
+    ($($name:ident => $kernel:path),* $(,)?) => {
+        $(fn $name(w: &[u8], a: &[u8]) -> f32 {
+            // SAFETY: only reachable through the table, which holds it only when `available()` returned true.
+            unsafe { $kernel(w, a) }
+        })*
+    };
+}
+
+wrappers! {
+    dot_f32 => float::vec_dot_f32,
+    dot_f16 => float::vec_dot_f16,
+    dot_bf16 => float::vec_dot_bf16,
+    dot_q4_0 => legacy::vec_dot_q4_0,
+    dot_q4_1 => legacy::vec_dot_q4_1,
+    dot_q5_0 => legacy::vec_dot_q5_0,
+    dot_q5_1 => legacy::vec_dot_q5_1,
+    dot_q8_0 => legacy::vec_dot_q8_0,
+    dot_q4_k => k_quants::vec_dot_q4_k,
+    dot_q5_k => k_quants::vec_dot_q5_k,
+    dot_q6_k => k_quants::vec_dot_q6_k,
+    dot_q8_k => k_quants::vec_dot_q8_k,
+}
+
+/// Replaces the scalar dot products in `table` with these kernels. Call only when [`available`] is true.
+pub fn install(table: &mut Table) {
+    use GgmlType::*;
+    let dots: [(GgmlType, crate::dispatch::DotFn); 12] = [
+        (F32, dot_f32),
+        (F16, dot_f16),
+        (BF16, dot_bf16),
+        (Q4_0, dot_q4_0),
+        (Q4_1, dot_q4_1),
+        (Q5_0, dot_q5_0),
+        (Q5_1, dot_q5_1),
+        (Q8_0, dot_q8_0),
+        (Q4_K, dot_q4_k),
+        (Q5_K, dot_q5_k),
+        (Q6_K, dot_q6_k),
+        (Q8_K, dot_q8_k),
+    ];
+    for (ty, dot) in dots {
+        if let Some(kernels) = table.by_id[ty as usize].as_mut() {
+            kernels.vec_dot = Some(dot);
+        }
+    }
+    table.level = "avx2+fma";
+}

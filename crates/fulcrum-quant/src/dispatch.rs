@@ -1,0 +1,103 @@
+//! The kernel table: per type, function pointers to the scalar reference or, when the CPU has them, the AVX2
+//! kernels. Built once, on first use, from run-time CPU feature detection.
+
+use crate::formats::{float, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
+use crate::GgmlType;
+use std::sync::OnceLock;
+
+/// Dot product of a weight row with an activation row of the matching `vec_dot_type`, both exactly one row long.
+pub type DotFn = fn(&[u8], &[u8]) -> f32;
+/// Expands a row (a whole number of blocks) into `dst` (one f32 per element).
+pub type DequantizeFn = fn(&[u8], &mut [f32]);
+/// Encodes f32 values (a whole number of blocks) into a row.
+pub type QuantizeFn = fn(&[f32], &mut [u8]);
+
+/// The kernels of one type.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    pub dequantize: DequantizeFn,
+    pub quantize: Option<QuantizeFn>,
+    pub vec_dot: Option<DotFn>,
+}
+
+/// Kernels for every type, indexed by ggml type id.
+pub struct Table {
+    pub level: &'static str,
+    pub by_id: [Option<Kernels>; 32],
+}
+
+impl Table {
+    /// The kernels of `ty`, if it is supported.
+    pub fn get(&self, ty: GgmlType) -> Option<&Kernels> {
+        self.by_id.get(ty as usize).and_then(Option::as_ref)
+    }
+}
+
+/// The scalar reference kernels of `ty`.
+pub fn scalar_kernels(ty: GgmlType) -> Option<Kernels> {
+    use GgmlType::*;
+    let k = |dequantize, quantize, vec_dot| {
+        Some(Kernels {
+            dequantize,
+            quantize,
+            vec_dot,
+        })
+    };
+    match ty {
+        F32 => k(
+            float::dequantize_f32,
+            Some(float::quantize_f32),
+            Some(float::vec_dot_f32),
+        ),
+        F16 => k(
+            float::dequantize_f16,
+            Some(float::quantize_f16),
+            Some(float::vec_dot_f16),
+        ),
+        BF16 => k(
+            float::dequantize_bf16,
+            Some(float::quantize_bf16),
+            Some(float::vec_dot_bf16),
+        ),
+        Q4_0 => k(q4_0::dequantize, Some(q4_0::quantize), Some(q4_0::vec_dot)),
+        Q4_1 => k(q4_1::dequantize, Some(q4_1::quantize), Some(q4_1::vec_dot)),
+        Q5_0 => k(q5_0::dequantize, Some(q5_0::quantize), Some(q5_0::vec_dot)),
+        Q5_1 => k(q5_1::dequantize, Some(q5_1::quantize), Some(q5_1::vec_dot)),
+        Q8_0 => k(q8_0::dequantize, Some(q8_0::quantize), Some(q8_0::vec_dot)),
+        Q8_1 => k(q8_1::dequantize, Some(q8_1::quantize), None),
+        Q4_K => k(q4_k::dequantize, Some(q4_k::quantize), Some(q4_k::vec_dot)),
+        Q5_K => k(q5_k::dequantize, Some(q5_k::quantize), Some(q5_k::vec_dot)),
+        Q6_K => k(q6_k::dequantize, Some(q6_k::quantize), Some(q6_k::vec_dot)),
+        Q8_K => k(q8_k::dequantize, Some(q8_k::quantize), Some(q8_k::vec_dot)),
+        Q2_K | Q3_K | I8 | I16 | I32 | I64 | F64 => None,
+    }
+}
+
+fn scalar_table() -> Table {
+    let mut by_id = [None; 32];
+    for ty in GgmlType::ALL {
+        by_id[ty as usize] = scalar_kernels(ty);
+    }
+    Table {
+        level: "scalar",
+        by_id,
+    }
+}
+
+fn build() -> Table {
+    let mut table = scalar_table();
+    if std::env::var("FULCRUM_FORCE_SCALAR").is_ok_and(|v| v == "1") {
+        return table;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        crate::avx2::install(&mut table);
+    }
+    table
+}
+
+/// The process-wide table, built on first use.
+pub fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(build)
+}

@@ -1,0 +1,107 @@
+//! The dispatched (SIMD where available) dot products agree with the scalar reference, and the scalar reference
+//! agrees with the f32 dot product of the dequantized rows — which ties the integer path to the block layout.
+
+mod common;
+
+use common::{
+    activation_row, activation_values, dequantized, magnitude, weight_row, Rng, WEIGHT_TYPES,
+};
+use fulcrum_quant::{scalar, vec_dot, vec_dot_multi, vec_dot_type, GgmlType};
+use proptest::prelude::*;
+
+/// Row length for `blocks` blocks of `ty`; plain types get odd lengths to exercise SIMD tails.
+fn row_len(ty: GgmlType, blocks: usize) -> usize {
+    match ty.block_size() {
+        1 => blocks * 37 + blocks % 5,
+        32 => blocks * 32,
+        _ => blocks.div_ceil(4) * 256,
+    }
+}
+
+/// Relative tolerance of the integer path against exact f32 math on the dequantized rows: Q8_1's `s` is d·Σq
+/// rounded to f16 (as in ggml), which costs up to ~2⁻¹¹ of the offset term.
+fn layout_tolerance(w: GgmlType) -> f64 {
+    if vec_dot_type(w) == GgmlType::Q8_1 {
+        2e-3
+    } else {
+        1e-4
+    }
+}
+
+fn check_case(
+    seed: u64,
+    blocks: usize,
+    weight_mode: u32,
+    act_mode: u32,
+) -> Result<(), TestCaseError> {
+    let mut rng = Rng::new(seed);
+    for ty in WEIGHT_TYPES {
+        let n = row_len(ty, blocks);
+        let w_row = weight_row(&mut rng, ty, n, weight_mode);
+        let values = activation_values(&mut rng, n, act_mode);
+        let a_row = activation_row(ty, &values);
+        let w = dequantized(ty, &w_row, n);
+        let a = dequantized(vec_dot_type(ty), &a_row, n);
+        let bound = magnitude(&w, &a);
+
+        let reference = scalar::vec_dot(ty, n, &w_row, &a_row) as f64;
+        let fast = vec_dot(ty, n, &w_row, &a_row) as f64;
+        prop_assert!(
+            (fast - reference).abs() <= 1e-4 * bound + 1e-30,
+            "{ty} n={n} modes=({weight_mode},{act_mode}): dispatched {fast} vs scalar {reference} (bound {bound})"
+        );
+
+        let exact: f64 = w.iter().zip(&a).map(|(&x, &y)| x as f64 * y as f64).sum();
+        prop_assert!(
+            (reference - exact).abs() <= layout_tolerance(ty) * bound + 1e-30,
+            "{ty} n={n} modes=({weight_mode},{act_mode}): scalar {reference} vs dequantized dot {exact}"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn dispatched_matches_scalar_and_layout(seed in any::<u64>(), blocks in 1usize..=24, weight_mode in 0u32..5,
+                                            act_mode in 0u32..6) {
+        check_case(seed, blocks, weight_mode, act_mode)?;
+    }
+}
+
+/// Every combination of adversarial modes, at one block and at many.
+#[test]
+fn all_modes_one_and_many_blocks() {
+    for blocks in [1, 4, 128] {
+        for weight_mode in 0..5 {
+            for act_mode in 0..6 {
+                check_case(
+                    blocks as u64 * 31 + weight_mode as u64 * 7 + act_mode as u64,
+                    blocks,
+                    weight_mode,
+                    act_mode,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn multi_column_matches_single() {
+    let mut rng = Rng::new(7);
+    for ty in WEIGHT_TYPES {
+        let n = row_len(ty, 8);
+        let w_row = weight_row(&mut rng, ty, n, 1);
+        let acts: Vec<Vec<u8>> = (0..3)
+            .map(|m| activation_row(ty, &activation_values(&mut rng, n, m)))
+            .collect();
+        let act_refs: Vec<&[u8]> = acts.iter().map(Vec::as_slice).collect();
+        let mut out = [0.0f32; 3];
+        vec_dot_multi(ty, n, &w_row, &act_refs, &mut out);
+        for (o, act) in out.iter().zip(&acts) {
+            assert_eq!(*o, vec_dot(ty, n, &w_row, act), "{ty}");
+        }
+    }
+}
