@@ -105,3 +105,19 @@ fn multi_column_matches_single() {
         }
     }
 }
+
+#[test]
+fn simd_is_used_where_available() {
+    let forced = std::env::var("FULCRUM_FORCE_SCALAR").is_ok_and(|v| v == "1");
+    #[cfg(target_arch = "x86_64")]
+    if !forced
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        assert_eq!(fulcrum_quant::simd_level(), "avx2+fma");
+        return;
+    }
+    let _ = forced;
+    assert_eq!(fulcrum_quant::simd_level(), "scalar");
+}
