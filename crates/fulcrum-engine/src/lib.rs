@@ -1,4 +1,5 @@
 //! fulcrum-engine: sampling, chat templates and the model registry.
 
 pub mod chat;
+pub mod models;
 pub mod sampler;

