@@ -354,6 +354,9 @@ fn all_impossible_logits_do_not_panic() {
     let mut s = sampler(SamplerConfig::default());
     assert_eq!(s.sample(&logits, &[]), 0);
     assert_eq!(s.sample(&[], &[]), 0);
+    // An infinite logit wins like a very large one instead of poisoning the softmax.
+    let logits = [0.0, f32::INFINITY, 1.0];
+    assert_eq!(reachable(plain(4), &logits, &[]), vec![1]);
 }
 
 #[test]
