@@ -88,7 +88,7 @@ fn gemma3_rows_match_gguf_py_and_kernels_agree() {
     let mut file = BufReader::new(file);
     let table = tensor_table(&mut file).expect("header walk");
     // Second row of each tensor at indices 0, 1, 16, 17, 31, 161, 200, 255, from gguf-py's `quants.dequantize`.
-    let golden: [(&str, GgmlType, [f32; 8]); 4] = [
+    let golden: [(&str, GgmlType, [f64; 8]); 4] = [
         (
             "token_embd.weight",
             GgmlType::Q8_0,
