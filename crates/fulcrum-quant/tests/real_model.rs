@@ -159,7 +159,7 @@ fn gemma3_rows_match_gguf_py_and_kernels_agree() {
         let w = dequantized(ty, w_row, n);
         for (i, want) in [0, 1, 16, 17, 31, 161, 200, 255].into_iter().zip(expected) {
             assert!(
-                (w[i] - want).abs() <= 1e-6,
+                (w[i] as f64 - want).abs() <= 1e-6,
                 "{name}[{i}] = {}, gguf-py says {want}",
                 w[i]
             );
