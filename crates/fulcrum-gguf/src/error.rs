@@ -38,7 +38,7 @@ pub enum GgufError {
     },
 
     /// A count cannot be right: even the smallest encoding of that many items would not fit in the file.
-    #[error("{what} at byte {offset} is {count}, but that many entries of at least {min_bytes} bytes each cannot fit in the {remaining} bytes left in the file")]
+    #[error("{what} at byte {offset} is {count}, but that many entries of at least {min_bytes} bytes each cannot fit in the {remaining} bytes left in the file (truncated or corrupt file?)")]
     CountTooLarge {
         what: String,
         offset: u64,

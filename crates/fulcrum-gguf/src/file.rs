@@ -53,6 +53,12 @@ impl GgufFile {
             source,
         };
         let file = File::open(path).map_err(io)?;
+        if file.metadata().map_err(io)?.is_dir() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a directory, expected a .gguf file",
+            )));
+        }
         // SAFETY: the map is read-only and private to this value. As with every mmap, another process truncating
         // or rewriting the file while it is mapped is outside what we can guard against; model files are not
         // expected to change under a running engine.

@@ -15,8 +15,11 @@ pub const VERSION: u32 = 3;
 /// A tensor to declare in the header: name, ggml-order shape (`dims[0]` is the row length) and type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
+    /// Tensor name.
     pub name: String,
+    /// Shape in ggml order.
     pub dims: Vec<u64>,
+    /// Storage type.
     pub ty: GgmlType,
 }
 
@@ -163,10 +166,9 @@ fn check_metadata(metadata: &[(String, Value)]) -> Result<u64, GgufError> {
     let mut alignment = DEFAULT_ALIGNMENT;
     for (key, value) in metadata {
         if !keys.insert(key.as_str()) {
-            return Err(GgufError::DuplicateKey {
-                key: key.clone(),
-                offset: 0,
-            });
+            return Err(GgufError::Writer(format!(
+                "metadata key '{key}' given twice"
+            )));
         }
         if key == ALIGNMENT_KEY {
             alignment = match value {
@@ -180,11 +182,9 @@ fn check_metadata(metadata: &[(String, Value)]) -> Result<u64, GgufError> {
         }
         if let Value::Array(array) = value {
             if depth(array) > MAX_ARRAY_DEPTH {
-                return Err(GgufError::ArrayTooDeep {
-                    key: key.clone(),
-                    max_depth: MAX_ARRAY_DEPTH,
-                    offset: 0,
-                });
+                return Err(GgufError::Writer(format!(
+                    "metadata key '{key}': arrays nested more than {MAX_ARRAY_DEPTH} deep cannot be read back"
+                )));
             }
         }
     }
