@@ -1,0 +1,23 @@
+//! Building the real tokenizers must be fast: it happens on every model load.
+
+mod common;
+
+use std::time::Instant;
+
+use fulcrum_tokenizer::Tokenizer;
+
+#[test]
+fn real_tokenizers_build_quickly() {
+    for name in [common::GEMMA, common::QWEN_05] {
+        let spec = common::load_spec(name);
+        let start = Instant::now();
+        let tok = Tokenizer::new(spec).expect("tokenizer");
+        let elapsed = start.elapsed();
+        eprintln!("{name}: {} tokens built in {elapsed:?}", tok.vocab_size());
+        // The target is < 300 ms in release; the bound leaves room for a loaded CI machine.
+        assert!(
+            elapsed.as_millis() < 1500,
+            "{name}: building took {elapsed:?}"
+        );
+    }
+}
