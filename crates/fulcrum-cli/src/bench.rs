@@ -35,7 +35,11 @@ pub struct Args {
 fn mean_stddev(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
     (mean, var.sqrt())
 }
 
@@ -44,7 +48,10 @@ struct TokenStream(u64, u32);
 
 impl TokenStream {
     fn next(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 33) % self.1 as u64) as u32
     }
 }
@@ -58,21 +65,29 @@ pub fn run(args: Args) -> CliResult {
     let vocab = model.config.vocab_size as u32;
     let n_ctx = args.depth + args.n_prompt.max(args.n_gen) + 1;
     if n_ctx > model.config.context_length {
-        return Err(format!("depth + test length {n_ctx} exceeds the model's context of {}", model.config.context_length).into());
+        return Err(format!(
+            "depth + test length {n_ctx} exceeds the model's context of {}",
+            model.config.context_length
+        )
+        .into());
     }
     let batch = args.n_prompt.max(args.depth).clamp(1, 512);
     let mut session = Session::new(model.clone(), n_ctx, args.threads, batch)?;
     let threads = session.pool.n_threads();
     let mut stream = TokenStream(42, vocab);
     let depth_tokens: Vec<u32> = (0..args.depth).map(|_| stream.next()).collect();
-    let mut prepare = |session: &mut Session| -> CliResult {
+    let prepare = |session: &mut Session| -> CliResult {
         session.truncate(0);
         if !depth_tokens.is_empty() {
             session.eval_last(&depth_tokens)?;
         }
         Ok(())
     };
-    let suffix = if args.depth > 0 { format!(" @ d{}", args.depth) } else { String::new() };
+    let suffix = if args.depth > 0 {
+        format!(" @ d{}", args.depth)
+    } else {
+        String::new()
+    };
     let mut results = Vec::new();
     if args.n_prompt > 0 {
         let tokens: Vec<u32> = (0..args.n_prompt).map(|_| stream.next()).collect();
@@ -119,7 +134,11 @@ pub fn run(args: Args) -> CliResult {
     } else {
         println!("| model | threads | test | t/s |");
         println!("|---|---|---|---|");
-        let name = model.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = model
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         for (test, rates) in &results {
             let (mean, stddev) = mean_stddev(rates);
             println!("| {name} | {threads} | {test} | {mean:.2} ± {stddev:.2} |");

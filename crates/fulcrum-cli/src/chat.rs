@@ -1,6 +1,8 @@
 //! `fulcrum chat`: an interactive conversation that keeps its history (and reuses its KV cache between turns).
 
-use crate::common::{context_size, load_model, tokenize_prompt, CliResult, SamplingArgs, DEFAULT_MODEL};
+use crate::common::{
+    context_size, load_model, tokenize_prompt, CliResult, SamplingArgs, DEFAULT_MODEL,
+};
 use crate::generate::decode_loop;
 use fulcrum_core::Session;
 use fulcrum_engine::chat::{ChatTemplate, Message};
@@ -35,19 +37,36 @@ pub fn run(args: Args) -> CliResult {
     let model = load_model(&args.model, true)?;
     let n_ctx = context_size(&model, args.ctx)?;
     let tok = &model.tokenizer;
-    let special = |id: Option<u32>| id.map(|i| tok.token_text(i).to_string()).unwrap_or_default();
-    let template = ChatTemplate::new(model.chat_template(), &special(tok.bos()), &special(tok.eos()))?;
+    let special = |id: Option<u32>| {
+        id.map(|i| tok.token_text(i).to_string())
+            .unwrap_or_default()
+    };
+    let template = ChatTemplate::new(
+        model.chat_template(),
+        &special(tok.bos()),
+        &special(tok.eos()),
+    )?;
     if template.is_fallback() {
         eprintln!("(this model has no chat template; using a plain 'role: text' format)");
     }
-    let mut session = Session::new(model.clone(), n_ctx, args.threads, fulcrum_core::session::DEFAULT_BATCH)?;
+    let mut session = Session::new(
+        model.clone(),
+        n_ctx,
+        args.threads,
+        fulcrum_core::session::DEFAULT_BATCH,
+    )?;
     let mut messages: Vec<Message> = Vec::new();
     if let Some(s) = &args.system {
-        messages.push(Message { role: "system".into(), content: s.clone() });
+        messages.push(Message {
+            role: "system".into(),
+            content: s.clone(),
+        });
     }
     // Tokens currently in the session's KV cache, to reuse the common prefix of the next turn.
     let mut cached: Vec<u32> = Vec::new();
-    eprintln!("type a message and press enter; /reset clears the history, /exit or end of input quits");
+    eprintln!(
+        "type a message and press enter; /reset clears the history, /exit or end of input quits"
+    );
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -65,26 +84,44 @@ pub fn run(args: Args) -> CliResult {
             }
             _ => {}
         }
-        messages.push(Message { role: "user".into(), content: text.to_string() });
+        messages.push(Message {
+            role: "user".into(),
+            content: text.to_string(),
+        });
         let ids = tokenize_prompt(&model, &template.render(&messages, true)?);
         if ids.len() >= n_ctx {
             messages.pop();
             eprintln!("error: the conversation ({} tokens) no longer fits the context of {n_ctx}; /reset to start over", ids.len());
             continue;
         }
-        let common = cached.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+        let common = cached
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len() - 1);
         session.truncate(common);
         cached.truncate(common);
         let stdout = std::io::stdout();
-        let reply = decode_loop(&mut session, &mut sampler, &mut cached, &ids[common..], args.max_tokens, |piece| {
-            let mut out = stdout.lock();
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-        })?;
+        let reply = decode_loop(
+            &mut session,
+            &mut sampler,
+            &mut cached,
+            &ids[common..],
+            args.max_tokens,
+            |piece| {
+                let mut out = stdout.lock();
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+            },
+        )?;
         println!();
         // The last sampled token was never evaluated; the next turn re-renders and re-evaluates from the prefix.
         cached.truncate(session.len());
-        messages.push(Message { role: "assistant".into(), content: reply.text.trim().to_string() });
+        messages.push(Message {
+            role: "assistant".into(),
+            content: reply.text.trim().to_string(),
+        });
     }
     Ok(())
 }

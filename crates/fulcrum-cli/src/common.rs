@@ -60,7 +60,10 @@ impl SamplingArgs {
     /// The sampler configuration, with a time-based seed when none was given.
     pub fn config(&self) -> CliResult<SamplerConfig> {
         let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
         });
         let cfg = SamplerConfig {
             temperature: self.temp,
@@ -81,7 +84,9 @@ pub fn context_size(model: &Model, requested: Option<usize>) -> CliResult<usize>
     let max = model.config.context_length;
     match requested {
         Some(0) => Err("--ctx must be at least 1".into()),
-        Some(n) if n > max => Err(format!("--ctx {n} exceeds the model's context length of {max} tokens").into()),
+        Some(n) if n > max => {
+            Err(format!("--ctx {n} exceeds the model's context length of {max} tokens").into())
+        }
         Some(n) => Ok(n),
         None => Ok(max.min(4096)),
     }

@@ -56,7 +56,8 @@ fn log_prob(logits: &[f32], token: u32) -> f64 {
 }
 
 fn perplexity(args: PplArgs) -> CliResult {
-    let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let model = load_model(&args.model, !args.json)?;
     let n_ctx = args.ctx;
     if n_ctx < 16 {
@@ -67,7 +68,11 @@ fn perplexity(args: PplArgs) -> CliResult {
     let tokens = tok.encode(&text, true, false);
     let available = tokens.len() / n_ctx;
     if available == 0 {
-        return Err(format!("the text has {} tokens; it needs at least --ctx {n_ctx}", tokens.len()).into());
+        return Err(format!(
+            "the text has {} tokens; it needs at least --ctx {n_ctx}",
+            tokens.len()
+        )
+        .into());
     }
     let n_chunks = args.chunks.map_or(available, |c| c.min(available));
     let mut session = Session::new(model.clone(), n_ctx, args.threads, n_ctx.min(512))?;
@@ -98,9 +103,16 @@ fn perplexity(args: PplArgs) -> CliResult {
     let mean = nll / count as f64;
     let ppl = mean.exp();
     let var = nll2 / count as f64 - mean * mean;
-    let plus_minus = if var > 0.0 { (var / (count as f64 - 1.0)).sqrt() * ppl } else { 0.0 };
+    let plus_minus = if var > 0.0 {
+        (var / (count as f64 - 1.0)).sqrt() * ppl
+    } else {
+        0.0
+    };
     if args.json {
-        println!("{}", json!({"ppl": ppl, "plus_minus": plus_minus, "chunks": n_chunks, "ctx": n_ctx, "tokens_scored": count}));
+        println!(
+            "{}",
+            json!({"ppl": ppl, "plus_minus": plus_minus, "chunks": n_chunks, "ctx": n_ctx, "tokens_scored": count})
+        );
     } else {
         eprintln!();
         println!(

@@ -1,6 +1,8 @@
 //! `fulcrum generate`: one prompt in, streamed text out; and the decoding loop `chat` shares.
 
-use crate::common::{context_size, load_model, tokenize_prompt, CliResult, SamplingArgs, DEFAULT_MODEL};
+use crate::common::{
+    context_size, load_model, tokenize_prompt, CliResult, SamplingArgs, DEFAULT_MODEL,
+};
 use fulcrum_core::tokenizer::StreamDecoder;
 use fulcrum_core::{Model, Session};
 use fulcrum_engine::chat::{ChatTemplate, Message};
@@ -16,7 +18,12 @@ pub struct Args {
     #[arg(long, short, default_value = DEFAULT_MODEL)]
     model: String,
     /// The prompt.
-    #[arg(long, short, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+    #[arg(
+        long,
+        short,
+        conflicts_with = "prompt_file",
+        required_unless_present = "prompt_file"
+    )]
     prompt: Option<String>,
     /// Read the prompt from a file.
     #[arg(long)]
@@ -71,7 +78,13 @@ pub fn decode_loop(
     let prompt_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let mut decoder = StreamDecoder::new();
-    let mut out = Generation { tokens: Vec::new(), text: String::new(), prompt_seconds, gen_seconds: 0.0, finish_reason: "length" };
+    let mut out = Generation {
+        tokens: Vec::new(),
+        text: String::new(),
+        prompt_seconds,
+        gen_seconds: 0.0,
+        finish_reason: "length",
+    };
     while out.tokens.len() < max_tokens {
         let id = sampler.sample(&logits, history);
         out.tokens.push(id);
@@ -105,13 +118,22 @@ fn prompt_text(model: &Model, prompt: &str, system: Option<&str>, raw: bool) -> 
         return Ok(prompt.to_string());
     };
     let tok = &model.tokenizer;
-    let special = |id: Option<u32>| id.map(|i| tok.token_text(i).to_string()).unwrap_or_default();
+    let special = |id: Option<u32>| {
+        id.map(|i| tok.token_text(i).to_string())
+            .unwrap_or_default()
+    };
     let template = ChatTemplate::new(Some(source), &special(tok.bos()), &special(tok.eos()))?;
     let mut messages = Vec::new();
     if let Some(s) = system {
-        messages.push(Message { role: "system".into(), content: s.into() });
+        messages.push(Message {
+            role: "system".into(),
+            content: s.into(),
+        });
     }
-    messages.push(Message { role: "user".into(), content: prompt.into() });
+    messages.push(Message {
+        role: "user".into(),
+        content: prompt.into(),
+    });
     Ok(template.render(&messages, true)?)
 }
 
@@ -119,7 +141,8 @@ fn prompt_text(model: &Model, prompt: &str, system: Option<&str>, raw: bool) -> 
 pub fn run(args: Args) -> CliResult {
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| format!("cannot read prompt file {}: {e}", path.display()))?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read prompt file {}: {e}", path.display()))?,
         (None, None) => unreachable!("clap requires one of them"),
     };
     let sampler_config = args.sampling.config()?;
@@ -140,17 +163,29 @@ pub fn run(args: Args) -> CliResult {
         )
         .into());
     }
-    let mut session = Session::new(model.clone(), n_ctx, args.threads, fulcrum_core::session::DEFAULT_BATCH)?;
+    let mut session = Session::new(
+        model.clone(),
+        n_ctx,
+        args.threads,
+        fulcrum_core::session::DEFAULT_BATCH,
+    )?;
     let mut history = Vec::new();
     let stdout = std::io::stdout();
     let json = args.json;
-    let result = decode_loop(&mut session, &mut sampler, &mut history, &prompt_ids, args.max_tokens, |piece| {
-        if !json {
-            let mut lock = stdout.lock();
-            let _ = lock.write_all(piece.as_bytes());
-            let _ = lock.flush();
-        }
-    })?;
+    let result = decode_loop(
+        &mut session,
+        &mut sampler,
+        &mut history,
+        &prompt_ids,
+        args.max_tokens,
+        |piece| {
+            if !json {
+                let mut lock = stdout.lock();
+                let _ = lock.write_all(piece.as_bytes());
+                let _ = lock.flush();
+            }
+        },
+    )?;
     let prompt_tps = prompt_ids.len() as f64 / result.prompt_seconds.max(1e-9);
     let gen_tps = result.tokens.len() as f64 / result.gen_seconds.max(1e-9);
     if json {

@@ -65,21 +65,38 @@ pub fn run(args: Args) -> CliResult {
         return Ok(());
     }
     println!("path:            {}", model.path.display());
-    println!("name:            {}", str_key("general.name").unwrap_or_else(|| "-".into()));
+    println!(
+        "name:            {}",
+        str_key("general.name").unwrap_or_else(|| "-".into())
+    );
     println!("architecture:    {}", c.arch_name);
-    println!("file:            {:.1} MiB, GGUF v{}, {} tensors", file.file_size() as f64 / 1048576.0, file.version(), file.tensors().len());
+    println!(
+        "file:            {:.1} MiB, GGUF v{}, {} tensors",
+        file.file_size() as f64 / 1048576.0,
+        file.version(),
+        file.tensors().len()
+    );
     println!("parameters:      {:.1} M", params as f64 / 1e6);
     println!("layers:          {}", c.n_layers);
     println!("embedding:       {} (feed-forward {})", c.d_model, c.d_ff);
-    println!("heads:           {} query, {} key/value, head width {}", c.n_heads, c.n_kv_heads, c.head_dim);
+    println!(
+        "heads:           {} query, {} key/value, head width {}",
+        c.n_heads, c.n_kv_heads, c.head_dim
+    );
     println!("context length:  {}", c.context_length);
     if let Some(w) = c.sliding_window {
-        println!("sliding window:  {w} (every {}th layer global)", c.sliding_pattern);
+        println!(
+            "sliding window:  {w} (every {}th layer global)",
+            c.sliding_pattern
+        );
     }
     println!("rope base:       {}", c.rope_base);
     println!("tensor types:");
     for (name, (n, bytes)) in &types {
-        println!("  {name:<6} {n:>4} tensors, {:>8.1} MiB", *bytes as f64 / 1048576.0);
+        println!(
+            "  {name:<6} {n:>4} tensors, {:>8.1} MiB",
+            *bytes as f64 / 1048576.0
+        );
     }
     println!(
         "tokenizer:       {} (pre: {}), {} tokens, bos {:?}, eos {:?}, add_bos {}",

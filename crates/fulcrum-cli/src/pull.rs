@@ -22,7 +22,11 @@ pub struct Args {
 pub fn run(args: Args) -> CliResult {
     if args.list {
         for m in models::known_models() {
-            let state = if models::cached_path(m).exists() { "cached" } else { "not cached" };
+            let state = if models::cached_path(m).exists() {
+                "cached"
+            } else {
+                "not cached"
+            };
             println!("{:<32} {:<8} {}", m.name, m.arch, state);
         }
         return Ok(());

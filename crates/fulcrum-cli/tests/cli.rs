@@ -8,16 +8,25 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn fulcrum(args: &[&str]) -> Output {
-    Command::new(fulcrum_bin()).args(args).output().expect("run fulcrum")
+    Command::new(fulcrum_bin())
+        .args(args)
+        .output()
+        .expect("run fulcrum")
 }
 
 /// Asserts a failed run with a message containing `needle` and no panic.
 fn assert_clean_failure(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
     assert_eq!(out.status.code(), Some(1), "exit code; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "stderr lacks {needle:?}: {stderr}");
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "stderr lacks {needle:?}: {stderr}"
+    );
 }
 
 fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -52,7 +61,10 @@ fn unknown_model_name_lists_known_models() {
 
 #[test]
 fn wrong_magic_is_reported() {
-    let path = temp_file("bad-magic.gguf", b"GGML\x03\x00\x00\x00 definitely not a model file at all");
+    let path = temp_file(
+        "bad-magic.gguf",
+        b"GGML\x03\x00\x00\x00 definitely not a model file at all",
+    );
     let out = fulcrum(&["info", path.to_str().unwrap()]);
     assert_clean_failure(&out, "magic");
 }
@@ -63,7 +75,15 @@ fn truncated_model_is_reported() {
     let bytes = std::fs::read(&m.path).unwrap();
     for cut in [10, 1000, 4_000_000, bytes.len() - 1] {
         let path = temp_file(&format!("truncated-{cut}.gguf"), &bytes[..cut]);
-        let out = fulcrum(&["generate", "--model", path.to_str().unwrap(), "--prompt", "hi", "-n", "1"]);
+        let out = fulcrum(&[
+            "generate",
+            "--model",
+            path.to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "-n",
+            "1",
+        ]);
         assert_clean_failure(&out, "");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("error:"), "cut {cut}: {stderr}");
@@ -81,13 +101,32 @@ fn unknown_architecture_lists_supported_ones() {
 #[test]
 fn prompt_longer_than_context_is_reported() {
     let prompt = "word ".repeat(200);
-    let out = fulcrum(&["generate", "--model", "gemma3-270m", "--ctx", "64", "--prompt", &prompt, "-n", "4", "--raw"]);
+    let out = fulcrum(&[
+        "generate",
+        "--model",
+        "gemma3-270m",
+        "--ctx",
+        "64",
+        "--prompt",
+        &prompt,
+        "-n",
+        "4",
+        "--raw",
+    ]);
     assert_clean_failure(&out, "context");
 }
 
 #[test]
 fn invalid_sampling_parameter_is_reported() {
-    let out = fulcrum(&["generate", "--model", "gemma3-270m", "--prompt", "hi", "--top-p", "1.5"]);
+    let out = fulcrum(&[
+        "generate",
+        "--model",
+        "gemma3-270m",
+        "--prompt",
+        "hi",
+        "--top-p",
+        "1.5",
+    ]);
     assert_clean_failure(&out, "top");
 }
 
@@ -95,9 +134,25 @@ fn invalid_sampling_parameter_is_reported() {
 fn generate_json_is_greedy_and_reproducible() {
     let g = common::golden();
     let case = &g["models"]["gemma3-270m"]["cases"]["code"];
-    let args = ["generate", "--model", "gemma3-270m", "--raw", "--json", "--temp", "0", "-n", "8", "--prompt", case["prompt"].as_str().unwrap()];
+    let args = [
+        "generate",
+        "--model",
+        "gemma3-270m",
+        "--raw",
+        "--json",
+        "--temp",
+        "0",
+        "-n",
+        "8",
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+    ];
     let out = fulcrum(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(ids(&v["prompt_tokens"]), ids(&case["prompt_ids"]));
     assert_eq!(ids(&v["tokens"]), ids(&case["generated_ids"])[..8].to_vec());
@@ -105,7 +160,19 @@ fn generate_json_is_greedy_and_reproducible() {
     assert!(v["timings"]["prompt_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["timings"]["gen_tokens_per_s"].as_f64().unwrap() > 0.0);
     // Sampling with a fixed seed is reproducible.
-    let sampled = ["generate", "--model", "gemma3-270m", "--raw", "--json", "--seed", "7", "-n", "12", "--prompt", "Once upon a time"];
+    let sampled = [
+        "generate",
+        "--model",
+        "gemma3-270m",
+        "--raw",
+        "--json",
+        "--seed",
+        "7",
+        "-n",
+        "12",
+        "--prompt",
+        "Once upon a time",
+    ];
     let a: serde_json::Value = serde_json::from_slice(&fulcrum(&sampled).stdout).unwrap();
     let b: serde_json::Value = serde_json::from_slice(&fulcrum(&sampled).stdout).unwrap();
     assert_eq!(a["tokens"], b["tokens"]);
@@ -114,16 +181,47 @@ fn generate_json_is_greedy_and_reproducible() {
 /// Perplexity of GPL-3 with 512-token windows, against llama-perplexity's figures in ../shared/golden/README.md.
 fn check_ppl(name: &str, reference: f64) {
     let text = Path::new("/usr/share/common-licenses/GPL-3");
-    assert!(text.exists(), "the perplexity text {} is missing (Debian's base-files)", text.display());
+    assert!(
+        text.exists(),
+        "the perplexity text {} is missing (Debian's base-files)",
+        text.display()
+    );
     model(name);
-    let out = fulcrum(&["eval", "ppl", "--model", name, "--file", text.to_str().unwrap(), "--ctx", "512", "--threads", "2", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = fulcrum(&[
+        "eval",
+        "ppl",
+        "--model",
+        name,
+        "--file",
+        text.to_str().unwrap(),
+        "--ctx",
+        "512",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ppl = v["ppl"].as_f64().unwrap();
-    assert_eq!(v["chunks"].as_u64(), Some(14), "GPL-3 gives 14 windows of 512 tokens");
+    assert_eq!(
+        v["chunks"].as_u64(),
+        Some(14),
+        "GPL-3 gives 14 windows of 512 tokens"
+    );
     let rel = (ppl - reference).abs() / reference;
-    eprintln!("{name}: ppl {ppl:.4} vs llama.cpp {reference} ({:.3}% off)", rel * 100.0);
-    assert!(rel < 0.01, "{name}: perplexity {ppl:.4} is {:.2}% from llama.cpp's {reference}", rel * 100.0);
+    eprintln!(
+        "{name}: ppl {ppl:.4} vs llama.cpp {reference} ({:.3}% off)",
+        rel * 100.0
+    );
+    assert!(
+        rel < 0.01,
+        "{name}: perplexity {ppl:.4} is {:.2}% from llama.cpp's {reference}",
+        rel * 100.0
+    );
 }
 
 #[test]

@@ -14,14 +14,20 @@ const LOGIT_TOLERANCE: f32 = 0.15;
 
 fn check_model(name: &str) {
     let g = golden();
-    let cases = g["models"][name]["cases"].as_object().expect("cases").clone();
+    let cases = g["models"][name]["cases"]
+        .as_object()
+        .expect("cases")
+        .clone();
     let model = model(name);
     let mut failures = Vec::new();
     for (case, c) in &cases {
         let prompt = c["prompt"].as_str().unwrap();
         let want_prompt = ids(&c["prompt_ids"]);
         let got_prompt = model.tokenizer.encode(prompt, true, true);
-        assert_eq!(got_prompt, want_prompt, "{name}/{case}: tokenization of {prompt:?}");
+        assert_eq!(
+            got_prompt, want_prompt,
+            "{name}/{case}: tokenization of {prompt:?}"
+        );
         let want = ids(&c["generated_ids"]);
         let top1 = floats(&c["top1_logits"]);
         let margins = floats(&c["top1_minus_top2_logit"]);
@@ -36,7 +42,10 @@ fn check_model(name: &str) {
             let err = (logits[want[step] as usize] - top1[step]).abs();
             max_err = max_err.max(err);
             if margins[step] >= NEAR_TIE && ours != want[step] {
-                failures.push(format!("{name}/{case} step {step}: argmax {ours}, llama.cpp {} (margin {})", want[step], margins[step]));
+                failures.push(format!(
+                    "{name}/{case} step {step}: argmax {ours}, llama.cpp {} (margin {})",
+                    want[step], margins[step]
+                ));
             }
             if err > LOGIT_TOLERANCE {
                 failures.push(format!(
@@ -55,14 +64,22 @@ fn check_model(name: &str) {
             let ours = argmax(&logits);
             if ours != want[step] {
                 if margins[step] >= NEAR_TIE {
-                    failures.push(format!("{name}/{case}: free-running greedy diverges at step {step} ({ours} vs {})", want[step]));
+                    failures.push(format!(
+                        "{name}/{case}: free-running greedy diverges at step {step} ({ours} vs {})",
+                        want[step]
+                    ));
                 }
                 break;
             }
             logits.copy_from_slice(session.eval_last(&[ours]).unwrap());
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

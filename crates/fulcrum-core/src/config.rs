@@ -87,7 +87,9 @@ pub struct Config {
 impl Config {
     /// Reads the configuration of the architecture named in the file's metadata.
     pub fn from_gguf(file: &GgufFile) -> Result<Config, ModelError> {
-        let arch_name = file.get_str("general.architecture")?.ok_or_else(|| missing("general.architecture"))?;
+        let arch_name = file
+            .get_str("general.architecture")?
+            .ok_or_else(|| missing("general.architecture"))?;
         let arch = match arch_name {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
@@ -104,11 +106,16 @@ impl Config {
             let k = key(k);
             let v = file.get_u32(&k)?.ok_or_else(|| missing(&k))?;
             if v == 0 {
-                return Err(ModelError::BadMetadata { key: k, reason: "must be positive".into() });
+                return Err(ModelError::BadMetadata {
+                    key: k,
+                    reason: "must be positive".into(),
+                });
             }
             Ok(v as usize)
         };
-        let opt_u32 = |k: &str| -> Result<Option<usize>, ModelError> { Ok(file.get_u32(&key(k))?.map(|v| v as usize)) };
+        let opt_u32 = |k: &str| -> Result<Option<usize>, ModelError> {
+            Ok(file.get_u32(&key(k))?.map(|v| v as usize))
+        };
         let opt_f32 = |k: &str| -> Result<Option<f32>, ModelError> { Ok(file.get_f32(&key(k))?) };
 
         let n_layers = req_u32("block_count")?;
@@ -123,7 +130,9 @@ impl Config {
         let rope_base = opt_f32("rope.freq_base")?.unwrap_or(10_000.0);
         let rope_dims = opt_u32("rope.dimension_count")?.unwrap_or(head_dim);
         let rope_scale = match file.get_str(&key("rope.scaling.type"))? {
-            Some("linear") | None => opt_f32("rope.scaling.factor")?.filter(|f| *f > 0.0).unwrap_or(1.0),
+            Some("linear") | None => opt_f32("rope.scaling.factor")?
+                .filter(|f| *f > 0.0)
+                .unwrap_or(1.0),
             Some("none") => 1.0,
             Some(other) => {
                 return Err(ModelError::BadMetadata {
@@ -195,7 +204,9 @@ impl Config {
 
     /// Whether layer `layer` attends through a sliding window.
     pub fn is_sliding(&self, layer: usize) -> bool {
-        self.sliding_window.is_some() && self.sliding_pattern > 0 && (layer + 1) % self.sliding_pattern != 0
+        self.sliding_window.is_some()
+            && self.sliding_pattern > 0
+            && (layer + 1) % self.sliding_pattern != 0
     }
 
     /// Width of all key heads together.

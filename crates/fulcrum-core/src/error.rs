@@ -14,9 +14,14 @@ pub enum ModelError {
     Tokenizer(#[from] TokenizerError),
     /// The architecture named in `general.architecture` is not implemented.
     #[error("unsupported architecture '{found}'; Fulcrum supports: {}", supported.join(", "))]
-    UnsupportedArchitecture { found: String, supported: Vec<&'static str> },
+    UnsupportedArchitecture {
+        found: String,
+        supported: Vec<&'static str>,
+    },
     /// A metadata key the architecture needs is absent.
-    #[error("metadata key '{0}' is missing; the file is incomplete or was converted for another engine")]
+    #[error(
+        "metadata key '{0}' is missing; the file is incomplete or was converted for another engine"
+    )]
     MissingKey(String),
     /// A metadata value is outside what the architecture allows.
     #[error("metadata '{key}' has an invalid value: {reason}")]
@@ -26,13 +31,21 @@ pub enum ModelError {
     MissingTensor(String),
     /// A tensor has a shape other than the configuration implies.
     #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    BadShape { name: String, found: Vec<u64>, expected: Vec<u64> },
+    BadShape {
+        name: String,
+        found: Vec<u64>,
+        expected: Vec<u64>,
+    },
     /// A tensor is stored in a type the kernels do not implement.
     #[error("tensor '{name}' has type {ty}, which Fulcrum cannot compute with yet")]
     UnsupportedType { name: String, ty: GgmlType },
     /// The prompt and generation do not fit the context window.
     #[error("{needed} tokens do not fit the context of {ctx} tokens; shorten the prompt or raise --ctx (the model allows up to {max})")]
-    ContextOverflow { needed: usize, ctx: usize, max: usize },
+    ContextOverflow {
+        needed: usize,
+        ctx: usize,
+        max: usize,
+    },
     /// A token id is outside the vocabulary.
     #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
     BadToken { id: u32, vocab: usize },

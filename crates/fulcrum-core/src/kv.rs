@@ -23,9 +23,18 @@ impl KvCache {
     /// An empty cache for `n_ctx` positions.
     pub fn new(n_layers: usize, n_ctx: usize, kv_dim: usize, kv_dim_v: usize) -> KvCache {
         let layers = (0..n_layers)
-            .map(|_| LayerKv { k: vec![f16::ZERO; n_ctx * kv_dim], v: vec![f16::ZERO; n_ctx * kv_dim_v] })
+            .map(|_| LayerKv {
+                k: vec![f16::ZERO; n_ctx * kv_dim],
+                v: vec![f16::ZERO; n_ctx * kv_dim_v],
+            })
             .collect();
-        KvCache { layers, n_ctx, len: 0, kv_dim, kv_dim_v }
+        KvCache {
+            layers,
+            n_ctx,
+            len: 0,
+            kv_dim,
+            kv_dim_v,
+        }
     }
 
     /// Bytes held by the cache.

@@ -58,8 +58,8 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// Buffers for `config`, batches of `max_batch` tokens, a context of `n_ctx` and `n_threads` threads.
-    pub fn new(c: &Config, max_batch: usize, n_ctx: usize, n_threads: usize) -> Scratch {
+    /// Buffers for `config`, batches of `max_batch` tokens and `n_threads` threads.
+    pub fn new(c: &Config, max_batch: usize, n_threads: usize) -> Scratch {
         let n = max_batch;
         Scratch {
             max_batch,
@@ -73,7 +73,10 @@ impl Scratch {
             gate: vec![0.0; n * c.d_ff],
             up: vec![0.0; n * c.d_ff],
             logits: Vec::new(),
-            att_scratch: vec![0.0; n_threads * attention::scratch_per_thread(n_ctx, c.head_dim, c.head_dim_v)],
+            att_scratch: vec![
+                0.0;
+                n_threads * attention::scratch_per_thread(c.head_dim, c.head_dim_v)
+            ],
             qbuf: QuantBuffer::default(),
         }
     }
@@ -89,10 +92,20 @@ impl Model {
         if tokenizer.vocab_size() < config.vocab_size {
             return Err(ModelError::BadMetadata {
                 key: "tokenizer.ggml.tokens".into(),
-                reason: format!("{} tokens for an embedding of {} rows", tokenizer.vocab_size(), config.vocab_size),
+                reason: format!(
+                    "{} tokens for an embedding of {} rows",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
             });
         }
-        Ok(Model { file, path: path.to_path_buf(), config, weights, tokenizer })
+        Ok(Model {
+            file,
+            path: path.to_path_buf(),
+            config,
+            weights,
+            tokenizer,
+        })
     }
 
     /// The chat template stored in the file, if any.
@@ -114,7 +127,14 @@ impl Model {
     /// returns the logits asked for: `(rows, vocab)` row-major.
     ///
     /// `tokens.len()` must be at most `scratch.max_batch`; callers split longer inputs.
-    pub fn forward<'s>(&self, pool: &ThreadPool, tokens: &[u32], kv: &mut KvCache, s: &'s mut Scratch, logits: Logits) -> Result<&'s [f32], ModelError> {
+    pub fn forward<'s>(
+        &self,
+        pool: &ThreadPool,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        s: &'s mut Scratch,
+        logits: Logits,
+    ) -> Result<&'s [f32], ModelError> {
         let c = &self.config;
         let w = &self.weights;
         let n = tokens.len();
@@ -122,9 +142,17 @@ impl Model {
         if n == 0 {
             return Err(ModelError::EmptyBatch);
         }
-        assert!(n <= s.max_batch, "batch of {n} exceeds scratch capacity {}", s.max_batch);
+        assert!(
+            n <= s.max_batch,
+            "batch of {n} exceeds scratch capacity {}",
+            s.max_batch
+        );
         if start + n > kv.n_ctx {
-            return Err(ModelError::ContextOverflow { needed: start + n, ctx: kv.n_ctx, max: c.context_length });
+            return Err(ModelError::ContextOverflow {
+                needed: start + n,
+                ctx: kv.n_ctx,
+                max: c.context_length,
+            });
         }
         let d = c.d_model;
 
@@ -132,7 +160,10 @@ impl Model {
         let embd_data = self.data(&w.token_embd);
         for (t, &tok) in tokens.iter().enumerate() {
             if tok as usize >= c.vocab_size {
-                return Err(ModelError::BadToken { id: tok, vocab: c.vocab_size });
+                return Err(ModelError::BadToken {
+                    id: tok,
+                    vocab: c.vocab_size,
+                });
             }
             let row = &embd_data[tok as usize * w.token_embd.row_bytes..][..w.token_embd.row_bytes];
             let x = &mut s.x[t * d..(t + 1) * d];
@@ -146,10 +177,38 @@ impl Model {
             // Attention block.
             ops::rms_norm(&s.x[..n * d], &lw.attn_norm, c.rms_eps, &mut s.xb[..n * d]);
             let xb = &s.xb[..n * d];
-            ops::matmul(pool, &lw.wq, self.data(&lw.wq), xb, n, &mut s.q, &mut s.qbuf);
-            ops::matmul(pool, &lw.wk, self.data(&lw.wk), xb, n, &mut s.k, &mut s.qbuf);
-            ops::matmul(pool, &lw.wv, self.data(&lw.wv), xb, n, &mut s.v, &mut s.qbuf);
-            let (q, k, v) = (&mut s.q[..n * c.q_dim()], &mut s.k[..n * c.kv_dim()], &mut s.v[..n * c.kv_dim_v()]);
+            ops::matmul(
+                pool,
+                &lw.wq,
+                self.data(&lw.wq),
+                xb,
+                n,
+                &mut s.q,
+                &mut s.qbuf,
+            );
+            ops::matmul(
+                pool,
+                &lw.wk,
+                self.data(&lw.wk),
+                xb,
+                n,
+                &mut s.k,
+                &mut s.qbuf,
+            );
+            ops::matmul(
+                pool,
+                &lw.wv,
+                self.data(&lw.wv),
+                xb,
+                n,
+                &mut s.v,
+                &mut s.qbuf,
+            );
+            let (q, k, v) = (
+                &mut s.q[..n * c.q_dim()],
+                &mut s.k[..n * c.kv_dim()],
+                &mut s.v[..n * c.kv_dim_v()],
+            );
             for (bias, x) in [(&lw.bq, &mut *q), (&lw.bk, &mut *k), (&lw.bv, &mut *v)] {
                 if let Some(b) = bias {
                     ops::add_bias(x, b);
@@ -160,11 +219,26 @@ impl Model {
                 ops::rms_norm_inplace(k, kn, c.rms_eps);
             }
             let sliding = c.is_sliding(l);
-            let base = if sliding { c.rope_base_local } else { c.rope_base };
+            let base = if sliding {
+                c.rope_base_local
+            } else {
+                c.rope_base
+            };
             let factors = w.rope_freqs.as_deref();
             for t in 0..n {
                 let pos = start + t;
-                let rope = |x: &mut [f32]| ops::rope(x, c.head_dim, c.rope_dims, pos, base, c.rope_scale, c.rope_style, factors);
+                let rope = |x: &mut [f32]| {
+                    ops::rope(
+                        x,
+                        c.head_dim,
+                        c.rope_dims,
+                        pos,
+                        base,
+                        c.rope_scale,
+                        c.rope_style,
+                        factors,
+                    )
+                };
                 rope(&mut q[t * c.q_dim()..(t + 1) * c.q_dim()]);
                 rope(&mut k[t * c.kv_dim()..(t + 1) * c.kv_dim()]);
             }
@@ -178,8 +252,25 @@ impl Model {
                 window: if sliding { c.sliding_window } else { None },
             };
             let att = &mut s.att[..n * c.n_heads * c.head_dim_v];
-            attention::attention(pool, &shape, &kv.layers[l], q, n, start, att, &mut s.att_scratch);
-            ops::matmul(pool, &lw.wo, self.data(&lw.wo), att, n, &mut s.o, &mut s.qbuf);
+            attention::attention(
+                pool,
+                &shape,
+                &kv.layers[l],
+                q,
+                n,
+                start,
+                att,
+                &mut s.att_scratch,
+            );
+            ops::matmul(
+                pool,
+                &lw.wo,
+                self.data(&lw.wo),
+                att,
+                n,
+                &mut s.o,
+                &mut s.qbuf,
+            );
             let o = &mut s.o[..n * d];
             if let Some(norm) = &lw.post_attn_norm {
                 ops::rms_norm_inplace(o, norm, c.rms_eps);
@@ -189,14 +280,38 @@ impl Model {
             // Feed-forward block.
             ops::rms_norm(&s.x[..n * d], &lw.ffn_norm, c.rms_eps, &mut s.xb[..n * d]);
             let xb = &s.xb[..n * d];
-            ops::matmul(pool, &lw.w_gate, self.data(&lw.w_gate), xb, n, &mut s.gate, &mut s.qbuf);
-            ops::matmul(pool, &lw.w_up, self.data(&lw.w_up), xb, n, &mut s.up, &mut s.qbuf);
+            ops::matmul(
+                pool,
+                &lw.w_gate,
+                self.data(&lw.w_gate),
+                xb,
+                n,
+                &mut s.gate,
+                &mut s.qbuf,
+            );
+            ops::matmul(
+                pool,
+                &lw.w_up,
+                self.data(&lw.w_up),
+                xb,
+                n,
+                &mut s.up,
+                &mut s.qbuf,
+            );
             let (gate, up) = (&mut s.gate[..n * c.d_ff], &s.up[..n * c.d_ff]);
             match c.activation {
                 Activation::Silu => ops::swiglu(gate, up),
                 Activation::GeluTanh => ops::geglu(gate, up),
             }
-            ops::matmul(pool, &lw.w_down, self.data(&lw.w_down), gate, n, &mut s.o, &mut s.qbuf);
+            ops::matmul(
+                pool,
+                &lw.w_down,
+                self.data(&lw.w_down),
+                gate,
+                n,
+                &mut s.o,
+                &mut s.qbuf,
+            );
             let o = &mut s.o[..n * d];
             if let Some(norm) = &lw.post_ffn_norm {
                 ops::rms_norm_inplace(o, norm, c.rms_eps);
@@ -211,11 +326,26 @@ impl Model {
             Logits::From(i) => i.min(n - 1),
         };
         let rows = n - first;
-        ops::rms_norm(&s.x[first * d..n * d], &w.output_norm, c.rms_eps, &mut s.xb[..rows * d]);
+        ops::rms_norm(
+            &s.x[first * d..n * d],
+            &w.output_norm,
+            c.rms_eps,
+            &mut s.xb[..rows * d],
+        );
         s.logits.resize(rows * c.vocab_size, 0.0);
-        ops::matmul(pool, &w.output, self.data(&w.output), &s.xb[..rows * d], rows, &mut s.logits, &mut s.qbuf);
+        ops::matmul(
+            pool,
+            &w.output,
+            self.data(&w.output),
+            &s.xb[..rows * d],
+            rows,
+            &mut s.logits,
+            &mut s.qbuf,
+        );
         if let Some(cap) = c.final_logit_softcap {
-            s.logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+            s.logits
+                .iter_mut()
+                .for_each(|v| *v = (*v / cap).tanh() * cap);
         }
         Ok(&s.logits)
     }

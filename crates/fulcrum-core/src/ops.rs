@@ -48,7 +48,16 @@ fn rms_scale(row: &[f32], eps: f32) -> f32 {
 /// Rotary position embedding of one token: rotates every head of `x` (heads of `head_dim`) for position `pos`.
 ///
 /// Angles are `pos · base^(-2i/rope_dims) / freq_factor[i] / scale`, advanced by multiplication as ggml does.
-pub fn rope(x: &mut [f32], head_dim: usize, rope_dims: usize, pos: usize, base: f32, scale: f32, style: RopeStyle, factors: Option<&[f32]>) {
+pub fn rope(
+    x: &mut [f32],
+    head_dim: usize,
+    rope_dims: usize,
+    pos: usize,
+    base: f32,
+    scale: f32,
+    style: RopeStyle,
+    factors: Option<&[f32]>,
+) {
     let half = rope_dims / 2;
     let theta_scale = base.powf(-2.0 / rope_dims as f32);
     let mut theta = pos as f32;
@@ -104,7 +113,11 @@ pub fn gelu_tanh(x: f32) -> f32 {
 
 fn gelu_table() -> &'static [f16] {
     static TABLE: OnceLock<Vec<f16>> = OnceLock::new();
-    TABLE.get_or_init(|| (0..=u16::MAX).map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32()))).collect())
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| f16::from_f32(gelu_tanh(f16::from_bits(bits).to_f32())))
+            .collect()
+    })
 }
 
 /// Scratch for quantized activations of one matmul input.
@@ -117,13 +130,24 @@ pub struct QuantBuffer {
 ///
 /// The inputs are first quantized to the weight type's activation format (as ggml does), then weight rows are split
 /// across the pool's threads so that each weight row is read once for all `n` inputs.
-pub fn matmul(pool: &ThreadPool, w: &Mat, w_data: &[u8], x: &[f32], n: usize, out: &mut [f32], qbuf: &mut QuantBuffer) {
+pub fn matmul(
+    pool: &ThreadPool,
+    w: &Mat,
+    w_data: &[u8],
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    qbuf: &mut QuantBuffer,
+) {
     debug_assert_eq!(x.len(), n * w.cols);
     debug_assert!(out.len() >= n * w.rows);
     let act_ty = fulcrum_quant::vec_dot_type(w.ty);
     let act_row = fulcrum_quant::row_bytes(act_ty, w.cols);
     qbuf.bytes.resize(n * act_row, 0);
-    for (src, dst) in x.chunks_exact(w.cols).zip(qbuf.bytes.chunks_exact_mut(act_row)) {
+    for (src, dst) in x
+        .chunks_exact(w.cols)
+        .zip(qbuf.bytes.chunks_exact_mut(act_row))
+    {
         fulcrum_quant::quantize_row(act_ty, src, dst);
     }
     let acts = &qbuf.bytes;
@@ -204,7 +228,10 @@ mod tests {
             let x = i as f32 * 0.025;
             let mut g = [x];
             geglu(&mut g, &[1.0]);
-            assert!((g[0] - gelu_tanh(x)).abs() < 2e-2 * (1.0 + x.abs()), "x={x}");
+            assert!(
+                (g[0] - gelu_tanh(x)).abs() < 2e-2 * (1.0 + x.abs()),
+                "x={x}"
+            );
         }
     }
 }

@@ -19,16 +19,30 @@ pub struct Session {
 
 impl Session {
     /// A session with a context of `n_ctx` positions, `n_threads` threads (0: all cores) and prefill batches of `batch`.
-    pub fn new(model: Arc<Model>, n_ctx: usize, n_threads: usize, batch: usize) -> Result<Session, ModelError> {
+    pub fn new(
+        model: Arc<Model>,
+        n_ctx: usize,
+        n_threads: usize,
+        batch: usize,
+    ) -> Result<Session, ModelError> {
         let max = model.config.context_length;
         if n_ctx == 0 || n_ctx > max {
-            return Err(ModelError::ContextOverflow { needed: n_ctx, ctx: max, max });
+            return Err(ModelError::ContextOverflow {
+                needed: n_ctx,
+                ctx: max,
+                max,
+            });
         }
         let pool = ThreadPool::new(n_threads);
         let batch = batch.clamp(1, n_ctx);
         let kv = model.new_kv_cache(n_ctx);
-        let scratch = Scratch::new(&model.config, batch, n_ctx, pool.n_threads());
-        Ok(Session { model, pool, kv, scratch })
+        let scratch = Scratch::new(&model.config, batch, pool.n_threads());
+        Ok(Session {
+            model,
+            pool,
+            kv,
+            scratch,
+        })
     }
 
     /// Positions already in the cache.
@@ -58,11 +72,23 @@ impl Session {
         let n_chunks = tokens.len().div_ceil(chunk);
         for (i, part) in tokens.chunks(chunk).enumerate() {
             if i + 1 < n_chunks {
-                self.model.forward(&self.pool, part, &mut self.kv, &mut self.scratch, Logits::Last)?;
+                self.model.forward(
+                    &self.pool,
+                    part,
+                    &mut self.kv,
+                    &mut self.scratch,
+                    Logits::Last,
+                )?;
             }
         }
         let last = tokens.chunks(chunk).last().ok_or(ModelError::EmptyBatch)?;
-        self.model.forward(&self.pool, last, &mut self.kv, &mut self.scratch, Logits::Last)
+        self.model.forward(
+            &self.pool,
+            last,
+            &mut self.kv,
+            &mut self.scratch,
+            Logits::Last,
+        )
     }
 
     /// Evaluates `tokens` and returns the logits of tokens `from..`, `(tokens.len() - from, vocab)` row-major.
@@ -75,10 +101,22 @@ impl Session {
             let end = offset + part.len();
             if end > from {
                 let local = from.saturating_sub(offset);
-                let logits = self.model.forward(&self.pool, part, &mut self.kv, &mut self.scratch, Logits::From(local))?;
+                let logits = self.model.forward(
+                    &self.pool,
+                    part,
+                    &mut self.kv,
+                    &mut self.scratch,
+                    Logits::From(local),
+                )?;
                 out.extend_from_slice(&logits[..(part.len() - local) * vocab]);
             } else {
-                self.model.forward(&self.pool, part, &mut self.kv, &mut self.scratch, Logits::Last)?;
+                self.model.forward(
+                    &self.pool,
+                    part,
+                    &mut self.kv,
+                    &mut self.scratch,
+                    Logits::Last,
+                )?;
             }
             offset = end;
         }

@@ -38,7 +38,11 @@ pub struct ThreadPool {
 impl ThreadPool {
     /// A pool of `n_threads` threads in total, the caller included (0 means all available cores).
     pub fn new(n_threads: usize) -> ThreadPool {
-        let n_threads = if n_threads == 0 { default_threads() } else { n_threads };
+        let n_threads = if n_threads == 0 {
+            default_threads()
+        } else {
+            n_threads
+        };
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
@@ -55,7 +59,11 @@ impl ThreadPool {
                     .expect("spawning a worker thread")
             })
             .collect();
-        ThreadPool { shared, workers, n_threads }
+        ThreadPool {
+            shared,
+            workers,
+            n_threads,
+        }
     }
 
     /// Number of threads that execute each job.
@@ -97,14 +105,18 @@ fn worker_loop(shared: &Shared, index: usize, n_threads: usize) {
     let mut seen = 0usize;
     loop {
         let mut spins = 0usize;
-        while shared.generation.load(Ordering::Acquire) == seen && !shared.shutdown.load(Ordering::Acquire) {
+        while shared.generation.load(Ordering::Acquire) == seen
+            && !shared.shutdown.load(Ordering::Acquire)
+        {
             spins += 1;
             if spins < SPIN_LIMIT {
                 std::hint::spin_loop();
                 continue;
             }
             let slot = shared.job.lock().unwrap_or_else(|e| e.into_inner());
-            if shared.generation.load(Ordering::Acquire) == seen && !shared.shutdown.load(Ordering::Acquire) {
+            if shared.generation.load(Ordering::Acquire) == seen
+                && !shared.shutdown.load(Ordering::Acquire)
+            {
                 drop(shared.wake.wait(slot).unwrap_or_else(|e| e.into_inner()));
             }
         }
@@ -112,7 +124,11 @@ fn worker_loop(shared: &Shared, index: usize, n_threads: usize) {
             return;
         }
         seen = shared.generation.load(Ordering::Acquire);
-        let ptr = shared.job.lock().unwrap_or_else(|e| e.into_inner()).expect("a job is published");
+        let ptr = shared
+            .job
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expect("a job is published");
         // SAFETY: the publishing `run` call waits for `pending` to reach zero before the closure goes away.
         let job = unsafe { &*ptr };
         job(index, n_threads);
@@ -135,7 +151,9 @@ impl Drop for ThreadPool {
 
 /// The number of cores available to this process.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// The half-open range of `0..len` that thread `index` of `n` handles, in contiguous, balanced pieces.

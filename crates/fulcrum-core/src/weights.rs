@@ -77,13 +77,14 @@ impl Weights {
                     None => Ok(None),
                 }
             };
-            let need = |s: &str, len: usize, wanted: bool| -> Result<Option<Vec<f32>>, ModelError> {
-                let v = opt_vec(s, len)?;
-                if wanted && v.is_none() {
-                    return Err(ModelError::MissingTensor(n(s)));
-                }
-                Ok(v)
-            };
+            let need =
+                |s: &str, len: usize, wanted: bool| -> Result<Option<Vec<f32>>, ModelError> {
+                    let v = opt_vec(s, len)?;
+                    if wanted && v.is_none() {
+                        return Err(ModelError::MissingTensor(n(s)));
+                    }
+                    Ok(v)
+                };
             layers.push(LayerWeights {
                 attn_norm: load_vec(file, &n("attn_norm.weight"), c.d_model)?,
                 wq: mat(&n("attn_q.weight"), c.q_dim(), d)?,
@@ -94,7 +95,11 @@ impl Weights {
                 bv: opt_vec("attn_v.bias", c.kv_dim_v())?,
                 q_norm: need("attn_q_norm.weight", c.head_dim, c.qk_norm)?,
                 k_norm: need("attn_k_norm.weight", c.head_dim, c.qk_norm)?,
-                wo: mat(&n("attn_output.weight"), c.d_model, (c.n_heads * c.head_dim_v) as u64)?,
+                wo: mat(
+                    &n("attn_output.weight"),
+                    c.d_model,
+                    (c.n_heads * c.head_dim_v) as u64,
+                )?,
                 post_attn_norm: need("post_attention_norm.weight", c.d_model, c.post_norms)?,
                 ffn_norm: load_vec(file, &n("ffn_norm.weight"), c.d_model)?,
                 w_gate: mat(&n("ffn_gate.weight"), c.d_ff, d)?,
@@ -123,12 +128,21 @@ impl Weights {
 }
 
 fn load_mat(file: &GgufFile, name: &str, rows: u64, cols: u64) -> Result<Mat, ModelError> {
-    let info = file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+    let info = file
+        .tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
     if info.dims != [cols, rows] {
-        return Err(ModelError::BadShape { name: name.into(), found: info.dims.clone(), expected: vec![cols, rows] });
+        return Err(ModelError::BadShape {
+            name: name.into(),
+            found: info.dims.clone(),
+            expected: vec![cols, rows],
+        });
     }
     if !fulcrum_quant::is_supported(info.ty) {
-        return Err(ModelError::UnsupportedType { name: name.into(), ty: info.ty });
+        return Err(ModelError::UnsupportedType {
+            name: name.into(),
+            ty: info.ty,
+        });
     }
     Ok(Mat {
         info: info.clone(),
@@ -141,12 +155,21 @@ fn load_mat(file: &GgufFile, name: &str, rows: u64, cols: u64) -> Result<Mat, Mo
 
 /// Reads a small tensor (a norm, a bias) into f32, whatever its storage type.
 fn load_vec(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-    let info = file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+    let info = file
+        .tensor(name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
     if info.n_elements() != len as u64 || info.dims.len() != 1 {
-        return Err(ModelError::BadShape { name: name.into(), found: info.dims.clone(), expected: vec![len as u64] });
+        return Err(ModelError::BadShape {
+            name: name.into(),
+            found: info.dims.clone(),
+            expected: vec![len as u64],
+        });
     }
     if !fulcrum_quant::is_supported(info.ty) {
-        return Err(ModelError::UnsupportedType { name: name.into(), ty: info.ty });
+        return Err(ModelError::UnsupportedType {
+            name: name.into(),
+            ty: info.ty,
+        });
     }
     let mut out = vec![0.0f32; len];
     fulcrum_quant::dequantize_row(info.ty, file.tensor_data(info), &mut out);

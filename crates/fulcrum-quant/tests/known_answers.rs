@@ -133,15 +133,16 @@ fn q6_k_code_bits_and_scales() {
 }
 
 #[test]
-fn q8_0_rounds_half_away_from_zero() {
+fn q8_0_scales_by_127_over_amax_and_rounds_half_to_even() {
+    // ggml's AVX2 quantizer multiplies by 127/amax and rounds ties to even; llama.cpp runs that one here.
     let mut x = [0.0f32; 32];
-    x[0] = 63.5; // amax → d = 0.5
-    x[1] = 0.25; // 0.5 steps → 1
-    x[2] = -0.25; // → −1
-    x[3] = 1.25; // 2.5 → 3
+    x[0] = 63.5; // amax → d = 0.5, scale 2
+    x[1] = 0.25; // 0.5 → 0
+    x[2] = -0.75; // −1.5 → −2
+    x[3] = 1.25; // 2.5 → 2
     let q = quantize(GgmlType::Q8_0, &x);
     assert_eq!(&q[..2], &F16_HALF);
-    assert_eq!(&q[2..6], &[127, 1, (-1i8) as u8, 3]);
+    assert_eq!(&q[2..6], &[127, 0, (-2i8) as u8, 2]);
 }
 
 #[test]

@@ -23,10 +23,11 @@ pub fn quantize(src: &[f32], dst: &mut [u8]) {
     for (x, block) in src.chunks_exact(QK).zip(cast_mut::<BlockQ8_1>(dst)) {
         let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        // As ggml's AVX2 quantizer (the one llama.cpp runs on this class of CPU): x · 127/amax, ties to even.
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, v) in block.qs.iter_mut().zip(x) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
             sum += *q as i32;
         }
         block.d = f32_to_f16(d);
