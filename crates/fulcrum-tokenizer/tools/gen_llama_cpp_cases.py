@@ -5,8 +5,8 @@ The reference is tools/llama_tokenize_batch.cpp built against llama.cpp at the g
 (0c1e57098, as vendored in llama-cpp-python 0.3.36). Usage:
     python3 tools/gen_llama_cpp_cases.py PATH/TO/llama_tokenize_batch [MODELS_DIR]
 Cases are hand-picked edge cases plus seeded random strings from a pool of tricky code points.
-Environment: CASES_RANDOM (random texts per model, default 400), CASES_SEED, CASES_OUT (output directory),
-CASES_MODELS (comma-separated "name[:gguf path]" to override which files are used).
+Environment: CASES_RANDOM (random texts per model, default 400; a third of that per variant), CASES_SEED,
+CASES_OUT (output directory), CASES_VARIANTS_DIR (where make_vocab_variant.py wrote the variant files).
 """
 import json
 import os
@@ -81,28 +81,51 @@ def run(model_path, texts, add_special, parse_special):
     return [[int(x) for x in line.split()] for line in lines]
 
 
+GEMMA_SPECIALS = ["<start_of_turn>", "<end_of_turn>", "<eos>", "\n\n", "<unused9>"]
+QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>"]
+
+# Variants: the real vocabularies with one metadata key changed, to exercise the other pre-tokenizers and
+# the SentencePiece space prefix. The GGUF files are made by tools/make_vocab_variant.py into
+# $CASES_VARIANTS_DIR as <base>+<key>=<value>.gguf; the tests apply the same override to the real file.
+VARIANTS = [
+    ("gemma3-270m", "add_space_prefix", "true"),
+    ("qwen2.5-coder-0.5b-instruct", "pre", "llama-bpe"),
+    ("qwen2.5-coder-0.5b-instruct", "pre", "dbrx"),
+    ("qwen2.5-coder-0.5b-instruct", "pre", "gpt-2"),
+    ("qwen2.5-coder-0.5b-instruct", "pre", "starcoder"),
+    ("qwen2.5-coder-0.5b-instruct", "pre", "default"),
+]
+
+
+def write_cases(name, path, hand, specials, n_random):
+    rng = random.Random(int(os.environ.get("CASES_SEED", "20240601")))
+    randoms = [random_text(rng, specials) for _ in range(n_random)]
+    cases = []
+    # The empty text cannot be sent as a record (a trailing separator would end the input early).
+    texts = [t for t in hand + randoms if t and "\x1e" not in t]
+    for add_special, parse_special in [(True, True), (False, False)]:
+        for text, ids in zip(texts, run(path, texts, add_special, parse_special)):
+            cases.append({"text": text, "add_special": add_special, "parse_special": parse_special, "ids": ids})
+    out_dir = os.environ.get("CASES_OUT", os.path.join(HERE, "..", "tests", "data"))
+    with open(os.path.join(out_dir, name + ".cases.json"), "w") as f:
+        # One case per line keeps diffs of regenerated files readable.
+        f.write('{"model": %s, "reference": "llama.cpp 0c1e57098 llama_tokenize", "cases": [\n' % json.dumps(name))
+        f.write(",\n".join(json.dumps(c, ensure_ascii=False) for c in cases))
+        f.write("\n]}\n")
+    print(name, len(cases), "cases")
+
+
 def main():
-    for model, extra, specials in [
-        ("gemma3-270m", GEMMA_ONLY, ["<start_of_turn>", "<end_of_turn>", "<eos>", "\n\n", "<unused9>"]),
-        ("qwen2.5-coder-0.5b-instruct", QWEN_ONLY, ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>"]),
-    ]:
-        rng = random.Random(int(os.environ.get("CASES_SEED", "20240601")))
-        hand = COMMON + extra
-        randoms = [random_text(rng, specials) for _ in range(int(os.environ.get("CASES_RANDOM", "400")))]
-        path = os.path.join(MODELS, model + ".gguf")
-        cases = []
-        # The empty text cannot be sent as a record (a trailing separator would end the input early).
-        texts = [t for t in hand + randoms if t and "\x1e" not in t]
-        for add_special, parse_special in [(True, True), (False, False)]:
-            for text, ids in zip(texts, run(path, texts, add_special, parse_special)):
-                cases.append({"text": text, "add_special": add_special, "parse_special": parse_special, "ids": ids})
-        out_dir = os.environ.get("CASES_OUT", os.path.join(HERE, "..", "tests", "data"))
-        with open(os.path.join(out_dir, model + ".cases.json"), "w") as f:
-            # One case per line keeps diffs of regenerated files readable.
-            f.write('{"model": %s, "reference": "llama.cpp 0c1e57098 llama_tokenize", "cases": [\n' % json.dumps(model))
-            f.write(",\n".join(json.dumps(c, ensure_ascii=False) for c in cases))
-            f.write("\n]}\n")
-        print(model, len(cases), "cases")
+    n_random = int(os.environ.get("CASES_RANDOM", "400"))
+    for model, extra, specials in [("gemma3-270m", GEMMA_ONLY, GEMMA_SPECIALS),
+                                   ("qwen2.5-coder-0.5b-instruct", QWEN_ONLY, QWEN_SPECIALS)]:
+        write_cases(model, os.path.join(MODELS, model + ".gguf"), COMMON + extra, specials, n_random)
+    variants_dir = os.environ.get("CASES_VARIANTS_DIR")
+    if variants_dir:
+        for base, key, value in VARIANTS:
+            name = f"{base}+{key}={value}"
+            extra, specials = (GEMMA_ONLY, GEMMA_SPECIALS) if base.startswith("gemma") else (QWEN_ONLY, QWEN_SPECIALS)
+            write_cases(name, os.path.join(variants_dir, name + ".gguf"), COMMON + extra, specials, n_random // 3)
 
 
 main()
