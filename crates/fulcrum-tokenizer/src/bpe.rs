@@ -198,3 +198,23 @@ fn emit_symbols(word: &str, symbols: &[Symbol], vocab: &Vocab, out: &mut Vec<u32
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_map_is_a_bijection() {
+        let chars: Vec<char> = (0..=255u8).map(byte_level_byte_to_char).collect();
+        for (b, &c) in chars.iter().enumerate() {
+            assert_eq!(byte_level_char_to_byte(c), Some(b as u8));
+        }
+        let mut sorted = chars.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 256);
+        // GPT-2: space is 'Ġ' (U+0120), newline 'Ċ' (U+010A), 'A' itself.
+        assert_eq!((chars[0x20], chars[0x0A], chars[0x41]), ('Ġ', 'Ċ', 'A'));
+        assert_eq!(byte_level_char_to_byte('日'), None);
+    }
+}

@@ -106,7 +106,7 @@ pub enum TokenizerError {
 /// The model-specific half of the tokenizer.
 enum Model {
     Spm,
-    Bpe(Bpe),
+    Bpe(Box<Bpe>),
 }
 
 /// A tokenizer built from a GGUF vocabulary.
@@ -141,7 +141,7 @@ impl Tokenizer {
                 let bpe = Bpe::new(&vocab, &merges, pre);
                 Ok(Tokenizer {
                     vocab,
-                    model: Model::Bpe(bpe),
+                    model: Model::Bpe(Box::new(bpe)),
                 })
             }
             other => Err(TokenizerError::UnknownModel {

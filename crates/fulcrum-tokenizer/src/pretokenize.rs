@@ -425,3 +425,78 @@ fn llama3_like(chunk: &Chunk, digits: Option<usize>, out: &mut Vec<usize>) {
         emit(pos, &mut piece_start);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whitespace_is_unicode_white_space() {
+        // llama.cpp's `unicode_set_whitespace`, which `char::is_whitespace` must reproduce.
+        let mut want: Vec<u32> = vec![0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680];
+        want.extend(0x2000..=0x200A);
+        want.extend([0x2028, 0x2029, 0x202F, 0x205F, 0x3000]);
+        let got: Vec<u32> = (0..=0x10FFFFu32)
+            .filter_map(char::from_u32)
+            .filter(|&c| flags(c).whitespace)
+            .map(u32::from)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn classes_follow_general_categories() {
+        assert!(flags('é').letter && flags('日').letter && !flags('\u{0301}').letter);
+        assert!(flags('²').number && flags('Ⅻ').number && flags('٣').number && !flags('x').number);
+        assert!(
+            is_default_punct('!')
+                && is_default_punct('「')
+                && is_default_punct('$')
+                && !is_default_punct('`')
+        );
+    }
+
+    fn split(pre: PreTokenizer, text: &str) -> Vec<&str> {
+        pre.split(text)
+    }
+
+    #[test]
+    fn qwen2_pieces() {
+        let q = PreTokenizer::Qwen2;
+        assert_eq!(split(q, "Hello world"), ["Hello", " world"]);
+        assert_eq!(split(q, "12345"), ["1", "2", "3", "4", "5"]);
+        assert_eq!(split(q, "don't I'LL"), ["don", "'t", " I", "'LL"]);
+        assert_eq!(split(q, "a\n\n  b"), ["a", "\n\n", " ", " b"]);
+        assert_eq!(
+            split(q, "hello!!\n\nworld  "),
+            ["hello", "!!\n\n", "world", "  "]
+        );
+    }
+
+    #[test]
+    fn llama3_groups_digits_by_three() {
+        assert_eq!(
+            split(
+                PreTokenizer::Llama3 {
+                    ignore_merges: true
+                },
+                "1234567"
+            ),
+            ["123", "456", "7"]
+        );
+    }
+
+    #[test]
+    fn gpt2_contractions_are_case_sensitive() {
+        assert_eq!(
+            split(PreTokenizer::Gpt2, "I'LL it's"),
+            ["I", "'", "LL", " it", "'s"]
+        );
+    }
+
+    #[test]
+    fn default_runs_its_passes_in_order() {
+        let got = split(PreTokenizer::Default, "Hello, world! 1234567");
+        assert_eq!(got, ["Hello", ",", " world", "!", " ", "123", "456", "7"]);
+    }
+}

@@ -209,12 +209,10 @@ impl Vocab {
             });
         }
 
-        // Tokens found by text are forced to be control tokens, as llama.cpp does.
+        // Tokens found by text are forced to be control tokens, as llama.cpp does. Where several texts of a
+        // list are present llama.cpp takes whichever its hash map yields first; we take the list's order.
         let find = |list: &[&str], attrs: &mut Vec<u8>| {
-            let id = list
-                .iter()
-                .filter_map(|t| token_to_id.get(*t).copied())
-                .min();
+            let id = list.iter().find_map(|t| token_to_id.get(*t).copied());
             if let Some(id) = id {
                 attrs[id as usize] |= attr::CONTROL;
             }

@@ -32,6 +32,7 @@ COMMON = [
     "C:\\path\\to\\file.txt", "https://example.com/a?b=c&d=e#f", "    indented\n        more", "!!!???...,,,",
     "\u2581leading block\u2581", "<0x41><0xFF>", "[multimodal]", "a<b>c</b>", "1\n2\n\n3\n\n\n4",
     "ALL CAPS TEXT", "MiXeD cAsE wOrDs", "trailing newline\n", "\r\n\r\n", " \t \n", "a  \tb",
+    "x</s>y", "</s>", "<s>", "<unk>", "<|endoftext|>x", "<end_of_turn>",
 ]
 GEMMA_ONLY = [
     "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n", "<bos>text<eos>", "<unused5> x <unk>",
