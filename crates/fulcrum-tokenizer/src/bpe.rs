@@ -9,13 +9,28 @@ use crate::fxhash::FxHashMap;
 use crate::pretokenize::PreTokenizer;
 use crate::vocab::Vocab;
 
+/// The bytes that GPT-2's byte-level encoding does not keep as themselves, in order; the n-th of them is
+/// written as U+0100 + n.
+const REMAPPED_BYTES: [u8; 68] = {
+    let mut table = [0u8; 68];
+    let (mut b, mut n) = (0usize, 0usize);
+    while b < 256 {
+        if !is_printable_latin1(b as u8) {
+            table[n] = b as u8;
+            n += 1;
+        }
+        b += 1;
+    }
+    table
+};
+
 /// The code point GPT-2's byte-level encoding uses for byte `b`: printable Latin-1 bytes stand for
 /// themselves, the other 68 bytes are numbered in order from U+0100.
 pub(crate) fn byte_level_byte_to_char(b: u8) -> char {
     if is_printable_latin1(b) {
         return char::from(b);
     }
-    let rank = (0..b).filter(|&x| !is_printable_latin1(x)).count() as u32;
+    let rank = REMAPPED_BYTES.iter().position(|&x| x == b).unwrap_or(0) as u32;
     char::from_u32(0x100 + rank).unwrap_or(char::REPLACEMENT_CHARACTER)
 }
 
@@ -26,12 +41,11 @@ pub(crate) fn byte_level_char_to_byte(c: char) -> Option<u8> {
         let b = cp as u8;
         return is_printable_latin1(b).then_some(b);
     }
-    let rank = cp.checked_sub(0x100)? as usize;
-    (0..=255u8).filter(|&x| !is_printable_latin1(x)).nth(rank)
+    REMAPPED_BYTES.get((cp - 0x100) as usize).copied()
 }
 
 /// '!'..='~', '¡'..='¬' and '®'..='ÿ' keep their own code point in the byte-level map.
-fn is_printable_latin1(b: u8) -> bool {
+const fn is_printable_latin1(b: u8) -> bool {
     matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
 }
 

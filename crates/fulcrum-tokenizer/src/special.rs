@@ -24,6 +24,7 @@ pub(crate) fn partition<'a>(
         return fragments;
     }
     fragments.push(Fragment::Text(text));
+    let present = BytePairs::of(text);
     let mut next = Vec::new();
     for &id in &vocab.specials {
         if !parse_special && vocab.attrs[id as usize] & (attr::CONTROL | attr::UNKNOWN) != 0 {
@@ -31,7 +32,7 @@ pub(crate) fn partition<'a>(
         }
         let special = vocab.texts[id as usize].as_str();
         // A token absent from the whole text is absent from every fragment: skip the rebuild.
-        if !text.contains(special) {
+        if !present.may_contain(special) || !text.contains(special) {
             continue;
         }
         next.clear();
@@ -55,4 +56,39 @@ pub(crate) fn partition<'a>(
         std::mem::swap(&mut fragments, &mut next);
     }
     fragments
+}
+
+/// Which bytes and adjacent byte pairs occur in a text: a cheap first test before searching it for each of
+/// the thousands of special tokens some vocabularies have (Gemma: 6414).
+struct BytePairs {
+    bytes: [bool; 256],
+    pairs: Vec<u64>,
+}
+
+impl BytePairs {
+    fn of(text: &str) -> BytePairs {
+        let mut bytes = [false; 256];
+        let mut pairs = vec![0u64; 65536 / 64];
+        let b = text.as_bytes();
+        for &x in b {
+            bytes[x as usize] = true;
+        }
+        for w in b.windows(2) {
+            let k = usize::from(w[0]) << 8 | usize::from(w[1]);
+            pairs[k / 64] |= 1 << (k % 64);
+        }
+        BytePairs { bytes, pairs }
+    }
+
+    /// False only if `s` certainly does not occur in the text.
+    fn may_contain(&self, s: &str) -> bool {
+        match s.as_bytes() {
+            [] => false,
+            [x] => self.bytes[*x as usize],
+            [x, y, ..] => {
+                let k = usize::from(*x) << 8 | usize::from(*y);
+                self.pairs[k / 64] & (1 << (k % 64)) != 0
+            }
+        }
+    }
 }

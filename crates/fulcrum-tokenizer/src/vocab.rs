@@ -305,7 +305,14 @@ impl Vocab {
                 pieces.extend_from_slice(text.as_bytes());
             } else if a & attr::NORMAL != 0 {
                 match kind {
-                    Kind::Spm => pieces.extend_from_slice(text.replace('\u{2581}', " ").as_bytes()),
+                    Kind::Spm => {
+                        for (k, part) in text.split('\u{2581}').enumerate() {
+                            if k > 0 {
+                                pieces.push(b' ');
+                            }
+                            pieces.extend_from_slice(part.as_bytes());
+                        }
+                    }
                     Kind::Bpe => decode_byte_level(text, &mut pieces),
                 }
             } else if a & attr::BYTE != 0 {

@@ -21,3 +21,26 @@ fn real_tokenizers_build_quickly() {
         );
     }
 }
+
+#[test]
+fn long_text_encodes_quickly() {
+    // About 35 KB of prose with many newlines (each a user-defined token in Gemma's vocabulary).
+    let text = "The GNU General Public License is a free, copyleft license for software and other kinds of works.\n\n"
+        .repeat(350);
+    for name in [common::GEMMA, common::QWEN_05] {
+        let tok = common::load(name);
+        let start = Instant::now();
+        let ids = tok.encode(&text, true, true);
+        let elapsed = start.elapsed();
+        eprintln!(
+            "{name}: {} bytes -> {} tokens in {elapsed:?}",
+            text.len(),
+            ids.len()
+        );
+        assert_eq!(tok.decode(&ids, false), text);
+        assert!(
+            elapsed.as_millis() < 1000,
+            "{name}: encoding took {elapsed:?}"
+        );
+    }
+}
