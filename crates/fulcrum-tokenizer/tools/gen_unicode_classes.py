@@ -26,6 +26,7 @@ def ranges(pred):
 
 def emit(name, doc, rs):
     print(f"/// {doc}")
+    print("#[rustfmt::skip]")
     print(f"pub(crate) static {name}: &[(u32, u32)] = &[")
     for i in range(0, len(rs), 6):
         print("    " + " ".join(f"(0x{a:X}, 0x{b:X})," for a, b in rs[i:i + 6]))
