@@ -1,6 +1,6 @@
 //! A loaded model and its forward pass over a batch of tokens of one sequence.
 
-use crate::attention::{self, AttentionShape};
+use crate::attention::{self, AttentionScratch, AttentionShape};
 use crate::config::{Activation, Config};
 use crate::error::ModelError;
 use crate::kv::KvCache;
@@ -52,14 +52,13 @@ pub struct Scratch {
     up: Vec<f32>,
     /// (n_logits, vocab)
     logits: Vec<f32>,
-    /// Per-thread attention scratch.
-    att_scratch: Vec<f32>,
+    att_scratch: AttentionScratch,
     qbuf: QuantBuffer,
 }
 
 impl Scratch {
-    /// Buffers for `config`, batches of `max_batch` tokens and `n_threads` threads.
-    pub fn new(c: &Config, max_batch: usize, n_threads: usize) -> Scratch {
+    /// Buffers for `config`, batches of `max_batch` tokens, a context of `n_ctx` and `n_threads` threads.
+    pub fn new(c: &Config, max_batch: usize, n_ctx: usize, n_threads: usize) -> Scratch {
         let n = max_batch;
         Scratch {
             max_batch,
@@ -73,10 +72,13 @@ impl Scratch {
             gate: vec![0.0; n * c.d_ff],
             up: vec![0.0; n * c.d_ff],
             logits: Vec::new(),
-            att_scratch: vec![
-                0.0;
-                n_threads * attention::scratch_per_thread(c.head_dim, c.head_dim_v)
-            ],
+            att_scratch: AttentionScratch::new(
+                n_ctx,
+                c.kv_dim(),
+                c.kv_dim_v(),
+                c.head_dim,
+                n_threads,
+            ),
             qbuf: QuantBuffer::default(),
         }
     }

@@ -36,7 +36,7 @@ impl Session {
         let pool = ThreadPool::new(n_threads);
         let batch = batch.clamp(1, n_ctx);
         let kv = model.new_kv_cache(n_ctx);
-        let scratch = Scratch::new(&model.config, batch, pool.n_threads());
+        let scratch = Scratch::new(&model.config, batch, n_ctx, pool.n_threads());
         Ok(Session {
             model,
             pool,
