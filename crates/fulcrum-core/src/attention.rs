@@ -75,15 +75,17 @@ pub fn attention(
         SharedMut(scratch.v.as_mut_ptr()),
     );
     pool.run(|index, n_threads| {
-        let (k32, v32) = (k32, v32);
         let range = split_range(end, index, n_threads);
         // SAFETY: each thread widens its own range of positions.
         let k_dst = unsafe {
-            std::slice::from_raw_parts_mut(k32.0.add(range.start * kv_dim), range.len() * kv_dim)
+            std::slice::from_raw_parts_mut(
+                k32.ptr().add(range.start * kv_dim),
+                range.len() * kv_dim,
+            )
         };
         let v_dst = unsafe {
             std::slice::from_raw_parts_mut(
-                v32.0.add(range.start * kv_dim_v),
+                v32.ptr().add(range.start * kv_dim_v),
                 range.len() * kv_dim_v,
             )
         };
@@ -96,10 +98,9 @@ pub fn attention(
     let out_ptr = SharedMut(out.as_mut_ptr());
     let thread_ptr = SharedMut(scratch.per_thread.as_mut_ptr());
     pool.run(|index, n_threads| {
-        let (out_ptr, thread_ptr) = (out_ptr, thread_ptr);
         // SAFETY: each thread uses its own scratch slice.
         let mine = unsafe {
-            std::slice::from_raw_parts_mut(thread_ptr.0.add(index * per_thread), per_thread)
+            std::slice::from_raw_parts_mut(thread_ptr.ptr().add(index * per_thread), per_thread)
         };
         let (q_head, scores) = mine.split_at_mut(hd);
         for item in split_range(n * s.n_heads, index, n_threads) {
@@ -130,7 +131,10 @@ pub fn attention(
             let inv = (1.0 / sum) as f32;
             // SAFETY: (t, h) is written by this thread only.
             let acc = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.0.add(t * s.n_heads * hdv + h * hdv), hdv)
+                std::slice::from_raw_parts_mut(
+                    out_ptr.ptr().add(t * s.n_heads * hdv + h * hdv),
+                    hdv,
+                )
             };
             acc.fill(0.0);
             for (&w, p) in scores.iter().zip(first..=pos) {
@@ -197,7 +201,7 @@ mod tests {
         let (n_heads, n_kv, hd) = (4, 2, 16);
         let n_ctx = 12;
         let mut kv = KvCache::new(1, n_ctx, n_kv * hd, n_kv * hd);
-        let val = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0);
+        let val = |i: usize| (i * 7919 % 1000) as f32 / 500.0 - 1.0;
         let k: Vec<f32> = (0..n_ctx * n_kv * hd)
             .map(|i| f16::from_f32(val(i)).to_f32())
             .collect();

@@ -226,23 +226,17 @@ impl Model {
             } else {
                 c.rope_base
             };
-            let factors = w.rope_freqs.as_deref();
+            let rope = ops::Rope {
+                head_dim: c.head_dim,
+                dims: c.rope_dims,
+                base,
+                scale: c.rope_scale,
+                style: c.rope_style,
+                factors: w.rope_freqs.as_deref(),
+            };
             for t in 0..n {
-                let pos = start + t;
-                let rope = |x: &mut [f32]| {
-                    ops::rope(
-                        x,
-                        c.head_dim,
-                        c.rope_dims,
-                        pos,
-                        base,
-                        c.rope_scale,
-                        c.rope_style,
-                        factors,
-                    )
-                };
-                rope(&mut q[t * c.q_dim()..(t + 1) * c.q_dim()]);
-                rope(&mut k[t * c.kv_dim()..(t + 1) * c.kv_dim()]);
+                rope.apply(&mut q[t * c.q_dim()..(t + 1) * c.q_dim()], start + t);
+                rope.apply(&mut k[t * c.kv_dim()..(t + 1) * c.kv_dim()], start + t);
             }
             kv.store(l, start, k, v);
             let shape = AttentionShape {

@@ -16,6 +16,13 @@ pub struct SharedMut<T>(pub *mut T);
 unsafe impl<T> Send for SharedMut<T> {}
 unsafe impl<T> Sync for SharedMut<T> {}
 
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper rather than the raw field).
+    pub fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
 /// `out = x / rms(x) · weight`, one row of `weight.len()` at a time.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
@@ -45,39 +52,47 @@ fn rms_scale(row: &[f32], eps: f32) -> f32 {
     1.0 / (mean + eps).sqrt()
 }
 
-/// Rotary position embedding of one token: rotates every head of `x` (heads of `head_dim`) for position `pos`.
-///
-/// Angles are `pos · base^(-2i/rope_dims) / freq_factor[i] / scale`, advanced by multiplication as ggml does.
-pub fn rope(
-    x: &mut [f32],
-    head_dim: usize,
-    rope_dims: usize,
-    pos: usize,
-    base: f32,
-    scale: f32,
-    style: RopeStyle,
-    factors: Option<&[f32]>,
-) {
-    let half = rope_dims / 2;
-    let theta_scale = base.powf(-2.0 / rope_dims as f32);
-    let mut theta = pos as f32;
-    let mut cos_sin = [(0.0f32, 0.0f32); 512];
-    let table = &mut cos_sin[..half.min(512)];
-    for (i, cs) in table.iter_mut().enumerate() {
-        let factor = factors.map_or(1.0, |f| f[i]);
-        let angle = theta / factor / scale;
-        *cs = (angle.cos(), angle.sin());
-        theta *= theta_scale;
-    }
-    for head in x.chunks_exact_mut(head_dim) {
-        for (i, &(cos, sin)) in table.iter().enumerate() {
-            let (a, b) = match style {
-                RopeStyle::Neox => (i, i + half),
-                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-            };
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos - x1 * sin;
-            head[b] = x0 * sin + x1 * cos;
+/// Rotary position embedding parameters of one layer.
+#[derive(Clone, Copy)]
+pub struct Rope<'a> {
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Leading dimensions of each head that rotate.
+    pub dims: usize,
+    pub base: f32,
+    /// Linear scaling: positions are divided by it.
+    pub scale: f32,
+    pub style: RopeStyle,
+    /// Per-frequency divisors (Llama 3.1 style), if any.
+    pub factors: Option<&'a [f32]>,
+}
+
+impl Rope<'_> {
+    /// Rotates every head of `x` (one token's q or k) for position `pos`.
+    ///
+    /// Angles are `pos · base^(-2i/dims) / factor[i] / scale`, advanced by multiplication as ggml does.
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let half = self.dims / 2;
+        let theta_scale = self.base.powf(-2.0 / self.dims as f32);
+        let mut theta = pos as f32;
+        let mut cos_sin = [(0.0f32, 0.0f32); 512];
+        let table = &mut cos_sin[..half.min(512)];
+        for (i, cs) in table.iter_mut().enumerate() {
+            let factor = self.factors.map_or(1.0, |f| f[i]);
+            let angle = theta / factor / self.scale;
+            *cs = (angle.cos(), angle.sin());
+            theta *= theta_scale;
+        }
+        for head in x.chunks_exact_mut(self.head_dim) {
+            for (i, &(cos, sin)) in table.iter().enumerate() {
+                let (a, b) = match self.style {
+                    RopeStyle::Neox => (i, i + half),
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
         }
     }
 }
@@ -154,7 +169,6 @@ pub fn matmul(
     let out_ptr = SharedMut(out.as_mut_ptr());
     let rows = w.rows;
     pool.run(|index, n_threads| {
-        let out_ptr = out_ptr;
         // Whole cache lines of output per thread: split in units of 16 rows.
         let units = rows.div_ceil(16);
         let range = split_range(units, index, n_threads);
@@ -165,7 +179,7 @@ pub fn matmul(
                 let a = &acts[t * act_row..(t + 1) * act_row];
                 let v = fulcrum_quant::vec_dot(w.ty, w.cols, w_row, a);
                 // SAFETY: row r belongs to this thread only.
-                unsafe { *out_ptr.0.add(t * rows + r) = v };
+                unsafe { *out_ptr.ptr().add(t * rows + r) = v };
             }
         }
     });
@@ -212,9 +226,17 @@ mod tests {
         let orig: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
         for style in [RopeStyle::Neox, RopeStyle::Interleaved] {
             let mut x = orig.clone();
-            rope(&mut x, 64, 64, 0, 10000.0, 1.0, style, None);
+            let rope = Rope {
+                head_dim: 64,
+                dims: 64,
+                base: 10000.0,
+                scale: 1.0,
+                style,
+                factors: None,
+            };
+            rope.apply(&mut x, 0);
             assert_eq!(x, orig);
-            rope(&mut x, 64, 64, 17, 10000.0, 1.0, style, None);
+            rope.apply(&mut x, 17);
             let n0: f32 = orig.iter().map(|v| v * v).sum();
             let n1: f32 = x.iter().map(|v| v * v).sum();
             assert!((n0 - n1).abs() < 1e-4 * n0);
