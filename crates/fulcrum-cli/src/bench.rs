@@ -1,6 +1,6 @@
 //! `fulcrum bench`: prompt-processing and generation speed, measured the way llama-bench does.
 
-use crate::common::{load_model, CliResult, DEFAULT_MODEL};
+use crate::common::{check_threads, load_model, CliResult, DEFAULT_MODEL};
 use fulcrum_core::Session;
 use serde_json::json;
 use std::time::Instant;
@@ -63,7 +63,10 @@ pub fn run(args: Args) -> CliResult {
     }
     let model = load_model(&args.model, !args.json)?;
     let vocab = model.config.vocab_size as u32;
-    let n_ctx = args.depth + args.n_prompt.max(args.n_gen) + 1;
+    let n_ctx = args
+        .depth
+        .saturating_add(args.n_prompt.max(args.n_gen))
+        .saturating_add(1);
     if n_ctx > model.config.context_length {
         return Err(format!(
             "depth + test length {n_ctx} exceeds the model's context of {}",
@@ -72,7 +75,7 @@ pub fn run(args: Args) -> CliResult {
         .into());
     }
     let batch = args.n_prompt.max(args.depth).clamp(1, 512);
-    let mut session = Session::new(model.clone(), n_ctx, args.threads, batch)?;
+    let mut session = Session::new(model.clone(), n_ctx, check_threads(args.threads)?, batch)?;
     let threads = session.pool.n_threads();
     let mut stream = TokenStream(42, vocab);
     let depth_tokens: Vec<u32> = (0..args.depth).map(|_| stream.next()).collect();

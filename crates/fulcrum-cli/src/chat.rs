@@ -1,11 +1,12 @@
 //! `fulcrum chat`: an interactive conversation that keeps its history (and reuses its KV cache between turns).
 
 use crate::common::{
-    context_size, load_model, tokenize_prompt, CliResult, SamplingArgs, DEFAULT_MODEL,
+    chat_template, check_threads, context_size, load_model, tokenize_prompt, CliResult,
+    SamplingArgs, DEFAULT_MODEL,
 };
 use crate::generate::decode_loop;
 use fulcrum_core::Session;
-use fulcrum_engine::chat::{ChatTemplate, Message};
+use fulcrum_engine::chat::Message;
 use fulcrum_engine::sampler::Sampler;
 use std::io::{BufRead, Write};
 
@@ -36,23 +37,14 @@ pub fn run(args: Args) -> CliResult {
     let mut sampler = Sampler::new(args.sampling.config()?)?;
     let model = load_model(&args.model, true)?;
     let n_ctx = context_size(&model, args.ctx)?;
-    let tok = &model.tokenizer;
-    let special = |id: Option<u32>| {
-        id.map(|i| tok.token_text(i).to_string())
-            .unwrap_or_default()
-    };
-    let template = ChatTemplate::new(
-        model.chat_template(),
-        &special(tok.bos()),
-        &special(tok.eos()),
-    )?;
+    let template = chat_template(&model)?;
     if template.is_fallback() {
         eprintln!("(this model has no chat template; using a plain 'role: text' format)");
     }
     let mut session = Session::new(
         model.clone(),
         n_ctx,
-        args.threads,
+        check_threads(args.threads)?,
         fulcrum_core::session::DEFAULT_BATCH,
     )?;
     let mut messages: Vec<Message> = Vec::new();
@@ -89,6 +81,11 @@ pub fn run(args: Args) -> CliResult {
             content: text.to_string(),
         });
         let ids = tokenize_prompt(&model, &template.render(&messages, true)?);
+        if ids.is_empty() {
+            messages.pop();
+            eprintln!("error: the conversation renders to no tokens");
+            continue;
+        }
         if ids.len() >= n_ctx {
             messages.pop();
             eprintln!("error: the conversation ({} tokens) no longer fits the context of {n_ctx}; /reset to start over", ids.len());

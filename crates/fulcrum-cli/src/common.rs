@@ -92,6 +92,32 @@ pub fn context_size(model: &Model, requested: Option<usize>) -> CliResult<usize>
     }
 }
 
+/// Checks a `--threads` value (0 means all cores); more than 4 threads per core is refused as a likely typo.
+pub fn check_threads(n: usize) -> CliResult<usize> {
+    let cores = fulcrum_core::threads::default_threads();
+    if n > 4 * cores.max(1) {
+        return Err(format!(
+            "--threads {n} is more than 4 per core on this machine ({cores} cores)"
+        )
+        .into());
+    }
+    Ok(n)
+}
+
+/// The model's chat template (or the plain fallback), with its BOS and EOS texts.
+pub fn chat_template(model: &Model) -> CliResult<fulcrum_engine::chat::ChatTemplate> {
+    let tok = &model.tokenizer;
+    let special = |id: Option<u32>| {
+        id.map(|i| tok.token_text(i).to_string())
+            .unwrap_or_default()
+    };
+    Ok(fulcrum_engine::chat::ChatTemplate::new(
+        model.chat_template(),
+        &special(tok.bos()),
+        &special(tok.eos()),
+    )?)
+}
+
 /// Tokenizes text the way llama.cpp does for a prompt: BOS per the model's flag (unless the text already starts
 /// with it), special-token text parsed into special tokens.
 pub fn tokenize_prompt(model: &Model, text: &str) -> Vec<u32> {

@@ -1,6 +1,6 @@
 //! `fulcrum eval ppl`: perplexity of a text, computed as llama.cpp's perplexity tool does.
 
-use crate::common::{load_model, CliResult, DEFAULT_MODEL};
+use crate::common::{check_threads, context_size, load_model, CliResult, DEFAULT_MODEL};
 use fulcrum_core::Session;
 use serde_json::json;
 use std::io::Write;
@@ -58,11 +58,14 @@ fn log_prob(logits: &[f32], token: u32) -> f64 {
 fn perplexity(args: PplArgs) -> CliResult {
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
-    let model = load_model(&args.model, !args.json)?;
-    let n_ctx = args.ctx;
-    if n_ctx < 16 {
+    if args.chunks == Some(0) {
+        return Err("--chunks must be at least 1".into());
+    }
+    if args.ctx < 16 {
         return Err("--ctx must be at least 16".into());
     }
+    let model = load_model(&args.model, !args.json)?;
+    let n_ctx = context_size(&model, Some(args.ctx))?;
     let tok = &model.tokenizer;
     // As llama.cpp: BOS per the model's flag, special-token text left as text.
     let tokens = tok.encode(&text, true, false);
@@ -75,7 +78,12 @@ fn perplexity(args: PplArgs) -> CliResult {
         .into());
     }
     let n_chunks = args.chunks.map_or(available, |c| c.min(available));
-    let mut session = Session::new(model.clone(), n_ctx, args.threads, n_ctx.min(512))?;
+    let mut session = Session::new(
+        model.clone(),
+        n_ctx,
+        check_threads(args.threads)?,
+        n_ctx.min(512),
+    )?;
     let vocab = model.config.vocab_size;
     let first = n_ctx / 2;
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);

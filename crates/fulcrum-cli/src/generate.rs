@@ -1,11 +1,12 @@
 //! `fulcrum generate`: one prompt in, streamed text out; and the decoding loop `chat` shares.
 
 use crate::common::{
-    context_size, load_model, tokenize_prompt, CliResult, SamplingArgs, DEFAULT_MODEL,
+    chat_template, check_threads, context_size, load_model, tokenize_prompt, CliResult,
+    SamplingArgs, DEFAULT_MODEL,
 };
 use fulcrum_core::tokenizer::StreamDecoder;
 use fulcrum_core::{Model, Session};
-use fulcrum_engine::chat::{ChatTemplate, Message};
+use fulcrum_engine::chat::Message;
 use fulcrum_engine::sampler::Sampler;
 use serde_json::json;
 use std::io::Write;
@@ -114,15 +115,10 @@ pub fn decode_loop(
 
 /// The prompt text to tokenize: the chat template applied to a user message unless `raw` or the model has none.
 fn prompt_text(model: &Model, prompt: &str, system: Option<&str>, raw: bool) -> CliResult<String> {
-    let Some(source) = model.chat_template().filter(|_| !raw) else {
+    if raw || model.chat_template().is_none() {
         return Ok(prompt.to_string());
-    };
-    let tok = &model.tokenizer;
-    let special = |id: Option<u32>| {
-        id.map(|i| tok.token_text(i).to_string())
-            .unwrap_or_default()
-    };
-    let template = ChatTemplate::new(Some(source), &special(tok.bos()), &special(tok.eos()))?;
+    }
+    let template = chat_template(model)?;
     let mut messages = Vec::new();
     if let Some(s) = system {
         messages.push(Message {
@@ -166,7 +162,7 @@ pub fn run(args: Args) -> CliResult {
     let mut session = Session::new(
         model.clone(),
         n_ctx,
-        args.threads,
+        check_threads(args.threads)?,
         fulcrum_core::session::DEFAULT_BATCH,
     )?;
     let mut history = Vec::new();

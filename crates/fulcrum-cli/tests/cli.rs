@@ -238,3 +238,85 @@ fn perplexity_qwen25_coder_05b_matches_llama_cpp() {
 fn perplexity_qwen25_coder_15b_matches_llama_cpp() {
     check_ppl("qwen2.5-coder-1.5b-instruct", 1.7583);
 }
+
+#[test]
+fn invalid_counts_are_reported() {
+    let gpl = "/usr/share/common-licenses/GPL-3";
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "generate",
+                "--model",
+                "gemma3-270m",
+                "--prompt",
+                "hi",
+                "--ctx",
+                "0",
+            ],
+            "ctx",
+        ),
+        (
+            &[
+                "generate",
+                "--model",
+                "gemma3-270m",
+                "--prompt",
+                "hi",
+                "--threads",
+                "100000",
+            ],
+            "threads",
+        ),
+        (
+            &[
+                "eval",
+                "ppl",
+                "--model",
+                "gemma3-270m",
+                "--file",
+                gpl,
+                "--chunks",
+                "0",
+            ],
+            "chunks",
+        ),
+        (
+            &[
+                "eval",
+                "ppl",
+                "--model",
+                "gemma3-270m",
+                "--file",
+                gpl,
+                "--ctx",
+                "10000000",
+            ],
+            "context length",
+        ),
+    ];
+    for (args, needle) in cases {
+        assert_clean_failure(&fulcrum(args), needle);
+    }
+}
+
+#[test]
+fn zero_max_tokens_generates_nothing() {
+    let out = fulcrum(&[
+        "generate",
+        "--model",
+        "gemma3-270m",
+        "--raw",
+        "--json",
+        "-n",
+        "0",
+        "--prompt",
+        "hi",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tokens"].as_array().map(Vec::len), Some(0));
+}

@@ -67,7 +67,19 @@ pub fn attention(
     let kv_dim = s.n_kv_heads * hd;
     let kv_dim_v = s.n_kv_heads * hdv;
     let end = start_pos + n;
-    debug_assert!(end <= scratch.n_ctx);
+    // Checked always: the threads below write through raw pointers.
+    assert!(
+        end <= scratch.n_ctx && kv.k.len() >= end * kv_dim && kv.v.len() >= end * kv_dim_v,
+        "attention: cache size"
+    );
+    assert!(
+        scratch.per_thread.len() >= pool.n_threads() * (scratch.n_ctx + hd),
+        "attention: scratch threads"
+    );
+    assert!(
+        q.len() >= n * s.n_heads * hd && out.len() >= n * s.n_heads * hdv,
+        "attention: batch size"
+    );
 
     // Widen the cached keys and values once, not once per query head.
     let (k32, v32) = (

@@ -62,8 +62,10 @@ pub struct Config {
     pub rope_base: f32,
     /// Rope base of sliding-window layers (Gemma 3 uses a different one).
     pub rope_base_local: f32,
-    /// Linear rope scaling factor (positions are divided by it).
+    /// Linear rope scaling factor of global layers (positions are divided by it).
     pub rope_scale: f32,
+    /// Linear rope scaling factor of sliding-window layers.
+    pub rope_scale_local: f32,
     /// Dimensions of each head that rotate.
     pub rope_dims: usize,
     pub rope_style: RopeStyle,
@@ -123,8 +125,28 @@ impl Config {
         let d_ff = req_u32("feed_forward_length")?;
         let n_heads = req_u32("attention.head_count")?;
         let n_kv_heads = opt_u32("attention.head_count_kv")?.unwrap_or(n_heads);
-        let head_dim = opt_u32("attention.key_length")?.unwrap_or(d_model / n_heads);
+        let head_dim = match opt_u32("attention.key_length")? {
+            Some(d) => d,
+            None if d_model % n_heads == 0 => d_model / n_heads,
+            None => {
+                return Err(ModelError::BadMetadata {
+                    key: key("attention.head_count"),
+                    reason: format!("{n_heads} heads do not divide the embedding length {d_model}"),
+                })
+            }
+        };
         let head_dim_v = opt_u32("attention.value_length")?.unwrap_or(head_dim);
+        for (name, value) in [
+            ("attention.key_length", head_dim),
+            ("attention.value_length", head_dim_v),
+        ] {
+            if value == 0 {
+                return Err(ModelError::BadMetadata {
+                    key: key(name),
+                    reason: "must be positive".into(),
+                });
+            }
+        }
         let context_length = opt_u32("context_length")?.unwrap_or(2048);
         let rms_eps = opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6);
         let rope_base = opt_f32("rope.freq_base")?.unwrap_or(10_000.0);
@@ -147,16 +169,25 @@ impl Config {
                 reason: format!("{n_kv_heads} does not divide the {n_heads} query heads"),
             });
         }
-        if rope_dims > head_dim || rope_dims % 2 != 0 {
+        if rope_dims > head_dim || rope_dims % 2 != 0 || rope_dims > crate::ops::MAX_ROPE_DIMS {
             return Err(ModelError::BadMetadata {
                 key: key("rope.dimension_count"),
-                reason: format!("{rope_dims} must be even and at most the head width {head_dim}"),
+                reason: format!(
+                    "{rope_dims} must be even, at most the head width {head_dim} and at most {}",
+                    crate::ops::MAX_ROPE_DIMS
+                ),
             });
         }
         let vocab_size = file
             .tensor("token_embd.weight")
             .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?
             .n_rows() as usize;
+        if vocab_size == 0 {
+            return Err(ModelError::BadMetadata {
+                key: "token_embd.weight".into(),
+                reason: "the vocabulary is empty".into(),
+            });
+        }
 
         let mut config = Config {
             arch,
@@ -174,6 +205,7 @@ impl Config {
             rope_base,
             rope_base_local: rope_base,
             rope_scale,
+            rope_scale_local: rope_scale,
             rope_dims,
             rope_style: RopeStyle::Neox,
             sliding_window: None,
@@ -190,9 +222,16 @@ impl Config {
             Arch::Qwen2 => {}
             Arch::Gemma3 => {
                 // Gemma 3: five sliding-window layers, then one global layer; local layers use rope base 10 000.
-                config.sliding_window = Some(opt_u32("attention.sliding_window")?.unwrap_or(512));
+                // A window of 0 means none, as in llama.cpp.
+                config.sliding_window =
+                    Some(opt_u32("attention.sliding_window")?.unwrap_or(512)).filter(|w| *w > 0);
                 config.sliding_pattern = 6;
                 config.rope_base_local = 10_000.0;
+                config.rope_scale_local = 1.0;
+                // llama.cpp scales the 27B model's queries by its d_model/n_heads rather than the head width.
+                if n_layers == 62 {
+                    config.attn_scale = 1.0 / ((d_model / n_heads) as f32).sqrt();
+                }
                 config.embed_scale = Some((d_model as f32).sqrt());
                 config.activation = Activation::GeluTanh;
                 config.qk_norm = true;

@@ -23,6 +23,8 @@ pub struct Model {
 /// Which positions of a batch need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
+    /// None (prefill chunks before the last).
+    None,
     /// Only the last token's (generation).
     Last,
     /// Tokens `from..n` of the batch (perplexity, speculative verification).
@@ -221,16 +223,16 @@ impl Model {
                 ops::rms_norm_inplace(k, kn, c.rms_eps);
             }
             let sliding = c.is_sliding(l);
-            let base = if sliding {
-                c.rope_base_local
+            let (base, scale) = if sliding {
+                (c.rope_base_local, c.rope_scale_local)
             } else {
-                c.rope_base
+                (c.rope_base, c.rope_scale)
             };
             let rope = ops::Rope {
                 head_dim: c.head_dim,
                 dims: c.rope_dims,
                 base,
-                scale: c.rope_scale,
+                scale,
                 style: c.rope_style,
                 factors: w.rope_freqs.as_deref(),
             };
@@ -318,6 +320,7 @@ impl Model {
 
         // Final norm and classifier for the rows asked for.
         let first = match logits {
+            Logits::None => return Ok(&[]),
             Logits::Last => n - 1,
             Logits::From(i) => i.min(n - 1),
         };

@@ -52,6 +52,9 @@ fn rms_scale(row: &[f32], eps: f32) -> f32 {
     1.0 / (mean + eps).sqrt()
 }
 
+/// Most rotating dimensions per head that [`Rope`] supports.
+pub const MAX_ROPE_DIMS: usize = 1024;
+
 /// Rotary position embedding parameters of one layer.
 #[derive(Clone, Copy)]
 pub struct Rope<'a> {
@@ -75,8 +78,8 @@ impl Rope<'_> {
         let half = self.dims / 2;
         let theta_scale = self.base.powf(-2.0 / self.dims as f32);
         let mut theta = pos as f32;
-        let mut cos_sin = [(0.0f32, 0.0f32); 512];
-        let table = &mut cos_sin[..half.min(512)];
+        let mut cos_sin = [(0.0f32, 0.0f32); MAX_ROPE_DIMS / 2];
+        let table = &mut cos_sin[..half];
         for (i, cs) in table.iter_mut().enumerate() {
             let factor = self.factors.map_or(1.0, |f| f[i]);
             let angle = theta / factor / self.scale;
@@ -154,8 +157,12 @@ pub fn matmul(
     out: &mut [f32],
     qbuf: &mut QuantBuffer,
 ) {
-    debug_assert_eq!(x.len(), n * w.cols);
-    debug_assert!(out.len() >= n * w.rows);
+    // Checked always: the threads below write through a raw pointer.
+    assert!(
+        x.len() == n * w.cols && out.len() >= n * w.rows,
+        "matmul shapes"
+    );
+    assert!(w_data.len() >= w.rows * w.row_bytes, "matmul weight bytes");
     let act_ty = fulcrum_quant::vec_dot_type(w.ty);
     let act_row = fulcrum_quant::row_bytes(act_ty, w.cols);
     qbuf.bytes.resize(n * act_row, 0);

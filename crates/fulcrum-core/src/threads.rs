@@ -4,6 +4,9 @@
 //! the workers spin briefly and then park while waiting, all threads execute the job with their own index, and the
 //! caller returns when every thread is done. No thread is spawned and nothing is allocated per call.
 
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -22,6 +25,8 @@ struct Shared {
     job: Mutex<Option<*const Job<'static>>>,
     wake: Condvar,
     shutdown: AtomicBool,
+    /// Set when a worker's part of the current job panicked; `run` re-raises it on the caller.
+    panicked: AtomicBool,
 }
 
 // SAFETY: the raw job pointer is only dereferenced while the `run` call that owns the closure is blocked waiting.
@@ -29,10 +34,31 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 /// A fixed set of threads that execute `run` jobs together with the calling thread.
+///
+/// Not `Sync`: one job at a time, published by the pool's owner (a job cannot start another).
 pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     n_threads: usize,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+/// Waits, even while unwinding, until every worker has finished with the published job.
+struct WaitForWorkers<'a>(&'a Shared);
+
+impl Drop for WaitForWorkers<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+        let mut spins = 0usize;
+        while self.0.pending.load(Ordering::Acquire) != 0 {
+            spins += 1;
+            if spins < SPIN_LIMIT {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
 }
 
 impl ThreadPool {
@@ -49,6 +75,7 @@ impl ThreadPool {
             job: Mutex::new(None),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
         });
         let workers = (1..n_threads)
             .map(|index| {
@@ -63,6 +90,7 @@ impl ThreadPool {
             shared,
             workers,
             n_threads,
+            _not_sync: PhantomData,
         }
     }
 
@@ -83,20 +111,17 @@ impl ThreadPool {
         {
             let mut slot = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
             *slot = Some(ptr);
+            self.shared.panicked.store(false, Ordering::SeqCst);
             self.shared.pending.store(self.n_threads, Ordering::SeqCst);
             self.shared.generation.fetch_add(1, Ordering::SeqCst);
             self.shared.wake.notify_all();
         }
-        job(0, self.n_threads);
-        self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-        let mut spins = 0usize;
-        while self.shared.pending.load(Ordering::Acquire) != 0 {
-            spins += 1;
-            if spins < SPIN_LIMIT {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+        {
+            let _wait = WaitForWorkers(&self.shared);
+            job(0, self.n_threads);
+        }
+        if self.shared.panicked.swap(false, Ordering::SeqCst) {
+            panic!("a worker thread panicked while running a job");
         }
     }
 }
@@ -131,7 +156,9 @@ fn worker_loop(shared: &Shared, index: usize, n_threads: usize) {
             .expect("a job is published");
         // SAFETY: the publishing `run` call waits for `pending` to reach zero before the closure goes away.
         let job = unsafe { &*ptr };
-        job(index, n_threads);
+        if catch_unwind(AssertUnwindSafe(|| job(index, n_threads))).is_err() {
+            shared.panicked.store(true, Ordering::SeqCst);
+        }
         shared.pending.fetch_sub(1, Ordering::Release);
     }
 }
@@ -180,6 +207,25 @@ mod tests {
             for s in &seen {
                 assert_eq!(s.load(Ordering::Relaxed), round + 1);
             }
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_panics_the_caller_and_the_pool_keeps_working() {
+        let pool = ThreadPool::new(2);
+        for panicking in [0, 1] {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                pool.run(|i, _| assert_ne!(i, panicking, "deliberate panic in thread {i}"));
+            }));
+            assert!(
+                result.is_err(),
+                "thread {panicking}'s panic reaches the caller"
+            );
+            let count = AtomicU64::new(0);
+            pool.run(|_, _| {
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(count.load(Ordering::Relaxed), 2);
         }
     }
 
