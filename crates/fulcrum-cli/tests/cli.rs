@@ -14,6 +14,17 @@ fn fulcrum(args: &[&str]) -> Output {
         .expect("run fulcrum")
 }
 
+/// Runs `fulcrum` expecting success and one JSON object on stdout.
+fn fulcrum_json(args: &[&str]) -> serde_json::Value {
+    let out = fulcrum(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
 /// Asserts a failed run with a message containing `needle` and no panic.
 fn assert_clean_failure(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -147,13 +158,7 @@ fn generate_json_is_greedy_and_reproducible() {
         "--prompt",
         case["prompt"].as_str().unwrap(),
     ];
-    let out = fulcrum(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = fulcrum_json(&args);
     assert_eq!(ids(&v["prompt_tokens"]), ids(&case["prompt_ids"]));
     assert_eq!(ids(&v["tokens"]), ids(&case["generated_ids"])[..8].to_vec());
     assert!(v["text"].as_str().unwrap().len() > 1);
@@ -173,8 +178,8 @@ fn generate_json_is_greedy_and_reproducible() {
         "--prompt",
         "Once upon a time",
     ];
-    let a: serde_json::Value = serde_json::from_slice(&fulcrum(&sampled).stdout).unwrap();
-    let b: serde_json::Value = serde_json::from_slice(&fulcrum(&sampled).stdout).unwrap();
+    let a: serde_json::Value = fulcrum_json(&sampled);
+    let b: serde_json::Value = fulcrum_json(&sampled);
     assert_eq!(a["tokens"], b["tokens"]);
 }
 
@@ -187,7 +192,7 @@ fn check_ppl(name: &str, reference: f64) {
         text.display()
     );
     model(name);
-    let out = fulcrum(&[
+    let v = fulcrum_json(&[
         "eval",
         "ppl",
         "--model",
@@ -200,12 +205,6 @@ fn check_ppl(name: &str, reference: f64) {
         "2",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ppl = v["ppl"].as_f64().unwrap();
     assert_eq!(
         v["chunks"].as_u64(),
@@ -301,7 +300,7 @@ fn invalid_counts_are_reported() {
 
 #[test]
 fn zero_max_tokens_generates_nothing() {
-    let out = fulcrum(&[
+    let v = fulcrum_json(&[
         "generate",
         "--model",
         "gemma3-270m",
@@ -312,11 +311,5 @@ fn zero_max_tokens_generates_nothing() {
         "--prompt",
         "hi",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["tokens"].as_array().map(Vec::len), Some(0));
 }
