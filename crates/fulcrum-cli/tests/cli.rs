@@ -313,3 +313,54 @@ fn zero_max_tokens_generates_nothing() {
     ]);
     assert_eq!(v["tokens"].as_array().map(Vec::len), Some(0));
 }
+
+#[test]
+fn generate_applies_the_chat_template_unless_raw() {
+    let prompt = "Write a haiku about Rust.";
+    let templated = fulcrum_json(&[
+        "generate",
+        "--model",
+        "qwen2.5-coder-0.5b-instruct",
+        "--json",
+        "--temp",
+        "0",
+        "-n",
+        "4",
+        "--prompt",
+        prompt,
+    ]);
+    let model = model("qwen2.5-coder-0.5b-instruct");
+    let im_start = model
+        .tokenizer
+        .token_id("<|im_start|>")
+        .expect("Qwen has <|im_start|>");
+    let ids = ids(&templated["prompt_tokens"]);
+    assert_eq!(
+        ids.first(),
+        Some(&im_start),
+        "the template opens with <|im_start|>"
+    );
+    let text = model.tokenizer.decode(&ids, true);
+    assert!(
+        text.contains("<|im_start|>user\nWrite a haiku about Rust.<|im_end|>"),
+        "{text}"
+    );
+    assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
+    let raw = fulcrum_json(&[
+        "generate",
+        "--model",
+        "qwen2.5-coder-0.5b-instruct",
+        "--json",
+        "--raw",
+        "--temp",
+        "0",
+        "-n",
+        "1",
+        "--prompt",
+        prompt,
+    ]);
+    assert_eq!(
+        common::ids(&raw["prompt_tokens"]),
+        model.tokenizer.encode(prompt, true, true)
+    );
+}
