@@ -5,6 +5,53 @@
 //! byte j+4 holds the scale's low 4 bits (low nibble) and the minimum's low 4 bits (high nibble), while their top
 //! 2 bits sit in the spare top bits of bytes j−4 (scale) and j (minimum).
 
+use super::q8_k::BlockQ8K;
+use crate::block::{cast, ByteBlock};
+use crate::fp::f16_to_f32;
+
+/// A 256-value block with f16 `d` and `dmin`, packed 6-bit scales and minimums, and per-element codes
+/// (Q4_K and Q5_K, which differ only in how codes are stored).
+pub trait ScaleMinBlock: ByteBlock {
+    /// The f16 super-scale `d`, the f16 super-minimum `dmin` and the packed scales.
+    fn header(&self) -> (&[u8; 2], &[u8; 2], &[u8; 12]);
+    /// The code of element `e`.
+    fn code(&self, e: usize) -> u8;
+}
+
+/// Expands blocks to f32: value e = d·scale\[e/32\]·code − dmin·min\[e/32\].
+pub fn dequantize<B: ScaleMinBlock>(src: &[u8], dst: &mut [f32]) {
+    for (block, y) in cast::<B>(src).iter().zip(dst.chunks_exact_mut(256)) {
+        let (d, dmin, packed) = block.header();
+        let (d, dmin) = (f16_to_f32(*d), f16_to_f32(*dmin));
+        let (scales, mins) = unpack(packed);
+        for (e, out) in y.iter_mut().enumerate() {
+            let (step, offset) = (d * scales[e / 32] as f32, dmin * mins[e / 32] as f32);
+            *out = step * block.code(e) as f32 - offset;
+        }
+    }
+}
+
+/// Dot product with a Q8_K activation row: d·d'·Σ scale·Σqp − dmin·d'·Σ min·bsum, with exact integer inner sums.
+pub fn vec_dot<B: ScaleMinBlock>(w: &[u8], a: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    for (x, y) in cast::<B>(w).iter().zip(cast::<BlockQ8K>(a)) {
+        let (d, dmin, packed) = x.header();
+        let (scales, mins) = unpack(packed);
+        let mut sumi = 0i32;
+        let mut summ = 0i32;
+        for s in 0..8 {
+            let dot: i32 = (32 * s..32 * (s + 1))
+                .map(|e| x.code(e) as i32 * y.qs[e] as i32)
+                .sum();
+            sumi += scales[s] as i32 * dot;
+            summ += mins[s] as i32 * (y.bsum(2 * s) as i32 + y.bsum(2 * s + 1) as i32);
+        }
+        let (d, dmin) = (f16_to_f32(*d) * y.scale(), f16_to_f32(*dmin) * y.scale());
+        sum += d * sumi as f32 - dmin * summ as f32;
+    }
+    sum
+}
+
 /// Scale and minimum (each 0..=63) of sub-block `j` (0..8).
 #[inline]
 pub fn scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {

@@ -1,9 +1,8 @@
 //! Q5_K: as Q4_K with a fifth code bit per element (ggml-common.h `block_q5_K`). Dots against Q8_K activations.
 
 use super::k_scales;
-use super::q8_k::BlockQ8K;
-use crate::block::{cast, cast_mut, ByteBlock};
-use crate::fp::{f16_to_f32, f32_to_f16};
+use crate::block::{cast_mut, ByteBlock};
+use crate::fp::f32_to_f16;
 
 /// Values per block.
 pub const QK: usize = 256;
@@ -49,36 +48,21 @@ pub fn quantize(src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// Expands blocks to f32.
-pub fn dequantize(src: &[u8], dst: &mut [f32]) {
-    for (block, y) in cast::<BlockQ5K>(src).iter().zip(dst.chunks_exact_mut(QK)) {
-        let d = f16_to_f32(block.d);
-        let dmin = f16_to_f32(block.dmin);
-        let (scales, mins) = k_scales::unpack(&block.scales);
-        for (e, out) in y.iter_mut().enumerate() {
-            let (step, offset) = (d * scales[e / 32] as f32, dmin * mins[e / 32] as f32);
-            *out = step * code(block, e) as f32 - offset;
-        }
+impl k_scales::ScaleMinBlock for BlockQ5K {
+    fn header(&self) -> (&[u8; 2], &[u8; 2], &[u8; 12]) {
+        (&self.d, &self.dmin, &self.scales)
+    }
+    fn code(&self, e: usize) -> u8 {
+        code(self, e)
     }
 }
 
-/// Dot product with a Q8_K activation row, as for Q4_K.
+/// Expands blocks to f32.
+pub fn dequantize(src: &[u8], dst: &mut [f32]) {
+    k_scales::dequantize::<BlockQ5K>(src, dst)
+}
+
+/// Dot product with a Q8_K activation row (see [`k_scales::vec_dot`]).
 pub fn vec_dot(w: &[u8], a: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in cast::<BlockQ5K>(w).iter().zip(cast::<BlockQ8K>(a)) {
-        let (scales, mins) = k_scales::unpack(&x.scales);
-        let mut sumi = 0i32;
-        let mut summ = 0i32;
-        for s in 0..8 {
-            let dot: i32 = (32 * s..32 * (s + 1))
-                .map(|e| code(x, e) as i32 * y.qs[e] as i32)
-                .sum();
-            sumi += scales[s] as i32 * dot;
-            summ += mins[s] as i32 * (y.bsum(2 * s) as i32 + y.bsum(2 * s + 1) as i32);
-        }
-        let d = f16_to_f32(x.d) * y.scale();
-        let dmin = f16_to_f32(x.dmin) * y.scale();
-        sum += d * sumi as f32 - dmin * summ as f32;
-    }
-    sum
+    k_scales::vec_dot::<BlockQ5K>(w, a)
 }
