@@ -75,6 +75,9 @@ pub struct Config {
     pub sliding_pattern: usize,
     /// Scale applied to q·k (1/√head_dim unless the architecture says otherwise).
     pub attn_scale: f32,
+    /// Whether `attn_scale` multiplies the queries before attention (Gemma, as in llama.cpp) rather than q·k. The
+    /// products are the same, but the f16 rounding of small query values is not.
+    pub scale_queries: bool,
     /// Multiplier of token embeddings (Gemma: √d_model).
     pub embed_scale: Option<f32>,
     pub activation: Activation,
@@ -211,6 +214,7 @@ impl Config {
             sliding_window: None,
             sliding_pattern: 0,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            scale_queries: false,
             embed_scale: None,
             activation: Activation::Silu,
             qk_norm: false,
@@ -232,6 +236,7 @@ impl Config {
                 if n_layers == 62 {
                     config.attn_scale = 1.0 / ((d_model / n_heads) as f32).sqrt();
                 }
+                config.scale_queries = true;
                 config.embed_scale = Some((d_model as f32).sqrt());
                 config.activation = Activation::GeluTanh;
                 config.qk_norm = true;

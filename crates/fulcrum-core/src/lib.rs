@@ -8,6 +8,7 @@ pub mod model;
 pub mod ops;
 pub mod session;
 pub mod threads;
+pub mod trace;
 pub mod vocab;
 pub mod weights;
 

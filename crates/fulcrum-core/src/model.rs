@@ -6,6 +6,7 @@ use crate::error::ModelError;
 use crate::kv::KvCache;
 use crate::ops::{self, QuantBuffer};
 use crate::threads::ThreadPool;
+use crate::trace;
 use crate::weights::{Mat, Weights};
 use fulcrum_gguf::GgufFile;
 use fulcrum_tokenizer::Tokenizer;
@@ -176,11 +177,18 @@ impl Model {
                 x.iter_mut().for_each(|v| *v *= scale);
             }
         }
+        let tr = trace::enabled();
+        if tr {
+            trace::tensor("inp_scaled", None, &s.x[..n * d], n);
+        }
 
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block.
             ops::rms_norm(&s.x[..n * d], &lw.attn_norm, c.rms_eps, &mut s.xb[..n * d]);
             let xb = &s.xb[..n * d];
+            if tr {
+                trace::tensor("attn_norm", Some(l), xb, n);
+            }
             ops::matmul(
                 pool,
                 &lw.wq,
@@ -218,9 +226,18 @@ impl Model {
                     ops::add_bias(x, b);
                 }
             }
+            if tr {
+                trace::tensor("Qcur", Some(l), q, n);
+                trace::tensor("Kcur", Some(l), k, n);
+                trace::tensor("Vcur", Some(l), v, n);
+            }
             if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
                 ops::rms_norm_inplace(q, qn, c.rms_eps);
                 ops::rms_norm_inplace(k, kn, c.rms_eps);
+                if tr {
+                    trace::tensor("Qcur_normed", Some(l), q, n);
+                    trace::tensor("Kcur_normed", Some(l), k, n);
+                }
             }
             let sliding = c.is_sliding(l);
             let (base, scale) = if sliding {
@@ -240,13 +257,20 @@ impl Model {
                 rope.apply(&mut q[t * c.q_dim()..(t + 1) * c.q_dim()], start + t);
                 rope.apply(&mut k[t * c.kv_dim()..(t + 1) * c.kv_dim()], start + t);
             }
+            if tr {
+                trace::tensor("Qcur_rope", Some(l), q, n);
+                trace::tensor("Kcur_rope", Some(l), k, n);
+            }
             kv.store(l, start, k, v);
+            if c.scale_queries {
+                q.iter_mut().for_each(|x| *x *= c.attn_scale);
+            }
             let shape = AttentionShape {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,
                 head_dim: c.head_dim,
                 head_dim_v: c.head_dim_v,
-                scale: c.attn_scale,
+                scale: if c.scale_queries { 1.0 } else { c.attn_scale },
                 window: if sliding { c.sliding_window } else { None },
             };
             let att = &mut s.att[..n * c.n_heads * c.head_dim_v];
@@ -260,6 +284,9 @@ impl Model {
                 att,
                 &mut s.att_scratch,
             );
+            if tr {
+                trace::tensor("kqv_out", Some(l), att, n);
+            }
             ops::matmul(
                 pool,
                 &lw.wo,
@@ -270,14 +297,24 @@ impl Model {
                 &mut s.qbuf,
             );
             let o = &mut s.o[..n * d];
+            if tr {
+                trace::tensor("attn_out", Some(l), o, n);
+            }
             if let Some(norm) = &lw.post_attn_norm {
                 ops::rms_norm_inplace(o, norm, c.rms_eps);
             }
             ops::add_inplace(&mut s.x[..n * d], o);
+            if tr {
+                trace::tensor("attn_post_norm", Some(l), o, n);
+                trace::tensor("sa_out", Some(l), &s.x[..n * d], n);
+            }
 
             // Feed-forward block.
             ops::rms_norm(&s.x[..n * d], &lw.ffn_norm, c.rms_eps, &mut s.xb[..n * d]);
             let xb = &s.xb[..n * d];
+            if tr {
+                trace::tensor("ffn_norm", Some(l), xb, n);
+            }
             ops::matmul(
                 pool,
                 &lw.w_gate,
@@ -297,9 +334,16 @@ impl Model {
                 &mut s.qbuf,
             );
             let (gate, up) = (&mut s.gate[..n * c.d_ff], &s.up[..n * c.d_ff]);
+            if tr {
+                trace::tensor("ffn_gate", Some(l), gate, n);
+                trace::tensor("ffn_up", Some(l), up, n);
+            }
             match c.activation {
                 Activation::Silu => ops::swiglu(gate, up),
                 Activation::GeluTanh => ops::geglu(gate, up),
+            }
+            if tr {
+                trace::tensor("ffn_geglu", Some(l), gate, n);
             }
             ops::matmul(
                 pool,
@@ -311,16 +355,26 @@ impl Model {
                 &mut s.qbuf,
             );
             let o = &mut s.o[..n * d];
+            if tr {
+                trace::tensor("ffn_out", Some(l), o, n);
+            }
             if let Some(norm) = &lw.post_ffn_norm {
                 ops::rms_norm_inplace(o, norm, c.rms_eps);
             }
             ops::add_inplace(&mut s.x[..n * d], o);
+            if tr {
+                trace::tensor("ffn_post_norm", Some(l), o, n);
+                trace::tensor("l_out", Some(l), &s.x[..n * d], n);
+            }
         }
         kv.len = start + n;
 
         // Final norm and classifier for the rows asked for.
         let first = match logits {
-            Logits::None => return Ok(&[]),
+            Logits::None => {
+                trace::next_step();
+                return Ok(&[]);
+            }
             Logits::Last => n - 1,
             Logits::From(i) => i.min(n - 1),
         };
@@ -341,11 +395,18 @@ impl Model {
             &mut s.logits,
             &mut s.qbuf,
         );
+        if tr {
+            trace::tensor("result_norm", None, &s.xb[..rows * d], rows);
+        }
         if let Some(cap) = c.final_logit_softcap {
             s.logits
                 .iter_mut()
                 .for_each(|v| *v = (*v / cap).tanh() * cap);
         }
+        if tr {
+            trace::tensor("result_output", None, &s.logits, rows);
+        }
+        trace::next_step();
         Ok(&s.logits)
     }
 }

@@ -93,8 +93,9 @@ impl Rope<'_> {
                     RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                 };
                 let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * cos - x1 * sin;
-                head[b] = x0 * sin + x1 * cos;
+                // ggml's C is compiled with floating-point contraction: each line becomes one fused multiply-add.
+                head[a] = x0.mul_add(cos, -(x1 * sin));
+                head[b] = x0.mul_add(sin, x1 * cos);
             }
         }
     }
@@ -126,7 +127,9 @@ pub fn geglu(gate: &mut [f32], up: &[f32]) {
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     const COEF_A: f32 = 0.044_715;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh())
+    // `1 + a·x·x` as one fused multiply-add, as ggml's contracted C computes it.
+    let inner = (COEF_A * x).mul_add(x, 1.0);
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh())
 }
 
 fn gelu_table() -> &'static [f16] {
@@ -175,6 +178,8 @@ pub fn matmul(
     let acts = &qbuf.bytes;
     let out_ptr = SharedMut(out.as_mut_ptr());
     let rows = w.rows;
+    // llama.cpp takes activation rows four at a time where it can, which rounds differently for some types.
+    let grouped = n - n % 4;
     pool.run(|index, n_threads| {
         // Whole cache lines of output per thread: split in units of 16 rows.
         let units = rows.div_ceil(16);
@@ -184,7 +189,11 @@ pub fn matmul(
             let w_row = &w_data[r * w.row_bytes..(r + 1) * w.row_bytes];
             for t in 0..n {
                 let a = &acts[t * act_row..(t + 1) * act_row];
-                let v = fulcrum_quant::vec_dot(w.ty, w.cols, w_row, a);
+                let v = if t < grouped {
+                    fulcrum_quant::vec_dot_grouped(w.ty, w.cols, w_row, a)
+                } else {
+                    fulcrum_quant::vec_dot(w.ty, w.cols, w_row, a)
+                };
                 // SAFETY: row r belongs to this thread only.
                 unsafe { *out_ptr.ptr().add(t * rows + r) = v };
             }

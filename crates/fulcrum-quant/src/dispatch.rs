@@ -18,6 +18,9 @@ pub struct Kernels {
     pub dequantize: DequantizeFn,
     pub quantize: Option<QuantizeFn>,
     pub vec_dot: Option<DotFn>,
+    /// The dot product for activation rows that llama.cpp handles four at a time, where its rounding differs from
+    /// `vec_dot` (repacked Q4_K); `None` means the same as `vec_dot`.
+    pub vec_dot_grouped: Option<DotFn>,
 }
 
 /// Kernels for every type, indexed by ggml type id.
@@ -41,6 +44,7 @@ pub fn scalar_kernels(ty: GgmlType) -> Option<Kernels> {
             dequantize,
             quantize,
             vec_dot,
+            vec_dot_grouped: None,
         })
     };
     match ty {

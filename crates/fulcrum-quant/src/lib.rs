@@ -7,6 +7,7 @@
 
 mod block;
 mod dispatch;
+pub mod f16vec;
 pub mod formats;
 mod fp;
 
@@ -110,6 +111,24 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
 pub fn vec_dot(w: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> f32 {
     let dot = kernels(w)
         .vec_dot
+        .unwrap_or_else(|| panic!("{w} cannot be used as weights"));
+    dot(
+        &w_row[..row_bytes(w, n)],
+        &act_row[..row_bytes(vec_dot_type(w), n)],
+    )
+}
+
+/// As [`vec_dot`], for the activation rows of a batch that llama.cpp multiplies four at a time (the first
+/// `rows - rows % 4`): for repacked Q4_K weights its rounding differs there, and this reproduces it. Other types give
+/// exactly [`vec_dot`]'s result.
+///
+/// # Panics
+/// As [`vec_dot`].
+pub fn vec_dot_grouped(w: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> f32 {
+    let k = kernels(w);
+    let dot = k
+        .vec_dot_grouped
+        .or(k.vec_dot)
         .unwrap_or_else(|| panic!("{w} cannot be used as weights"));
     dot(
         &w_row[..row_bytes(w, n)],

@@ -4,6 +4,7 @@
 //! Every kernel here is an `unsafe fn` with `#[target_feature]`; [`install`] puts safe wrappers into the dispatch
 //! table only after [`available`] has confirmed the CPU features, which is what makes the wrappers sound.
 
+pub mod f16vec;
 mod float;
 mod helpers;
 mod k_quants;
@@ -39,6 +40,7 @@ wrappers! {
     dot_q5_1 => legacy::vec_dot_q5_1,
     dot_q8_0 => legacy::vec_dot_q8_0,
     dot_q4_k => k_quants::vec_dot_q4_k,
+    dot_q4_k_grouped => k_quants::vec_dot_q4_k_grouped,
     dot_q5_k => k_quants::vec_dot_q5_k,
     dot_q6_k => k_quants::vec_dot_q6_k,
     dot_q8_k => k_quants::vec_dot_q8_k,
@@ -65,6 +67,9 @@ pub fn install(table: &mut Table) {
         if let Some(kernels) = table.by_id[ty as usize].as_mut() {
             kernels.vec_dot = Some(dot);
         }
+    }
+    if let Some(kernels) = table.by_id[Q4_K as usize].as_mut() {
+        kernels.vec_dot_grouped = Some(dot_q4_k_grouped);
     }
     table.level = "avx2+fma";
 }
