@@ -182,6 +182,14 @@ impl Model {
             trace::tensor("inp_scaled", None, &s.x[..n * d], n);
         }
 
+        // Rows whose logits are wanted: the last layer's feed-forward block runs only for them, as in llama.cpp
+        // (whose smaller batch there also decides how its matmuls round).
+        let first = match logits {
+            Logits::None => n,
+            Logits::Last => n - 1,
+            Logits::From(i) => i.min(n - 1),
+        };
+        let last_layer = w.layers.len() - 1;
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block.
             ops::rms_norm(&s.x[..n * d], &lw.attn_norm, c.rms_eps, &mut s.xb[..n * d]);
@@ -296,31 +304,40 @@ impl Model {
                 &mut s.o,
                 &mut s.qbuf,
             );
-            let o = &mut s.o[..n * d];
+            let (r0, m) = if l == last_layer {
+                (first, n - first)
+            } else {
+                (0, n)
+            };
+            if m == 0 {
+                continue;
+            }
+            let o = &mut s.o[r0 * d..n * d];
             if tr {
-                trace::tensor("attn_out", Some(l), o, n);
+                trace::tensor("attn_out", Some(l), o, m);
             }
             if let Some(norm) = &lw.post_attn_norm {
                 ops::rms_norm_inplace(o, norm, c.rms_eps);
             }
-            ops::add_inplace(&mut s.x[..n * d], o);
+            let x = &mut s.x[r0 * d..n * d];
+            ops::add_inplace(x, o);
             if tr {
-                trace::tensor("attn_post_norm", Some(l), o, n);
-                trace::tensor("sa_out", Some(l), &s.x[..n * d], n);
+                trace::tensor("attn_post_norm", Some(l), o, m);
+                trace::tensor("sa_out", Some(l), x, m);
             }
 
             // Feed-forward block.
-            ops::rms_norm(&s.x[..n * d], &lw.ffn_norm, c.rms_eps, &mut s.xb[..n * d]);
-            let xb = &s.xb[..n * d];
+            ops::rms_norm(x, &lw.ffn_norm, c.rms_eps, &mut s.xb[..m * d]);
+            let xb = &s.xb[..m * d];
             if tr {
-                trace::tensor("ffn_norm", Some(l), xb, n);
+                trace::tensor("ffn_norm", Some(l), xb, m);
             }
             ops::matmul(
                 pool,
                 &lw.w_gate,
                 self.data(&lw.w_gate),
                 xb,
-                n,
+                m,
                 &mut s.gate,
                 &mut s.qbuf,
             );
@@ -329,55 +346,52 @@ impl Model {
                 &lw.w_up,
                 self.data(&lw.w_up),
                 xb,
-                n,
+                m,
                 &mut s.up,
                 &mut s.qbuf,
             );
-            let (gate, up) = (&mut s.gate[..n * c.d_ff], &s.up[..n * c.d_ff]);
+            let (gate, up) = (&mut s.gate[..m * c.d_ff], &s.up[..m * c.d_ff]);
             if tr {
-                trace::tensor("ffn_gate", Some(l), gate, n);
-                trace::tensor("ffn_up", Some(l), up, n);
+                trace::tensor("ffn_gate", Some(l), gate, m);
+                trace::tensor("ffn_up", Some(l), up, m);
             }
             match c.activation {
-                Activation::Silu => ops::swiglu(gate, up),
+                Activation::Silu => ops::swiglu(gate, up, c.d_ff),
                 Activation::GeluTanh => ops::geglu(gate, up),
             }
             if tr {
-                trace::tensor("ffn_geglu", Some(l), gate, n);
+                trace::tensor("ffn_geglu", Some(l), gate, m);
             }
             ops::matmul(
                 pool,
                 &lw.w_down,
                 self.data(&lw.w_down),
                 gate,
-                n,
+                m,
                 &mut s.o,
                 &mut s.qbuf,
             );
-            let o = &mut s.o[..n * d];
+            let o = &mut s.o[..m * d];
             if tr {
-                trace::tensor("ffn_out", Some(l), o, n);
+                trace::tensor("ffn_out", Some(l), o, m);
             }
             if let Some(norm) = &lw.post_ffn_norm {
                 ops::rms_norm_inplace(o, norm, c.rms_eps);
             }
-            ops::add_inplace(&mut s.x[..n * d], o);
+            let x = &mut s.x[r0 * d..n * d];
+            ops::add_inplace(x, o);
             if tr {
-                trace::tensor("ffn_post_norm", Some(l), o, n);
-                trace::tensor("l_out", Some(l), &s.x[..n * d], n);
+                trace::tensor("ffn_post_norm", Some(l), o, m);
+                trace::tensor("l_out", Some(l), x, m);
             }
         }
         kv.len = start + n;
 
         // Final norm and classifier for the rows asked for.
-        let first = match logits {
-            Logits::None => {
-                trace::next_step();
-                return Ok(&[]);
-            }
-            Logits::Last => n - 1,
-            Logits::From(i) => i.min(n - 1),
-        };
+        if first == n {
+            trace::next_step();
+            return Ok(&[]);
+        }
         let rows = n - first;
         ops::rms_norm(
             &s.x[first * d..n * d],

@@ -101,10 +101,11 @@ impl Rope<'_> {
     }
 }
 
-/// `gate = silu(gate) · up`, elementwise.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+/// `gate = silu(gate) · up`, elementwise, for rows of `width` values (ggml's arithmetic, which treats each row's
+/// tail apart).
+pub fn swiglu(gate: &mut [f32], up: &[f32], width: usize) {
+    for (g, u) in gate.chunks_mut(width).zip(up.chunks(width)) {
+        fulcrum_quant::vecf32::swiglu_row(g, u);
     }
 }
 
@@ -178,8 +179,6 @@ pub fn matmul(
     let acts = &qbuf.bytes;
     let out_ptr = SharedMut(out.as_mut_ptr());
     let rows = w.rows;
-    // llama.cpp takes activation rows four at a time where it can, which rounds differently for some types.
-    let grouped = n - n % 4;
     pool.run(|index, n_threads| {
         // Whole cache lines of output per thread: split in units of 16 rows.
         let units = rows.div_ceil(16);
@@ -189,11 +188,7 @@ pub fn matmul(
             let w_row = &w_data[r * w.row_bytes..(r + 1) * w.row_bytes];
             for t in 0..n {
                 let a = &acts[t * act_row..(t + 1) * act_row];
-                let v = if t < grouped {
-                    fulcrum_quant::vec_dot_grouped(w.ty, w.cols, w_row, a)
-                } else {
-                    fulcrum_quant::vec_dot(w.ty, w.cols, w_row, a)
-                };
+                let v = fulcrum_quant::vec_dot_in_batch(w.ty, w.cols, w_row, a, n, t);
                 // SAFETY: row r belongs to this thread only.
                 unsafe { *out_ptr.ptr().add(t * rows + r) = v };
             }

@@ -21,6 +21,9 @@ pub struct Kernels {
     /// The dot product for activation rows that llama.cpp handles four at a time, where its rounding differs from
     /// `vec_dot` (repacked Q4_K); `None` means the same as `vec_dot`.
     pub vec_dot_grouped: Option<DotFn>,
+    /// The dot product of llama.cpp's tiled matmul for batches of 8 rows or more, where its rounding differs from
+    /// `vec_dot` (Q6_K); `None` means the same as `vec_dot`.
+    pub vec_dot_tiled: Option<DotFn>,
 }
 
 /// Kernels for every type, indexed by ggml type id.
@@ -45,6 +48,7 @@ pub fn scalar_kernels(ty: GgmlType) -> Option<Kernels> {
             quantize,
             vec_dot,
             vec_dot_grouped: None,
+            vec_dot_tiled: None,
         })
     };
     match ty {

@@ -10,6 +10,7 @@ mod dispatch;
 pub mod f16vec;
 pub mod formats;
 mod fp;
+pub mod vecf32;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -118,16 +119,33 @@ pub fn vec_dot(w: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> f32 {
     )
 }
 
-/// As [`vec_dot`], for the activation rows of a batch that llama.cpp multiplies four at a time (the first
-/// `rows - rows % 4`): for repacked Q4_K weights its rounding differs there, and this reproduces it. Other types give
-/// exactly [`vec_dot`]'s result.
+/// As [`vec_dot`], for activation row `t` of a batch of `batch` rows, rounded as llama.cpp's CPU backend rounds it
+/// there. It multiplies repacked Q4_K weights four activation rows at a time (the first `batch - batch % 4` rows) and
+/// Q6_K weights in tiles once a batch has 8 rows; those paths sum the same exact integers in another float order,
+/// which this reproduces. Elsewhere the result is exactly [`vec_dot`]'s.
 ///
 /// # Panics
 /// As [`vec_dot`].
-pub fn vec_dot_grouped(w: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> f32 {
+pub fn vec_dot_in_batch(
+    w: GgmlType,
+    n: usize,
+    w_row: &[u8],
+    act_row: &[u8],
+    batch: usize,
+    t: usize,
+) -> f32 {
     let k = kernels(w);
-    let dot = k
-        .vec_dot_grouped
+    let variant = if t < batch - batch % 4 {
+        k.vec_dot_grouped
+    } else {
+        None
+    };
+    let variant = if batch >= 8 {
+        k.vec_dot_tiled.or(variant)
+    } else {
+        variant
+    };
+    let dot = variant
         .or(k.vec_dot)
         .unwrap_or_else(|| panic!("{w} cannot be used as weights"));
     dot(

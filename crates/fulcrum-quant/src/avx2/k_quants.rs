@@ -76,6 +76,55 @@ pub unsafe fn vec_dot_q4_k_grouped(w: &[u8], a: &[u8]) -> f32 {
     acc - acc_min
 }
 
+/// Q6_K × Q8_K as llama.cpp's tiled K-quant matmul computes it (used for batches of 8 or more activation rows): per
+/// super-block the exact integer sum is scaled by the weight's `d`, then accumulated with the activation's `d` by a
+/// fused multiply-add.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot_q6_k_tiled(w: &[u8], a: &[u8]) -> f32 {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let low2 = _mm256_set1_epi8(0x03);
+    let bias = _mm256_set1_epi8(32);
+    let mut acc = 0.0f32;
+    for (x, y) in cast::<BlockQ6K>(w).iter().zip(cast::<BlockQ8K>(a)) {
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * n).cast());
+            let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * n + 32).cast());
+            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * n).cast());
+            let top = |shift: __m128i| {
+                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(qh, shift), low2))
+            };
+            let codes = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low4), top(_mm_cvtsi32_si128(0))),
+                _mm256_or_si256(_mm256_and_si256(ql1, low4), top(_mm_cvtsi32_si128(2))),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                    top(_mm_cvtsi32_si128(4)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                    top(_mm_cvtsi32_si128(6)),
+                ),
+            ];
+            for (k, &code) in codes.iter().enumerate() {
+                let q8 = _mm256_loadu_si256(y.qs.as_ptr().add(128 * n + 32 * k).cast());
+                let products = _mm256_sub_epi16(
+                    _mm256_maddubs_epi16(code, q8),
+                    _mm256_maddubs_epi16(bias, q8),
+                );
+                let sub = 8 * n + 2 * k;
+                let scale = _mm256_set_m128i(
+                    _mm_set1_epi16(x.scales[sub + 1] as i16),
+                    _mm_set1_epi16(x.scales[sub] as i16),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, products));
+            }
+        }
+        acc = (half(x.d) * hsum_i32(sumi) as f32).mul_add(y.scale(), acc);
+    }
+    acc
+}
+
 /// Exact sum of the eight i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -41,6 +41,7 @@ wrappers! {
     dot_q8_0 => legacy::vec_dot_q8_0,
     dot_q4_k => k_quants::vec_dot_q4_k,
     dot_q4_k_grouped => k_quants::vec_dot_q4_k_grouped,
+    dot_q6_k_tiled => k_quants::vec_dot_q6_k_tiled,
     dot_q5_k => k_quants::vec_dot_q5_k,
     dot_q6_k => k_quants::vec_dot_q6_k,
     dot_q8_k => k_quants::vec_dot_q8_k,
@@ -70,6 +71,9 @@ pub fn install(table: &mut Table) {
     }
     if let Some(kernels) = table.by_id[Q4_K as usize].as_mut() {
         kernels.vec_dot_grouped = Some(dot_q4_k_grouped);
+    }
+    if let Some(kernels) = table.by_id[Q6_K as usize].as_mut() {
+        kernels.vec_dot_tiled = Some(dot_q6_k_tiled);
     }
     table.level = "avx2+fma";
 }

@@ -1,0 +1,135 @@
+//! f32 vector functions in the arithmetic of llama.cpp's AVX2 CPU backend, so that activations match it bit for bit:
+//! its polynomial `exp` and the SiLU-gated unit built on it. The functions are elementwise, so one scalar description
+//! with fused multiply-adds is exact lane for lane; an AVX2+FMA build of the same code is used when the CPU has it.
+
+use std::sync::OnceLock;
+
+/// `exp(x)` as ggml's vectorised exponential computes it (range reduction by ln 2 split in two parts, a degree-5
+/// polynomial, and an exponent-splitting path for results near overflow or underflow); within about 1.5 ulp of `exp`.
+pub fn exp_approx(x: f32) -> f32 {
+    exp_inline(x)
+}
+
+/// `gate = silu(gate) · up` for one row, with ggml's arithmetic: elements in whole groups of eight use
+/// [`exp_approx`], the remaining ones the C library's `expf`.
+pub fn swiglu_row(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "swiglu lengths");
+    (kernels().swiglu)(gate, up)
+}
+
+/// The plain build of the kernels, for tests that compare it with the dispatched one.
+pub fn swiglu_row_scalar(gate: &mut [f32], up: &[f32]) {
+    swiglu_inline(gate, up)
+}
+
+const fn f(bits: u32) -> f32 {
+    f32::from_bits(bits)
+}
+
+#[inline(always)]
+fn exp_inline(x: f32) -> f32 {
+    const SHIFT: f32 = f(0x4b40_0000); // 1.5 · 2^23: adding it rounds to an integer in the low mantissa bits
+    const LOG2_E: f32 = f(0x3fb8_aa3b);
+    const LN2_HI: f32 = f(0x3f31_7200);
+    const LN2_LO: f32 = f(0x35bf_be8e);
+    const C1: f32 = f(0x3f7f_fff6);
+    const C2: f32 = f(0x3eff_fedb);
+    const C3: f32 = f(0x3e2a_af33);
+    const C4: f32 = f(0x3d2b_9f17);
+    const C5: f32 = f(0x3c07_2010);
+    let z = x.mul_add(LOG2_E, SHIFT);
+    let n = z - SHIFT;
+    // b = x − n·ln2, with ln 2 in two parts for accuracy.
+    let b = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let e = z.to_bits() << 23;
+    let k = f32::from_bits(e.wrapping_add(1.0f32.to_bits()));
+    let u = b * b;
+    let j = C5
+        .mul_add(b, C4)
+        .mul_add(u, C3.mul_add(b, C2))
+        .mul_add(u, C1 * b);
+    if n.abs() <= 126.0 {
+        return j.mul_add(k, k);
+    }
+    // 2^n overflows the exponent field: scale in two steps.
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
+    }
+}
+
+#[inline(always)]
+fn swiglu_inline(gate: &mut [f32], up: &[f32]) {
+    let whole = gate.len() / 8 * 8;
+    for (g, &u) in gate[..whole].iter_mut().zip(&up[..whole]) {
+        *g = *g / (1.0 + exp_inline(0.0 - *g)) * u;
+    }
+    for (g, &u) in gate[whole..].iter_mut().zip(&up[whole..]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swiglu_fma(gate: &mut [f32], up: &[f32]) {
+    swiglu_inline(gate, up)
+}
+
+struct Kernels {
+    swiglu: fn(&mut [f32], &[f32]),
+}
+
+fn kernels() -> &'static Kernels {
+    static KERNELS: OnceLock<Kernels> = OnceLock::new();
+    KERNELS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if crate::dispatch::table().level != "scalar" {
+            return Kernels {
+                // SAFETY: the table is only non-scalar when AVX2 and FMA were detected.
+                swiglu: |g, u| unsafe { swiglu_fma(g, u) },
+            };
+        }
+        Kernels {
+            swiglu: swiglu_inline,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_approx_tracks_exp_across_the_range() {
+        let mut x = -103.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp_approx(x) as f64, (x as f64).exp());
+            assert!(
+                (got - want).abs() <= 4e-7 * want + 1e-44,
+                "x={x}: {got} vs {want}"
+            );
+            x += 0.0137;
+        }
+        assert_eq!(exp_approx(0.0), 1.0);
+        assert_eq!(exp_approx(-200.0), 0.0);
+        assert!(exp_approx(100.0).is_infinite());
+    }
+
+    #[test]
+    fn swiglu_builds_agree() {
+        let gate: Vec<f32> = (0..203).map(|i| (i as f32 * 0.731).sin() * 12.0).collect();
+        let up: Vec<f32> = (0..203).map(|i| (i as f32 * 0.377).cos()).collect();
+        let (mut a, mut b) = (gate.clone(), gate.clone());
+        swiglu_row(&mut a, &up);
+        swiglu_row_scalar(&mut b, &up);
+        assert_eq!(a, b);
+        for ((g, y), u) in gate.iter().zip(&a).zip(&up) {
+            let want = *g as f64 / (1.0 + (-*g as f64).exp()) * *u as f64;
+            assert!((*y as f64 - want).abs() < 1e-5 * (1.0 + want.abs()));
+        }
+    }
+}
