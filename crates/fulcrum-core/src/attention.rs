@@ -1,5 +1,7 @@
 //! Causal multi-head attention of a batch of query tokens over the KV cache, with optional sliding window.
 
+mod tiled;
+
 use crate::kv::LayerKv;
 use crate::ops::SharedMut;
 use crate::threads::{split_range, ThreadPool};
@@ -19,10 +21,13 @@ pub struct AttentionShape {
     pub window: Option<usize>,
 }
 
-/// Work buffers of [`attention`]: per thread, the query row in f16 and the f16 output accumulator.
+/// Work buffers of [`attention`]: per thread, the query row in f16 and the f16 output accumulator, and the f32 tiles
+/// of the path for large batches.
 pub struct AttentionScratch {
     /// (n_threads, head_dim + head_dim_v)
     per_thread: Vec<f16>,
+    /// (n_threads, tiled::scratch_len)
+    tiles: Vec<f32>,
     n_ctx: usize,
 }
 
@@ -37,6 +42,7 @@ impl AttentionScratch {
     ) -> AttentionScratch {
         AttentionScratch {
             per_thread: vec![f16::ZERO; n_threads * (head_dim + kv_dim_v)],
+            tiles: vec![0.0; n_threads * tiled::scratch_len(head_dim, kv_dim_v)],
             n_ctx,
         }
     }
@@ -46,10 +52,10 @@ impl AttentionScratch {
 ///
 /// `q` holds `n` rows of `n_heads · head_dim`; `out` receives `n` rows of `n_heads · head_dim_v`.
 ///
-/// The arithmetic is that of llama.cpp's CPU flash attention for batches of fewer than 64 queries (its online-softmax
-/// path), so that results agree bit for bit: the query is rounded to f16 and dotted with the f16 keys, the running
+/// The arithmetic is that of llama.cpp's CPU flash attention, so that results agree bit for bit. For batches of fewer
+/// than 64 queries (its online-softmax path) the query is rounded to f16 and dotted with the f16 keys, the running
 /// maximum and sum are kept in f32, and the weighted values accumulate in an f16 row that is rescaled whenever the
-/// maximum grows.
+/// maximum grows; larger batches take its tiled path ([`tiled`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
@@ -81,6 +87,9 @@ pub fn attention(
         "attention: batch size"
     );
 
+    if n >= tiled::TILE {
+        return tiled::attention(pool, s, kv, q, n, start_pos, out, &mut scratch.tiles);
+    }
     let out_ptr = SharedMut(out.as_mut_ptr());
     let thread_ptr = SharedMut(scratch.per_thread.as_mut_ptr());
     pool.run(|index, n_threads| {
@@ -164,8 +173,14 @@ mod tests {
 
     #[test]
     fn matches_reference_with_gqa_and_window() {
+        // 12 queries take the online-softmax path, 80 the tiled one.
+        for n_ctx in [12, 80] {
+            check_against_reference(n_ctx);
+        }
+    }
+
+    fn check_against_reference(n_ctx: usize) {
         let (n_heads, n_kv, hd) = (4, 2, 16);
-        let n_ctx = 12;
         let mut kv = KvCache::new(1, n_ctx, n_kv * hd, n_kv * hd);
         let val = |i: usize| (i * 7919 % 1000) as f32 / 500.0 - 1.0;
         let k: Vec<f32> = (0..n_ctx * n_kv * hd)
@@ -179,7 +194,7 @@ mod tests {
             .map(|i| f16::from_f32(val(i + 13)).to_f32())
             .collect();
         let pool = ThreadPool::new(2);
-        for window in [None, Some(5)] {
+        for window in [None, Some(5), Some(70)] {
             let shape = AttentionShape {
                 n_heads,
                 n_kv_heads: n_kv,
@@ -217,7 +232,7 @@ mod tests {
                         // The values accumulate in f16 (relative step 2^-11), as llama.cpp's do.
                         assert!(
                             (a - b).abs() < 2e-3,
-                            "t={t} h={h} window={window:?}: {a} vs {b}"
+                            "n={n_ctx} t={t} h={h} window={window:?}: {a} vs {b}"
                         );
                     }
                 }

@@ -98,12 +98,15 @@ fn kernels() -> &'static Kernels {
     })
 }
 
+/// Signature of [`dot`].
+pub type DotFn = fn(&[f16], &[f16]) -> f32;
+/// Signature of [`mad`].
+pub type MadFn = fn(&mut [f16], &[f16], f32);
+/// Signature of [`scale`].
+pub type ScaleFn = fn(&mut [f16], f32);
+
 /// The AVX2 kernels when this CPU has them, for tests that compare them with [`scalar`].
-pub fn simd_kernels() -> Option<(
-    fn(&[f16], &[f16]) -> f32,
-    fn(&mut [f16], &[f16], f32),
-    fn(&mut [f16], f32),
-)> {
+pub fn simd_kernels() -> Option<(DotFn, MadFn, ScaleFn)> {
     #[cfg(target_arch = "x86_64")]
     if crate::avx2::available() {
         return Some((
@@ -113,4 +116,48 @@ pub fn simd_kernels() -> Option<(
         ));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn halves(v: &[f32]) -> Vec<f16> {
+        v.iter().map(|&x| f16::from_f32(x)).collect()
+    }
+
+    proptest! {
+        /// The AVX2 kernels give the scalar references' bits exactly, at every length (whole steps and tails).
+        #[test]
+        fn simd_matches_scalar_bit_for_bit(
+            x in proptest::collection::vec(-60.0f32..60.0, 0..300),
+            seed in any::<u32>(),
+            v in -3.0f32..3.0,
+        ) {
+            let Some((dot, mad, scale)) = simd_kernels() else { return Ok(()) };
+            let y: Vec<f32> = x.iter().enumerate()
+                .map(|(i, a)| (a * 0.37 + (i as u32 ^ seed) as f32 * 1e-3).sin() * 8.0)
+                .collect();
+            let (hx, hy) = (halves(&x), halves(&y));
+            prop_assert_eq!(dot(&hx, &hy).to_bits(), scalar::dot(&hx, &hy).to_bits());
+            let (mut a, mut b) = (hy.clone(), hy.clone());
+            mad(&mut a, &hx, v);
+            scalar::mad(&mut b, &hx, v);
+            prop_assert_eq!(&a, &b);
+            scale(&mut a, v);
+            scalar::scale(&mut b, v);
+            prop_assert_eq!(a, b);
+        }
+
+        /// The dot product is a dot product: close to the f64 sum.
+        #[test]
+        fn dot_tracks_f64(x in proptest::collection::vec(-4.0f32..4.0, 0..300)) {
+            let y: Vec<f32> = x.iter().map(|a| (a * 1.7).cos()).collect();
+            let (hx, hy) = (halves(&x), halves(&y));
+            let want: f64 = hx.iter().zip(&hy).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
+            let bound = 1e-5 * hx.iter().zip(&hy).map(|(a, b)| (a.to_f64() * b.to_f64()).abs()).sum::<f64>() + 1e-6;
+            prop_assert!((dot(&hx, &hy) as f64 - want).abs() <= bound);
+        }
+    }
 }

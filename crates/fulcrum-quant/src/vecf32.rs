@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 /// `exp(x)` as ggml's vectorised exponential computes it (range reduction by ln 2 split in two parts, a degree-5
 /// polynomial, and an exponent-splitting path for results near overflow or underflow); within about 1.5 ulp of `exp`.
+#[inline]
 pub fn exp_approx(x: f32) -> f32 {
     exp_inline(x)
 }
@@ -15,6 +16,13 @@ pub fn exp_approx(x: f32) -> f32 {
 pub fn swiglu_row(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "swiglu lengths");
     (kernels().swiglu)(gate, up)
+}
+
+/// Sum of eight values in the order of ggml's AVX2 horizontal add: halves, then pairs, then the last two.
+#[inline]
+pub fn hsum8(v: &[f32; 8]) -> f32 {
+    let t: [f32; 4] = std::array::from_fn(|i| v[i + 4] + v[i]);
+    (t[0] + t[2]) + (t[1] + t[3])
 }
 
 /// The plain build of the kernels, for tests that compare it with the dispatched one.

@@ -6,7 +6,7 @@ mod common;
 use common::{
     activation_row, activation_values, dequantized, magnitude, weight_row, Rng, WEIGHT_TYPES,
 };
-use fulcrum_quant::{scalar, vec_dot, vec_dot_multi, vec_dot_type, GgmlType};
+use fulcrum_quant::{scalar, vec_dot, vec_dot_in_batch, vec_dot_multi, vec_dot_type, GgmlType};
 use proptest::prelude::*;
 
 /// Row length for `blocks` blocks of `ty`; plain types get odd lengths to exercise SIMD tails.
@@ -50,6 +50,15 @@ fn check_case(
             (fast - reference).abs() <= 1e-4 * bound + 1e-30,
             "{ty} n={n} modes=({weight_mode},{act_mode}): dispatched {fast} vs scalar {reference} (bound {bound})"
         );
+
+        // The batch variants (llama.cpp's repacked and tiled rounding) sum the same products in another order.
+        for (batch, t) in [(4, 0), (8, 7), (9, 8), (1, 0)] {
+            let variant = vec_dot_in_batch(ty, n, &w_row, &a_row, batch, t) as f64;
+            prop_assert!(
+                (variant - reference).abs() <= 1e-4 * bound + 1e-30,
+                "{ty} n={n} batch {batch} row {t}: {variant} vs scalar {reference} (bound {bound})"
+            );
+        }
 
         let exact: f64 = w.iter().zip(&a).map(|(&x, &y)| x as f64 * y as f64).sum();
         prop_assert!(

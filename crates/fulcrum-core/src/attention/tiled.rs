@@ -1,0 +1,188 @@
+//! Attention for batches of 64 queries or more, in the arithmetic of llama.cpp's tiled CPU flash attention: queries
+//! stay f32, keys and values are widened from f16 one tile of 64 positions at a time, each score is one chain of fused
+//! multiply-adds over the head dimension, the softmax of a tile uses ggml's polynomial exp and sums in f64, and the
+//! weighted values accumulate in f32 by fused multiply-adds in position order.
+
+use super::AttentionShape;
+use crate::kv::LayerKv;
+use crate::ops::SharedMut;
+use crate::threads::{split_range, ThreadPool};
+use fulcrum_quant::vecf32::{exp_approx, hsum8};
+use half::slice::HalfFloatSliceExt;
+
+/// Positions per key/value tile, and queries per block of work (llama.cpp's tile sizes).
+pub const TILE: usize = 64;
+
+/// f32 scratch per thread for head widths `hd` (keys) and `hdv` (values).
+pub fn scratch_len(hd: usize, hdv: usize) -> usize {
+    hd * TILE + TILE * hdv + TILE + TILE * (hdv + 2)
+}
+
+/// See [`super::attention`]; `scratch` holds `scratch_len` floats per pool thread.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    pool: &ThreadPool,
+    s: &AttentionShape,
+    kv: &LayerKv,
+    q: &[f32],
+    n: usize,
+    start_pos: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let per_thread = scratch_len(s.head_dim, s.head_dim_v);
+    assert!(
+        scratch.len() >= pool.n_threads() * per_thread,
+        "attention: tiled scratch"
+    );
+    let blocks = n.div_ceil(TILE);
+    let simd = fulcrum_quant::simd_level() != "scalar";
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let scratch_ptr = SharedMut(scratch.as_mut_ptr());
+    pool.run(|index, n_threads| {
+        // SAFETY: each thread uses its own scratch slice.
+        let mine = unsafe {
+            std::slice::from_raw_parts_mut(scratch_ptr.ptr().add(index * per_thread), per_thread)
+        };
+        for item in split_range(s.n_heads * blocks, index, n_threads) {
+            let (h, b) = (item / blocks, item % blocks);
+            let rows = b * TILE..((b + 1) * TILE).min(n);
+            let job = Block {
+                s,
+                kv,
+                q,
+                start_pos,
+                end: start_pos + n,
+                h,
+                rows,
+                out: out_ptr,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: a non-scalar kernel level means AVX2 and FMA were detected.
+                unsafe { job.run_fma(mine) };
+                continue;
+            }
+            let _ = simd;
+            job.run(mine);
+        }
+    });
+}
+
+/// One head's queries `rows` (batch indices), all positions in `0..end` visible to them.
+struct Block<'a> {
+    s: &'a AttentionShape,
+    kv: &'a LayerKv,
+    q: &'a [f32],
+    start_pos: usize,
+    end: usize,
+    h: usize,
+    rows: std::ops::Range<usize>,
+    out: SharedMut<f32>,
+}
+
+impl Block<'_> {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run_fma(&self, scratch: &mut [f32]) {
+        self.run(scratch)
+    }
+
+    #[inline(always)]
+    fn run(&self, scratch: &mut [f32]) {
+        let s = self.s;
+        let (hd, hdv) = (s.head_dim, s.head_dim_v);
+        let g = self.h / (s.n_heads / s.n_kv_heads);
+        let (kv_dim, kv_dim_v) = (s.n_kv_heads * hd, s.n_kv_heads * hdv);
+        let (keys, rest) = scratch.split_at_mut(hd * TILE); // (hd, TILE): keys of the tile, transposed
+        let (values, rest) = rest.split_at_mut(TILE * hdv); // (TILE, hdv)
+        let (scores, rest) = rest.split_at_mut(TILE);
+        let n_rows = self.rows.len();
+        let (acc, rest) = rest.split_at_mut(TILE * hdv); // (rows, hdv)
+        let (max, sum) = rest.split_at_mut(TILE);
+        acc[..n_rows * hdv].fill(0.0);
+        max[..n_rows].fill(f32::NEG_INFINITY);
+        sum[..n_rows].fill(0.0);
+
+        let visible = |pos: usize| match s.window {
+            Some(w) if pos + 1 > w => pos + 1 - w..pos + 1,
+            _ => 0..pos + 1,
+        };
+        let last_pos = self.start_pos + self.rows.end - 1;
+        for tile in (0..=last_pos).step_by(TILE) {
+            let len = TILE.min(self.end - tile);
+            for j in 0..len {
+                let k = &self.kv.k[(tile + j) * kv_dim + g * hd..][..hd];
+                for (dk, &x) in k.iter().enumerate() {
+                    keys[dk * TILE + j] = x.to_f32();
+                }
+                self.kv.v[(tile + j) * kv_dim_v + g * hdv..][..hdv]
+                    .convert_to_f32_slice(&mut values[j * hdv..(j + 1) * hdv]);
+            }
+            for (r, t) in self.rows.clone().enumerate() {
+                let seen = visible(self.start_pos + t);
+                if tile >= seen.end || tile + TILE <= seen.start {
+                    continue;
+                }
+                let qrow = &self.q[t * s.n_heads * hd + self.h * hd..][..hd];
+                scores.fill(0.0);
+                for (dk, &qv) in qrow.iter().enumerate() {
+                    let kcol = &keys[dk * TILE..(dk + 1) * TILE];
+                    for (sc, &kx) in scores.iter_mut().zip(kcol) {
+                        *sc = kx.mul_add(qv, *sc);
+                    }
+                }
+                let mut tile_max = f32::NEG_INFINITY;
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    let p = tile + j;
+                    *sc = if j < len && seen.contains(&p) {
+                        *sc * s.scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                    tile_max = tile_max.max(*sc);
+                }
+                let row_acc = &mut acc[r * hdv..(r + 1) * hdv];
+                let new_max = max[r].max(tile_max);
+                if new_max > max[r] {
+                    let shrink = (max[r] - new_max).exp();
+                    row_acc.iter_mut().for_each(|a| *a *= shrink);
+                    sum[r] *= shrink;
+                }
+                max[r] = new_max;
+                let mut tile_sum = 0.0f64;
+                for chunk in scores.chunks_exact_mut(8) {
+                    let mut e = [0.0f32; 8];
+                    for (x, sc) in e.iter_mut().zip(chunk.iter_mut()) {
+                        *x = exp_approx(*sc - new_max);
+                        *sc = *x;
+                    }
+                    tile_sum += hsum8(&e) as f64;
+                }
+                sum[r] = (sum[r] as f64 + tile_sum) as f32;
+                for (j, &p) in scores.iter().enumerate().take(len) {
+                    if p == 0.0 {
+                        continue;
+                    }
+                    let v = &values[j * hdv..(j + 1) * hdv];
+                    for (a, &x) in row_acc.iter_mut().zip(v) {
+                        *a = x.mul_add(p, *a);
+                    }
+                }
+            }
+        }
+        for (r, t) in self.rows.clone().enumerate() {
+            let inv = if sum[r] == 0.0 { 0.0 } else { 1.0 / sum[r] };
+            // SAFETY: (t, h) is written by this block only.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.out.ptr().add(t * s.n_heads * hdv + self.h * hdv),
+                    hdv,
+                )
+            };
+            for (d, &a) in dst.iter_mut().zip(&acc[r * hdv..(r + 1) * hdv]) {
+                *d = a * inv;
+            }
+        }
+    }
+}
