@@ -1,0 +1,224 @@
+//! The block manager of the paged KV cache: one pool of fixed-size blocks, a block table per sequence, and prefix
+//! caching across sequences.
+//!
+//! A full block is keyed by a hash chain: its key is the hash of its parent block's key and its own token ids, so a
+//! key names a whole prefix. A hit is trusted only after comparing the stored token ids (hash collisions are
+//! possible). Blocks are reference-counted; a block nobody references keeps its contents and its key until the pool
+//! needs it, and the least recently freed such block is reused first. This module moves no tensors: it hands out block
+//! numbers, and the engine stores keys and values at `block · block_size + offset`.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+
+/// The pool has too few free blocks for the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("KV cache full: {needed} blocks needed, {free} free")]
+pub struct NoSpace {
+    pub needed: usize,
+    pub free: usize,
+}
+
+/// The blocks of one sequence, in order, and how many token slots of them are in use.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BlockTable {
+    pub blocks: Vec<usize>,
+    pub len: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Block {
+    refs: usize,
+    /// Prefix key once the block is full and registered.
+    key: Option<u64>,
+    /// Token ids of a registered block, to verify hits.
+    tokens: Vec<u32>,
+    /// When it was last released, for LRU reuse among unreferenced blocks.
+    released: u64,
+}
+
+/// A pool of `n_blocks` blocks of `block_size` token slots.
+#[derive(Debug)]
+pub struct BlockPool {
+    block_size: usize,
+    blocks: Vec<Block>,
+    /// Unreferenced blocks as (release time, id): the first is reused first.
+    free: BTreeSet<(u64, usize)>,
+    by_key: HashMap<u64, usize>,
+    clock: u64,
+    /// Prefix-cache lookups and verified hits, in tokens.
+    pub queried_tokens: u64,
+    pub hit_tokens: u64,
+}
+
+fn chain_key(parent: Option<u64>, tokens: &[u32]) -> u64 {
+    let mut h = DefaultHasher::new();
+    parent.hash(&mut h);
+    tokens.hash(&mut h);
+    h.finish()
+}
+
+impl BlockPool {
+    /// An empty pool.
+    pub fn new(n_blocks: usize, block_size: usize) -> BlockPool {
+        assert!(block_size > 0, "block size must be positive");
+        BlockPool {
+            block_size,
+            blocks: vec![Block::default(); n_blocks],
+            free: (0..n_blocks).map(|i| (0, i)).collect(),
+            by_key: HashMap::new(),
+            clock: 0,
+            queried_tokens: 0,
+            hit_tokens: 0,
+        }
+    }
+
+    /// Token slots per block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Blocks in the pool.
+    pub fn n_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Blocks that no sequence references (some may still hold cached prefixes).
+    pub fn n_free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Fraction of blocks referenced by some sequence, 0–1.
+    pub fn usage(&self) -> f64 {
+        if self.blocks.is_empty() {
+            return 0.0;
+        }
+        1.0 - self.free.len() as f64 / self.blocks.len() as f64
+    }
+
+    /// Blocks needed to hold `tokens` slots.
+    pub fn blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.block_size)
+    }
+
+    /// Reference count of block `b` (for tests and metrics).
+    pub fn refs(&self, b: usize) -> usize {
+        self.blocks[b].refs
+    }
+
+    /// Starts a table for a sequence whose first tokens are `tokens`: whole blocks of it that are cached are shared
+    /// (and counted as computed); returns the table, holding just those blocks, and the number of cached tokens.
+    ///
+    /// At most `tokens.len() - 1` tokens are taken from the cache, so that at least one token is computed and yields
+    /// logits.
+    pub fn match_prefix(&mut self, tokens: &[u32]) -> (BlockTable, usize) {
+        let mut table = BlockTable::default();
+        let mut parent = None;
+        let usable = tokens.len().saturating_sub(1) / self.block_size;
+        self.queried_tokens += (usable * self.block_size) as u64;
+        for chunk in tokens.chunks_exact(self.block_size).take(usable) {
+            let key = chain_key(parent, chunk);
+            match self.by_key.get(&key) {
+                Some(&b) if self.blocks[b].tokens == chunk => {
+                    self.take(b);
+                    table.blocks.push(b);
+                    table.len += self.block_size;
+                    parent = Some(key);
+                }
+                _ => break,
+            }
+        }
+        self.hit_tokens += table.len as u64;
+        let cached = table.len;
+        (table, cached)
+    }
+
+    /// Grows `table` so that it has slots for `new_len` tokens, taking fresh blocks (all or none).
+    pub fn grow(&mut self, table: &mut BlockTable, new_len: usize) -> Result<(), NoSpace> {
+        let needed = self.blocks_for(new_len).saturating_sub(table.blocks.len());
+        if needed > self.free.len() {
+            return Err(NoSpace {
+                needed,
+                free: self.free.len(),
+            });
+        }
+        for _ in 0..needed {
+            let (_, b) = self.free.pop_first().expect("checked above");
+            // Reusing a cached block evicts its prefix.
+            if let Some(key) = self.blocks[b].key.take() {
+                if self.by_key.get(&key) == Some(&b) {
+                    self.by_key.remove(&key);
+                }
+                self.blocks[b].tokens.clear();
+            }
+            self.blocks[b].refs = 1;
+            table.blocks.push(b);
+        }
+        table.len = table.len.max(new_len);
+        Ok(())
+    }
+
+    /// Registers the full blocks of `table` whose contents are now computed (`tokens` are the sequence's first
+    /// `computed` token ids), so that later sequences can share them.
+    pub fn register(&mut self, table: &BlockTable, tokens: &[u32], computed: usize) {
+        let mut parent = None;
+        for (i, chunk) in tokens[..computed.min(tokens.len())]
+            .chunks_exact(self.block_size)
+            .enumerate()
+        {
+            let b = table.blocks[i];
+            let key = chain_key(parent, chunk);
+            parent = Some(key);
+            if self.blocks[b].key.is_some() {
+                continue;
+            }
+            if let Some(&other) = self.by_key.get(&key) {
+                if other != b && self.blocks[other].tokens == chunk {
+                    // An identical block exists already; keep that one as the cached copy.
+                    continue;
+                }
+            }
+            self.blocks[b].key = Some(key);
+            self.blocks[b].tokens = chunk.to_vec();
+            self.by_key.insert(key, b);
+        }
+    }
+
+    /// Releases every block of `table` (which becomes empty).
+    pub fn release(&mut self, table: &mut BlockTable) {
+        // Release the tail first, so that a prefix's first blocks are evicted last.
+        for &b in table.blocks.iter().rev() {
+            let block = &mut self.blocks[b];
+            assert!(block.refs > 0, "block {b} released twice");
+            block.refs -= 1;
+            if block.refs == 0 {
+                self.clock += 1;
+                block.released = self.clock;
+                if block.key.is_none() {
+                    // Nothing to keep: reuse it before any cached block.
+                    self.free.insert((0, b));
+                } else {
+                    self.free.insert((self.clock, b));
+                }
+            }
+        }
+        table.blocks.clear();
+        table.len = 0;
+    }
+
+    fn take(&mut self, b: usize) {
+        let block = &mut self.blocks[b];
+        if block.refs == 0 {
+            let released = if block.key.is_some() {
+                block.released
+            } else {
+                0
+            };
+            self.free.remove(&(released, b));
+        }
+        block.refs += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;
