@@ -21,6 +21,33 @@ pub struct AttentionShape {
     pub window: Option<usize>,
 }
 
+/// Where each position's keys and values live in one layer's cache: row `p`, or row `slots[p]` of a paged pool.
+#[derive(Clone, Copy)]
+pub struct KvView<'a> {
+    pub kv: &'a LayerKv,
+    /// Cache row of each position, for a paged pool; `None` for a contiguous cache.
+    pub slots: Option<&'a [u32]>,
+}
+
+impl KvView<'_> {
+    #[inline]
+    fn row(&self, p: usize) -> usize {
+        self.slots.map_or(p, |s| s[p] as usize)
+    }
+
+    /// Keys of position `p`, kv head `g`.
+    #[inline]
+    pub fn k(&self, p: usize, g: usize, hd: usize, kv_dim: usize) -> &[f16] {
+        &self.kv.k[self.row(p) * kv_dim + g * hd..][..hd]
+    }
+
+    /// Values of position `p`, kv head `g`.
+    #[inline]
+    pub fn v(&self, p: usize, g: usize, hdv: usize, kv_dim_v: usize) -> &[f16] {
+        &self.kv.v[self.row(p) * kv_dim_v + g * hdv..][..hdv]
+    }
+}
+
 /// Work buffers of [`attention`]: per thread, the query row in f16 and the f16 output accumulator, and the f32 tiles
 /// of the path for large batches.
 pub struct AttentionScratch {
@@ -32,6 +59,11 @@ pub struct AttentionScratch {
 }
 
 impl AttentionScratch {
+    /// Positions the buffers were sized for.
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
     /// Buffers for a context of `n_ctx` positions and `n_threads` threads.
     pub fn new(
         n_ctx: usize,
@@ -55,17 +87,19 @@ impl AttentionScratch {
 /// The arithmetic is that of llama.cpp's CPU flash attention, so that results agree bit for bit. For batches of fewer
 /// than 64 queries (its online-softmax path) the query is rounded to f16 and dotted with the f16 keys, the running
 /// maximum and sum are kept in f32, and the weighted values accumulate in an f16 row that is rescaled whenever the
-/// maximum grows; larger batches take its tiled path ([`tiled`]).
+/// maximum grows; larger batches take its tiled path ([`tiled`]) unless `online_only` asks for results that do not
+/// depend on the batch size (serving).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
     s: &AttentionShape,
-    kv: &LayerKv,
+    kv: KvView,
     q: &[f32],
     n: usize,
     start_pos: usize,
     out: &mut [f32],
     scratch: &mut AttentionScratch,
+    online_only: bool,
 ) {
     let (hd, hdv) = (s.head_dim, s.head_dim_v);
     let group = s.n_heads / s.n_kv_heads;
@@ -74,7 +108,11 @@ pub fn attention(
     let end = start_pos + n;
     // Checked always: the threads below write through raw pointers.
     assert!(
-        end <= scratch.n_ctx && kv.k.len() >= end * kv_dim && kv.v.len() >= end * kv_dim_v,
+        end <= scratch.n_ctx
+            && kv.slots.map_or(
+                kv.kv.k.len() >= end * kv_dim && kv.kv.v.len() >= end * kv_dim_v,
+                |s| s.len() >= end
+            ),
         "attention: cache size"
     );
     let per_thread = hd + hdv;
@@ -87,7 +125,7 @@ pub fn attention(
         "attention: batch size"
     );
 
-    if n >= tiled::TILE {
+    if n >= tiled::TILE && !online_only {
         return tiled::attention(pool, s, kv, q, n, start_pos, out, &mut scratch.tiles);
     }
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -110,7 +148,7 @@ pub fn attention(
             acc.fill(f16::ZERO);
             let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
             for p in first..=pos {
-                let score = f16vec::dot(&kv.k[p * kv_dim + g * hd..][..hd], q16) * s.scale;
+                let score = f16vec::dot(kv.k(p, g, hd, kv_dim), q16) * s.scale;
                 let weight = if score > max {
                     // A new maximum: rescale what has accumulated so far by exp(old - new).
                     let shrink = (max - score).exp();
@@ -123,7 +161,7 @@ pub fn attention(
                     sum += w;
                     w
                 };
-                f16vec::mad(acc, &kv.v[p * kv_dim_v + g * hdv..][..hdv], weight);
+                f16vec::mad(acc, kv.v(p, g, hdv, kv_dim_v), weight);
             }
             let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
             // SAFETY: (t, h) is written by this thread only.
@@ -208,12 +246,16 @@ mod tests {
             attention(
                 &pool,
                 &shape,
-                &kv.layers[0],
+                KvView {
+                    kv: &kv.layers[0],
+                    slots: None,
+                },
                 &q,
                 n_ctx,
                 0,
                 &mut out,
                 &mut scratch,
+                false,
             );
             for t in 0..n_ctx {
                 for h in 0..n_heads {

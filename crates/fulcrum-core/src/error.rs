@@ -52,6 +52,9 @@ pub enum ModelError {
     /// A forward pass was asked to run no tokens.
     #[error("nothing to evaluate: the input has no tokens")]
     EmptyBatch,
+    /// The sequences of a batch do not describe its tokens.
+    #[error("malformed batch: {0}")]
+    BadBatch(String),
     /// A forward pass was given more tokens than its buffers hold.
     #[error("a batch of {n} tokens exceeds the {max} the session was sized for")]
     BatchTooLarge { n: usize, max: usize },

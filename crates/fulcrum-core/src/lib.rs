@@ -16,7 +16,7 @@ pub use config::{Arch, Config, SUPPORTED_ARCHITECTURES};
 pub use error::ModelError;
 pub use fulcrum_gguf as gguf;
 pub use fulcrum_tokenizer as tokenizer;
-pub use model::{Logits, Model};
+pub use model::{Logits, Model, Rounding, SeqSpan};
 pub use session::Session;
 pub use threads::ThreadPool;
 pub use weights::Weights;

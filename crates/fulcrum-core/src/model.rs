@@ -1,6 +1,6 @@
 //! A loaded model and its forward pass over a batch of tokens of one sequence.
 
-use crate::attention::{self, AttentionScratch, AttentionShape};
+use crate::attention::{self, AttentionScratch, AttentionShape, KvView};
 use crate::config::{Activation, Config};
 use crate::error::ModelError;
 use crate::kv::KvCache;
@@ -32,6 +32,27 @@ pub enum Logits {
     From(usize),
 }
 
+/// One sequence's tokens in a batch: rows `start_row..start_row + len`, at positions `start_pos..`.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqSpan<'a> {
+    pub start_row: usize,
+    pub len: usize,
+    pub start_pos: usize,
+    /// Cache row of each position `0..start_pos + len` in a paged pool; `None` when row = position.
+    pub slots: Option<&'a [u32]>,
+    /// Logits are wanted for the span's tokens from this index on (`len`: none).
+    pub logits_from: usize,
+}
+
+/// How a batch rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// Exactly as llama.cpp rounds this batch (its kernels depend on the batch size).
+    Reference,
+    /// Every row as if it were alone, so that batching requests together never changes their results (serving).
+    BatchInvariant,
+}
+
 /// Activation buffers for batches of up to `max_batch` tokens, allocated once.
 pub struct Scratch {
     pub max_batch: usize,
@@ -57,6 +78,8 @@ pub struct Scratch {
     logits: Vec<f32>,
     att_scratch: AttentionScratch,
     qbuf: QuantBuffer,
+    /// Batch rows whose logits are wanted.
+    out_rows: Vec<usize>,
 }
 
 impl Scratch {
@@ -83,6 +106,7 @@ impl Scratch {
                 n_threads,
             ),
             qbuf: QuantBuffer::default(),
+            out_rows: Vec::new(),
         }
     }
 }
@@ -129,7 +153,7 @@ impl Model {
     }
 
     /// Runs `tokens` at positions `kv.len ..` through the network, appends their keys and values to `kv`, and
-    /// returns the logits asked for: `(rows, vocab)` row-major.
+    /// returns the logits asked for: `(rows, vocab)` row-major. Rounds exactly as llama.cpp does for this batch.
     ///
     /// `tokens.len()` must be at most `scratch.max_batch`; callers split longer inputs.
     pub fn forward<'s>(
@@ -140,10 +164,47 @@ impl Model {
         s: &'s mut Scratch,
         logits: Logits,
     ) -> Result<&'s [f32], ModelError> {
+        let n = tokens.len();
+        let start = kv.len;
+        if start + n > kv.n_ctx {
+            return Err(ModelError::ContextOverflow {
+                needed: start + n,
+                ctx: kv.n_ctx,
+                max: self.config.context_length,
+            });
+        }
+        let logits_from = match logits {
+            Logits::None => n,
+            Logits::Last => n.saturating_sub(1),
+            Logits::From(i) => i.min(n.saturating_sub(1)),
+        };
+        let span = SeqSpan {
+            start_row: 0,
+            len: n,
+            start_pos: start,
+            slots: None,
+            logits_from,
+        };
+        self.forward_batch(pool, tokens, &[span], kv, s, Rounding::Reference)?;
+        kv.len = start + n;
+        Ok(&s.logits)
+    }
+
+    /// Runs a batch holding tokens of several sequences (`spans`, in row order, covering every token) through the
+    /// network, stores their keys and values in `kv` (a contiguous cache, or a paged pool addressed through each
+    /// span's slots), and returns the logits each span asks for, span after span: `(rows, vocab)` row-major.
+    pub fn forward_batch<'s>(
+        &self,
+        pool: &ThreadPool,
+        tokens: &[u32],
+        spans: &[SeqSpan],
+        kv: &mut KvCache,
+        s: &'s mut Scratch,
+        rounding: Rounding,
+    ) -> Result<&'s [f32], ModelError> {
         let c = &self.config;
         let w = &self.weights;
         let n = tokens.len();
-        let start = kv.len;
         if n == 0 {
             return Err(ModelError::EmptyBatch);
         }
@@ -152,13 +213,8 @@ impl Model {
             "batch of {n} exceeds scratch capacity {}",
             s.max_batch
         );
-        if start + n > kv.n_ctx {
-            return Err(ModelError::ContextOverflow {
-                needed: start + n,
-                ctx: kv.n_ctx,
-                max: c.context_length,
-            });
-        }
+        self.check_spans(spans, n, kv, s)?;
+        let invariant = rounding == Rounding::BatchInvariant;
         let d = c.d_model;
 
         // Embed: x[t] = E[token_t] (· √d for Gemma).
@@ -184,11 +240,11 @@ impl Model {
 
         // Rows whose logits are wanted: the last layer's feed-forward block runs only for them, as in llama.cpp
         // (whose smaller batch there also decides how its matmuls round).
-        let first = match logits {
-            Logits::None => n,
-            Logits::Last => n - 1,
-            Logits::From(i) => i.min(n - 1),
-        };
+        s.out_rows.clear();
+        for span in spans {
+            s.out_rows
+                .extend(span.start_row + span.logits_from..span.start_row + span.len);
+        }
         let last_layer = w.layers.len() - 1;
         for (l, lw) in w.layers.iter().enumerate() {
             // Attention block.
@@ -197,33 +253,9 @@ impl Model {
             if tr {
                 trace::tensor("attn_norm", Some(l), xb, n);
             }
-            ops::matmul(
-                pool,
-                &lw.wq,
-                self.data(&lw.wq),
-                xb,
-                n,
-                &mut s.q,
-                &mut s.qbuf,
-            );
-            ops::matmul(
-                pool,
-                &lw.wk,
-                self.data(&lw.wk),
-                xb,
-                n,
-                &mut s.k,
-                &mut s.qbuf,
-            );
-            ops::matmul(
-                pool,
-                &lw.wv,
-                self.data(&lw.wv),
-                xb,
-                n,
-                &mut s.v,
-                &mut s.qbuf,
-            );
+            self.matmul(pool, &lw.wq, xb, n, &mut s.q, &mut s.qbuf, invariant);
+            self.matmul(pool, &lw.wk, xb, n, &mut s.k, &mut s.qbuf, invariant);
+            self.matmul(pool, &lw.wv, xb, n, &mut s.v, &mut s.qbuf, invariant);
             let (q, k, v) = (
                 &mut s.q[..n * c.q_dim()],
                 &mut s.k[..n * c.kv_dim()],
@@ -261,15 +293,38 @@ impl Model {
                 style: c.rope_style,
                 factors: w.rope_freqs.as_deref(),
             };
-            for t in 0..n {
-                rope.apply(&mut q[t * c.q_dim()..(t + 1) * c.q_dim()], start + t);
-                rope.apply(&mut k[t * c.kv_dim()..(t + 1) * c.kv_dim()], start + t);
+            for span in spans {
+                for i in 0..span.len {
+                    let (t, pos) = (span.start_row + i, span.start_pos + i);
+                    rope.apply(&mut q[t * c.q_dim()..(t + 1) * c.q_dim()], pos);
+                    rope.apply(&mut k[t * c.kv_dim()..(t + 1) * c.kv_dim()], pos);
+                }
             }
             if tr {
                 trace::tensor("Qcur_rope", Some(l), q, n);
                 trace::tensor("Kcur_rope", Some(l), k, n);
             }
-            kv.store(l, start, k, v);
+            for span in spans {
+                let rows = span.start_row..span.start_row + span.len;
+                let (ks, vs) = (
+                    &k[rows.start * c.kv_dim()..rows.end * c.kv_dim()],
+                    &v[rows.start * c.kv_dim_v()..rows.end * c.kv_dim_v()],
+                );
+                match span.slots {
+                    None => kv.store(l, span.start_pos, ks, vs),
+                    Some(slots) => {
+                        for i in 0..span.len {
+                            let slot = slots[span.start_pos + i] as usize;
+                            kv.store(
+                                l,
+                                slot,
+                                &ks[i * c.kv_dim()..(i + 1) * c.kv_dim()],
+                                &vs[i * c.kv_dim_v()..(i + 1) * c.kv_dim_v()],
+                            );
+                        }
+                    }
+                }
+            }
             if c.scale_queries {
                 q.iter_mut().for_each(|x| *x *= c.attn_scale);
             }
@@ -281,45 +336,50 @@ impl Model {
                 scale: if c.scale_queries { 1.0 } else { c.attn_scale },
                 window: if sliding { c.sliding_window } else { None },
             };
-            let att = &mut s.att[..n * c.n_heads * c.head_dim_v];
-            attention::attention(
-                pool,
-                &shape,
-                &kv.layers[l],
-                q,
-                n,
-                start,
-                att,
-                &mut s.att_scratch,
-            );
+            let att_width = c.n_heads * c.head_dim_v;
+            for span in spans {
+                let rows = span.start_row..span.start_row + span.len;
+                attention::attention(
+                    pool,
+                    &shape,
+                    KvView {
+                        kv: &kv.layers[l],
+                        slots: span.slots,
+                    },
+                    &q[rows.start * c.q_dim()..rows.end * c.q_dim()],
+                    span.len,
+                    span.start_pos,
+                    &mut s.att[rows.start * att_width..rows.end * att_width],
+                    &mut s.att_scratch,
+                    invariant,
+                );
+            }
+            let att = &s.att[..n * att_width];
             if tr {
                 trace::tensor("kqv_out", Some(l), att, n);
             }
-            ops::matmul(
-                pool,
-                &lw.wo,
-                self.data(&lw.wo),
-                att,
-                n,
-                &mut s.o,
-                &mut s.qbuf,
-            );
-            let (r0, m) = if l == last_layer {
-                (first, n - first)
+            self.matmul(pool, &lw.wo, att, n, &mut s.o, &mut s.qbuf, invariant);
+            // After the last attention, keep only the rows whose logits are wanted, moved to the front.
+            let m = if l == last_layer {
+                for (j, &r) in s.out_rows.iter().enumerate() {
+                    s.o.copy_within(r * d..(r + 1) * d, j * d);
+                    s.x.copy_within(r * d..(r + 1) * d, j * d);
+                }
+                s.out_rows.len()
             } else {
-                (0, n)
+                n
             };
             if m == 0 {
                 continue;
             }
-            let o = &mut s.o[r0 * d..n * d];
+            let o = &mut s.o[..m * d];
             if tr {
                 trace::tensor("attn_out", Some(l), o, m);
             }
             if let Some(norm) = &lw.post_attn_norm {
                 ops::rms_norm_inplace(o, norm, c.rms_eps);
             }
-            let x = &mut s.x[r0 * d..n * d];
+            let x = &mut s.x[..m * d];
             ops::add_inplace(x, o);
             if tr {
                 trace::tensor("attn_post_norm", Some(l), o, m);
@@ -332,24 +392,8 @@ impl Model {
             if tr {
                 trace::tensor("ffn_norm", Some(l), xb, m);
             }
-            ops::matmul(
-                pool,
-                &lw.w_gate,
-                self.data(&lw.w_gate),
-                xb,
-                m,
-                &mut s.gate,
-                &mut s.qbuf,
-            );
-            ops::matmul(
-                pool,
-                &lw.w_up,
-                self.data(&lw.w_up),
-                xb,
-                m,
-                &mut s.up,
-                &mut s.qbuf,
-            );
+            self.matmul(pool, &lw.w_gate, xb, m, &mut s.gate, &mut s.qbuf, invariant);
+            self.matmul(pool, &lw.w_up, xb, m, &mut s.up, &mut s.qbuf, invariant);
             let (gate, up) = (&mut s.gate[..m * c.d_ff], &s.up[..m * c.d_ff]);
             if tr {
                 trace::tensor("ffn_gate", Some(l), gate, m);
@@ -362,15 +406,7 @@ impl Model {
             if tr {
                 trace::tensor("ffn_geglu", Some(l), gate, m);
             }
-            ops::matmul(
-                pool,
-                &lw.w_down,
-                self.data(&lw.w_down),
-                gate,
-                m,
-                &mut s.o,
-                &mut s.qbuf,
-            );
+            self.matmul(pool, &lw.w_down, gate, m, &mut s.o, &mut s.qbuf, invariant);
             let o = &mut s.o[..m * d];
             if tr {
                 trace::tensor("ffn_out", Some(l), o, m);
@@ -378,36 +414,35 @@ impl Model {
             if let Some(norm) = &lw.post_ffn_norm {
                 ops::rms_norm_inplace(o, norm, c.rms_eps);
             }
-            let x = &mut s.x[r0 * d..n * d];
+            let x = &mut s.x[..m * d];
             ops::add_inplace(x, o);
             if tr {
                 trace::tensor("ffn_post_norm", Some(l), o, m);
                 trace::tensor("l_out", Some(l), x, m);
             }
         }
-        kv.len = start + n;
 
-        // Final norm and classifier for the rows asked for.
-        if first == n {
+        // Final norm and classifier for the rows asked for (now the first `rows` of the residual stream).
+        let rows = s.out_rows.len();
+        s.logits.resize(rows * c.vocab_size, 0.0);
+        if rows == 0 {
             trace::next_step();
             return Ok(&[]);
         }
-        let rows = n - first;
         ops::rms_norm(
-            &s.x[first * d..n * d],
+            &s.x[..rows * d],
             &w.output_norm,
             c.rms_eps,
             &mut s.xb[..rows * d],
         );
-        s.logits.resize(rows * c.vocab_size, 0.0);
-        ops::matmul(
+        self.matmul(
             pool,
             &w.output,
-            self.data(&w.output),
             &s.xb[..rows * d],
             rows,
             &mut s.logits,
             &mut s.qbuf,
+            invariant,
         );
         if tr {
             trace::tensor("result_norm", None, &s.xb[..rows * d], rows);
@@ -422,5 +457,58 @@ impl Model {
         }
         trace::next_step();
         Ok(&s.logits)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        pool: &ThreadPool,
+        w: &Mat,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        qbuf: &mut QuantBuffer,
+        invariant: bool,
+    ) {
+        ops::matmul(pool, w, self.data(w), x, n, out, qbuf, invariant);
+    }
+
+    fn check_spans(
+        &self,
+        spans: &[SeqSpan],
+        n: usize,
+        kv: &KvCache,
+        s: &Scratch,
+    ) -> Result<(), ModelError> {
+        let mut row = 0;
+        for span in spans {
+            let end = span.start_pos + span.len;
+            let fits = match span.slots {
+                None => end <= kv.n_ctx,
+                Some(slots) => {
+                    slots.len() >= end && slots[..end].iter().all(|&r| (r as usize) < kv.n_ctx)
+                }
+            };
+            if span.start_row != row || span.len == 0 || span.logits_from > span.len {
+                return Err(ModelError::BadBatch(format!(
+                    "span at row {} of {} tokens does not continue row {row}",
+                    span.start_row, span.len
+                )));
+            }
+            if !fits || end > s.att_scratch.n_ctx() {
+                return Err(ModelError::ContextOverflow {
+                    needed: end,
+                    ctx: s.att_scratch.n_ctx().min(kv.n_ctx),
+                    max: self.config.context_length,
+                });
+            }
+            row += span.len;
+        }
+        if row != n {
+            return Err(ModelError::BadBatch(format!(
+                "spans cover {row} of {n} tokens"
+            )));
+        }
+        Ok(())
     }
 }

@@ -151,7 +151,8 @@ pub struct QuantBuffer {
 /// `out[t][r] = W[r] · x[t]` for `n` input rows `x` of `w.cols` floats; `out` holds `n` rows of `w.rows` floats.
 ///
 /// The inputs are first quantized to the weight type's activation format (as ggml does), then weight rows are split
-/// across the pool's threads so that each weight row is read once for all `n` inputs.
+/// across the pool's threads so that each weight row is read once for all `n` inputs. With `invariant`, each row
+/// rounds as it would alone.
 pub fn matmul(
     pool: &ThreadPool,
     w: &Mat,
@@ -160,6 +161,7 @@ pub fn matmul(
     n: usize,
     out: &mut [f32],
     qbuf: &mut QuantBuffer,
+    invariant: bool,
 ) {
     // Checked always: the threads below write through a raw pointer.
     assert!(
@@ -188,7 +190,12 @@ pub fn matmul(
             let w_row = &w_data[r * w.row_bytes..(r + 1) * w.row_bytes];
             for t in 0..n {
                 let a = &acts[t * act_row..(t + 1) * act_row];
-                let v = fulcrum_quant::vec_dot_in_batch(w.ty, w.cols, w_row, a, n, t);
+                // Batch-invariant rounding computes every row as llama.cpp computes a batch of one.
+                let v = if invariant {
+                    fulcrum_quant::vec_dot(w.ty, w.cols, w_row, a)
+                } else {
+                    fulcrum_quant::vec_dot_in_batch(w.ty, w.cols, w_row, a, n, t)
+                };
                 // SAFETY: row r belongs to this thread only.
                 unsafe { *out_ptr.ptr().add(t * rows + r) = v };
             }

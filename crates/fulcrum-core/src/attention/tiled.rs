@@ -3,8 +3,7 @@
 //! multiply-adds over the head dimension, the softmax of a tile uses ggml's polynomial exp and sums in f64, and the
 //! weighted values accumulate in f32 by fused multiply-adds in position order.
 
-use super::AttentionShape;
-use crate::kv::LayerKv;
+use super::{AttentionShape, KvView};
 use crate::ops::SharedMut;
 use crate::threads::{split_range, ThreadPool};
 use fulcrum_quant::vecf32::{exp_approx, hsum8};
@@ -23,7 +22,7 @@ pub fn scratch_len(hd: usize, hdv: usize) -> usize {
 pub fn attention(
     pool: &ThreadPool,
     s: &AttentionShape,
-    kv: &LayerKv,
+    kv: KvView,
     q: &[f32],
     n: usize,
     start_pos: usize,
@@ -72,7 +71,7 @@ pub fn attention(
 /// One head's queries `rows` (batch indices), all positions in `0..end` visible to them.
 struct Block<'a> {
     s: &'a AttentionShape,
-    kv: &'a LayerKv,
+    kv: KvView<'a>,
     q: &'a [f32],
     start_pos: usize,
     end: usize,
@@ -112,11 +111,12 @@ impl Block<'_> {
         for tile in (0..=last_pos).step_by(TILE) {
             let len = TILE.min(self.end - tile);
             for j in 0..len {
-                let k = &self.kv.k[(tile + j) * kv_dim + g * hd..][..hd];
+                let k = self.kv.k(tile + j, g, hd, kv_dim);
                 for (dk, &x) in k.iter().enumerate() {
                     keys[dk * TILE + j] = x.to_f32();
                 }
-                self.kv.v[(tile + j) * kv_dim_v + g * hdv..][..hdv]
+                self.kv
+                    .v(tile + j, g, hdv, kv_dim_v)
                     .convert_to_f32_slice(&mut values[j * hdv..(j + 1) * hdv]);
             }
             for (r, t) in self.rows.clone().enumerate() {
