@@ -65,7 +65,7 @@ fn batched_paged_sequences_match_each_alone() {
         .collect();
     let mut s = Scratch::new(&model.config, 64, 64, pool.n_threads());
     let mut tokens = prompts.clone();
-    let mut done = vec![0usize; 3];
+    let mut done = [0usize; 3];
     let mut got: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
     // Prefill chunks of at most 3 tokens, so prompts, decodes and staggered starts mix in one batch.
     for step in 0..40 {

@@ -153,6 +153,7 @@ pub struct QuantBuffer {
 /// The inputs are first quantized to the weight type's activation format (as ggml does), then weight rows are split
 /// across the pool's threads so that each weight row is read once for all `n` inputs. With `invariant`, each row
 /// rounds as it would alone.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
     pool: &ThreadPool,
     w: &Mat,
