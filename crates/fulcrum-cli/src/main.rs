@@ -7,6 +7,7 @@ mod eval;
 mod generate;
 mod info;
 mod pull;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Bench(bench::Args),
     /// Evaluate a model (perplexity).
     Eval(eval::Args),
+    /// Serve the OpenAI-compatible HTTP API with continuous batching, paged KV and prefix caching.
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

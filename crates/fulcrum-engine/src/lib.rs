@@ -1,7 +1,9 @@
-//! fulcrum-engine: sampling, chat templates and the model registry.
+//! fulcrum-engine: sampling, chat templates, the model registry, and the serving engine (block manager, scheduler,
+//! engine loop).
 
 pub mod blocks;
 pub mod chat;
+pub mod engine;
 pub mod models;
 pub mod sampler;
 pub mod scheduler;

@@ -18,6 +18,8 @@ pub struct Sequence {
     pub prompt_len: usize,
     /// Tokens whose keys and values are in the cache.
     pub computed: usize,
+    /// Prompt tokens found in the prefix cache at the last admission.
+    pub cached: usize,
     pub table: BlockTable,
 }
 
@@ -53,6 +55,8 @@ pub enum Rejected {
     TooLong { needed: usize, capacity: usize },
     #[error("the queue is full ({0} requests waiting)")]
     QueueFull(usize),
+    #[error("invalid parameters: {0}")]
+    Invalid(String),
 }
 
 /// Limits of a [`Scheduler`].
@@ -104,6 +108,7 @@ impl Scheduler {
             prompt_len: prompt.len(),
             tokens: prompt,
             computed: 0,
+            cached: 0,
             table: BlockTable::default(),
         });
         Ok(())
@@ -177,6 +182,7 @@ impl Scheduler {
                 let (table, cached) = self.pool.match_prefix(&seq.tokens);
                 seq.table = table;
                 seq.computed = cached;
+                seq.cached = cached;
             }
             let n = (seq.tokens.len() - seq.computed).min(budget);
             if self.pool.grow(&mut seq.table, seq.computed + n).is_err() {

@@ -1,0 +1,514 @@
+//! `fulcrum serve`: an OpenAI-compatible HTTP server over the continuous-batching engine. HTTP runs on a small tokio
+//! runtime; inference runs on the engine's own threads, never on the async workers.
+
+mod generation;
+mod request;
+
+use crate::common::{self, CliResult};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Args as ClapArgs;
+use fulcrum_core::Model;
+use fulcrum_engine::chat::ChatTemplate;
+use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Params};
+use fulcrum_engine::scheduler::{Limits, Rejected};
+use generation::{Chunk, TokenLogprob, Usage};
+use request::{BadRequest, Prompt};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Arguments of `fulcrum serve`.
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Model name (pulled if missing) or path to a GGUF file.
+    #[arg(short, long, default_value = common::DEFAULT_MODEL)]
+    model: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Compute threads.
+    #[arg(short, long, default_value_t = fulcrum_core::threads::default_threads())]
+    threads: usize,
+    /// Memory for the KV cache pool, in MiB.
+    #[arg(long, default_value_t = 512)]
+    kv_memory: usize,
+    /// Longest sequence (prompt and output) per request; default: the model's context, capped at 8192.
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Tokens computed per iteration over all requests (prefill chunks and decodes together).
+    #[arg(long, default_value_t = 256)]
+    batch_tokens: usize,
+    /// Requests running at once.
+    #[arg(long, default_value_t = 16)]
+    parallel: usize,
+    /// Requests queued before new ones get 429.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+}
+
+struct AppState {
+    model: Arc<Model>,
+    name: String,
+    template: ChatTemplate,
+    engine: EngineHandle,
+    kv_tokens: usize,
+}
+
+type AppResult = Result<Response, ApiError>;
+
+/// An OpenAI-shaped error response.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn invalid(message: impl Into<String>, param: Option<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param,
+            code: None,
+        }
+    }
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(e: BadRequest) -> Self {
+        ApiError::invalid(e.message, e.param)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Runs the server until the process is stopped.
+pub fn run(args: Args) -> CliResult {
+    let threads = common::check_threads(args.threads)?;
+    let model = common::load_model(&args.model, true)?;
+    let c = &model.config;
+    let max_seq_len = args
+        .ctx
+        .unwrap_or(c.context_length.min(8192))
+        .min(c.context_length);
+    if max_seq_len == 0 || args.batch_tokens == 0 || args.parallel == 0 {
+        return Err("--ctx, --batch-tokens and --parallel must be positive".into());
+    }
+    let block_size = 16;
+    let bytes_per_token = c.n_layers * (c.kv_dim() + c.kv_dim_v()) * 2;
+    let kv_tokens = (args.kv_memory << 20) / bytes_per_token / block_size * block_size;
+    if kv_tokens < max_seq_len {
+        return Err(format!(
+            "--kv-memory {} MiB holds {kv_tokens} tokens, fewer than one sequence of {max_seq_len}; raise it or lower --ctx",
+            args.kv_memory
+        )
+        .into());
+    }
+    eprintln!(
+        "KV cache: {} MiB = {kv_tokens} tokens in blocks of {block_size}; sequences up to {max_seq_len} tokens",
+        args.kv_memory
+    );
+    let engine = engine::start(
+        model.clone(),
+        EngineConfig {
+            threads,
+            kv_tokens,
+            block_size,
+            max_seq_len,
+            limits: Limits {
+                token_budget: args.batch_tokens,
+                max_running: args.parallel,
+                max_waiting: args.queue,
+            },
+        },
+    );
+    // A registry name as given; a path by its file name.
+    let path = std::path::Path::new(&args.model);
+    let name = match path.file_stem() {
+        Some(stem) if path.is_file() => stem.to_string_lossy().into_owned(),
+        _ => args.model.clone(),
+    };
+    let state = Arc::new(AppState {
+        template: common::chat_template(&model)?,
+        model,
+        name,
+        engine,
+        kv_tokens,
+    });
+    let app = Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .with_state(state);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        eprintln!("listening on http://{addr}");
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [{
+        "id": state.name, "object": "model", "created": now(), "owned_by": "fulcrum",
+        "max_model_len": state.engine.max_seq_len,
+    }]}))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let m = &state.engine.metrics;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, v: f64| {
+        out.push_str(&format!(
+            "# HELP fulcrum_{name} {help}\n# TYPE fulcrum_{name} {kind}\nfulcrum_{name} {v}\n"
+        ));
+    };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    gauge(
+        "num_requests_waiting",
+        "Requests waiting to run.",
+        "gauge",
+        load(&m.waiting),
+    );
+    gauge(
+        "num_requests_running",
+        "Requests running.",
+        "gauge",
+        load(&m.running),
+    );
+    gauge(
+        "kv_cache_usage_perc",
+        "Fraction of KV blocks in use (0-1).",
+        "gauge",
+        load(&m.kv_usage_ppm) / 1e6,
+    );
+    gauge(
+        "kv_cache_tokens",
+        "KV cache capacity in tokens.",
+        "gauge",
+        state.kv_tokens as f64,
+    );
+    gauge(
+        "prefix_cache_queries_total",
+        "Prompt tokens looked up in the prefix cache.",
+        "counter",
+        load(&m.prefix_queried_tokens),
+    );
+    gauge(
+        "prefix_cache_hits_total",
+        "Prompt tokens found in the prefix cache.",
+        "counter",
+        load(&m.prefix_hit_tokens),
+    );
+    gauge(
+        "prompt_tokens_total",
+        "Prompt tokens received.",
+        "counter",
+        load(&m.prompt_tokens),
+    );
+    gauge(
+        "generation_tokens_total",
+        "Tokens generated.",
+        "counter",
+        load(&m.generated_tokens),
+    );
+    gauge(
+        "requests_finished_total",
+        "Requests finished or cancelled.",
+        "counter",
+        load(&m.requests_finished),
+    );
+    for (name, help, h) in [
+        (
+            "time_to_first_token_seconds",
+            "Time to first token.",
+            &m.ttft,
+        ),
+        (
+            "time_per_output_token_seconds",
+            "Time between tokens.",
+            &m.tbt,
+        ),
+    ] {
+        let h = h.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        out.push_str(&format!(
+            "# HELP fulcrum_{name} {help}\n# TYPE fulcrum_{name} histogram\n"
+        ));
+        for (b, c) in h.bounds.iter().zip(&h.counts) {
+            out.push_str(&format!("fulcrum_{name}_bucket{{le=\"{b}\"}} {c}\n"));
+        }
+        let total = h.counts.last().copied().unwrap_or(0);
+        out.push_str(&format!(
+            "fulcrum_{name}_bucket{{le=\"+Inf\"}} {total}\nfulcrum_{name}_sum {}\nfulcrum_{name}_count {total}\n",
+            h.sum
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> AppResult {
+    handle(state, body, false).await
+}
+
+async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> AppResult {
+    handle(state, body, true).await
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
+    let req = request::parse(&body, chat)?;
+    let text = match &req.prompt {
+        Prompt::Text(t) => t.clone(),
+        Prompt::Chat(messages) => state.template.render(messages, true).map_err(|e| {
+            ApiError::invalid(format!("chat template: {e}"), Some("messages".into()))
+        })?,
+    };
+    let prompt = common::tokenize_prompt(&state.model, &text);
+    let limit = state.engine.max_seq_len;
+    if prompt.is_empty() {
+        return Err(ApiError::invalid(
+            "the prompt is empty",
+            Some("prompt".into()),
+        ));
+    }
+    if prompt.len() >= limit {
+        return Err(ApiError {
+            code: Some("context_length_exceeded"),
+            ..ApiError::invalid(
+                format!(
+                    "the prompt has {} tokens; this server's context is {limit} tokens (prompt and output)",
+                    prompt.len()
+                ),
+                Some(if chat { "messages" } else { "prompt" }.into()),
+            )
+        });
+    }
+    let max_tokens = req
+        .max_tokens
+        .unwrap_or(usize::MAX)
+        .min(limit - prompt.len());
+    let n_prompt = prompt.len();
+    let params = Params {
+        max_tokens,
+        sampler: req.sampler.clone(),
+        logprobs: req.logprobs,
+        stop_at_eog: true,
+    };
+    let (id, events) = state.engine.submit(prompt, params).map_err(|e| match e {
+        Rejected::QueueFull(_) => ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            ..ApiError::invalid(format!("server overloaded: {e}; retry later"), None)
+        },
+        other => ApiError::invalid(other.to_string(), None),
+    })?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let (state, stops) = (state.clone(), req.stop.clone());
+        tokio::task::spawn_blocking(move || {
+            generation::relay(
+                &state.model,
+                &state.engine,
+                id,
+                events,
+                &stops,
+                n_prompt,
+                tx,
+            )
+        });
+    }
+    let ids = Ids {
+        id: format!("{}-{id}", if chat { "chatcmpl" } else { "cmpl" }),
+        created: now(),
+        model: state.name.clone(),
+        chat,
+    };
+    if !req.stream {
+        let mut text = String::new();
+        let mut logprobs = Vec::new();
+        let mut end = ("stop", Usage::default());
+        while let Some(chunk) = rx.recv().await {
+            match chunk {
+                Chunk::Delta {
+                    text: t,
+                    logprobs: l,
+                } => {
+                    text.push_str(&t);
+                    logprobs.extend(l);
+                }
+                Chunk::Done { reason, usage } => end = (reason, usage),
+            }
+        }
+        let lp = req.logprobs.map(|_| ids.logprobs_json(&logprobs));
+        return Ok(Json(ids.full(&text, lp, end.0, end.1)).into_response());
+    }
+    let include_usage = req.include_usage;
+    let want_logprobs = req.logprobs.is_some();
+    let stream = async_stream(ids, rx, include_usage, want_logprobs);
+    Ok(Sse::new(stream).into_response())
+}
+
+/// The identity shared by the chunks of one response.
+struct Ids {
+    id: String,
+    created: u64,
+    model: String,
+    chat: bool,
+}
+
+impl Ids {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.chat, chunk) {
+            (true, true) => "chat.completion.chunk",
+            (true, false) => "chat.completion",
+            (false, _) => "text_completion",
+        }
+    }
+
+    fn usage(u: Usage) -> Value {
+        json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+               "total_tokens": u.prompt_tokens + u.completion_tokens,
+               "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
+    }
+
+    fn logprobs_json(&self, lps: &[TokenLogprob]) -> Value {
+        if self.chat {
+            let entry = |t: &str, l: f32| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
+            json!({"content": lps.iter().map(|lp| {
+                let mut e = entry(&lp.token, lp.logprob);
+                e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, *l)).collect();
+                e
+            }).collect::<Vec<_>>()})
+        } else {
+            let mut offset = 0;
+            let offsets: Vec<usize> = lps
+                .iter()
+                .map(|lp| {
+                    let o = offset;
+                    offset += lp.token.len();
+                    o
+                })
+                .collect();
+            json!({
+                "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
+                "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+                "top_logprobs": lps.iter().map(|l| l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            })
+        }
+    }
+
+    fn full(&self, text: &str, logprobs: Option<Value>, reason: &str, usage: Usage) -> Value {
+        let choice = if self.chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text},
+                   "logprobs": logprobs, "finish_reason": reason})
+        } else {
+            json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason})
+        };
+        json!({"id": self.id, "object": self.object(false), "created": self.created, "model": self.model,
+               "choices": [choice], "usage": Ids::usage(usage)})
+    }
+
+    fn chunk(&self, text: Option<&str>, logprobs: Option<Value>, reason: Option<&str>) -> Value {
+        let choice = if self.chat {
+            let delta = match text {
+                Some(t) => json!({"content": t}),
+                None if reason.is_none() => json!({"role": "assistant", "content": ""}),
+                None => json!({}),
+            };
+            json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
+        } else {
+            json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason})
+        };
+        json!({"id": self.id, "object": self.object(true), "created": self.created, "model": self.model,
+               "choices": [choice]})
+    }
+}
+
+fn async_stream(
+    ids: Ids,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Chunk>,
+    include_usage: bool,
+    want_logprobs: bool,
+) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
+    enum Phase {
+        Start,
+        Body,
+        Usage(Usage),
+        Done,
+        End,
+    }
+    let data = |v: Value| Ok(SseEvent::default().data(v.to_string()));
+    futures_util::stream::unfold(
+        (ids, rx, Phase::Start),
+        move |(ids, mut rx, phase)| async move {
+            match phase {
+                Phase::Start if ids.chat => {
+                    let first = ids.chunk(None, None, None);
+                    Some((data(first), (ids, rx, Phase::Body)))
+                }
+                Phase::Start | Phase::Body => match rx.recv().await {
+                    Some(Chunk::Delta { text, logprobs }) => {
+                        let lp = want_logprobs.then(|| ids.logprobs_json(&logprobs));
+                        let v = ids.chunk(Some(&text), lp, None);
+                        Some((data(v), (ids, rx, Phase::Body)))
+                    }
+                    Some(Chunk::Done { reason, usage }) => {
+                        let v = ids.chunk(None, None, Some(reason));
+                        let next = if include_usage {
+                            Phase::Usage(usage)
+                        } else {
+                            Phase::Done
+                        };
+                        Some((data(v), (ids, rx, next)))
+                    }
+                    None => None,
+                },
+                Phase::Usage(u) => {
+                    let v = json!({"id": ids.id, "object": ids.object(true), "created": ids.created,
+                                   "model": ids.model, "choices": [], "usage": Ids::usage(u)});
+                    Some((data(v), (ids, rx, Phase::Done)))
+                }
+                Phase::Done => Some((
+                    Ok(SseEvent::default().data("[DONE]")),
+                    (ids, rx, Phase::End),
+                )),
+                Phase::End => None,
+            }
+        },
+    )
+}

@@ -1,0 +1,164 @@
+//! Turns the engine's token events for one request into text deltas: streaming detokenization, stop strings (text
+//! that might start a stop string is held back until it is decided), log-probabilities, and the final usage. Runs on a
+//! blocking thread; when the consumer goes away it cancels the request in the engine.
+
+use fulcrum_core::Model;
+use fulcrum_engine::engine::{EngineHandle, Event, FinishReason};
+use fulcrum_tokenizer::StreamDecoder;
+use std::sync::mpsc::Receiver;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One token's log-probability and its top alternatives, as text.
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub top: Vec<(String, f32)>,
+}
+
+/// Token counts of a finished request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+/// What the HTTP side receives.
+#[derive(Debug, Clone)]
+pub enum Chunk {
+    Delta {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    Done {
+        reason: &'static str,
+        usage: Usage,
+    },
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of one of `stops` (on a char boundary).
+fn held_suffix(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for stop in stops {
+        for (i, _) in text.char_indices() {
+            let suffix = &text[i..];
+            if suffix.len() < stop.len() && stop.starts_with(suffix) {
+                best = best.max(suffix.len());
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// Relays request `id`'s events to `out` until it finishes or `out` is dropped.
+pub fn relay(
+    model: &Model,
+    engine: &EngineHandle,
+    id: u64,
+    events: Receiver<Event>,
+    stops: &[String],
+    prompt_tokens: usize,
+    out: UnboundedSender<Chunk>,
+) {
+    let tok = &model.tokenizer;
+    let mut decoder = StreamDecoder::new();
+    let mut held = String::new();
+    let mut pending_logprobs = Vec::new();
+    let mut generated = 0;
+    let piece = |id: u32| String::from_utf8_lossy(tok.token_bytes(id, true)).into_owned();
+    let send = |chunk: Chunk| out.send(chunk).is_ok();
+    for event in events {
+        match event {
+            Event::Token {
+                id: token,
+                logprobs,
+            } => {
+                generated += 1;
+                if let Some(lp) = logprobs {
+                    pending_logprobs.push(TokenLogprob {
+                        token: piece(token),
+                        logprob: lp.logprob,
+                        top: lp.top.iter().map(|&(t, l)| (piece(t), l)).collect(),
+                    });
+                }
+                held.push_str(&decoder.push(tok, token));
+                if let Some((at, _)) = stops
+                    .iter()
+                    .filter_map(|s| held.find(s.as_str()).map(|i| (i, s)))
+                    .min_by_key(|(i, _)| *i)
+                {
+                    engine.abort(id);
+                    held.truncate(at);
+                    let text = std::mem::take(&mut held);
+                    let _ = send(Chunk::Delta {
+                        text,
+                        logprobs: std::mem::take(&mut pending_logprobs),
+                    });
+                    let _ = send(Chunk::Done {
+                        reason: "stop",
+                        usage: Usage {
+                            prompt_tokens,
+                            completion_tokens: generated,
+                            cached_tokens: 0,
+                        },
+                    });
+                    return;
+                }
+                let keep = held_suffix(&held, stops);
+                let text: String = held.drain(..held.len() - keep).collect();
+                if (!text.is_empty() || !pending_logprobs.is_empty())
+                    && !send(Chunk::Delta {
+                        text,
+                        logprobs: std::mem::take(&mut pending_logprobs),
+                    })
+                {
+                    engine.abort(id);
+                    return;
+                }
+            }
+            Event::Finished {
+                reason,
+                prompt_tokens: _,
+                completion_tokens,
+                cached_tokens,
+            } => {
+                held.push_str(&decoder.flush());
+                if !held.is_empty() || !pending_logprobs.is_empty() {
+                    let _ = send(Chunk::Delta {
+                        text: std::mem::take(&mut held),
+                        logprobs: std::mem::take(&mut pending_logprobs),
+                    });
+                }
+                let _ = send(Chunk::Done {
+                    reason: match reason {
+                        FinishReason::Stop => "stop",
+                        FinishReason::Length => "length",
+                    },
+                    usage: Usage {
+                        prompt_tokens,
+                        completion_tokens,
+                        cached_tokens,
+                    },
+                });
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_suffix;
+
+    #[test]
+    fn text_that_may_start_a_stop_string_is_held() {
+        let stops = vec!["END".to_string(), "\n\n".to_string()];
+        assert_eq!(held_suffix("hello E", &stops), 1);
+        assert_eq!(held_suffix("hello EN", &stops), 2);
+        assert_eq!(held_suffix("hello\n", &stops), 1);
+        assert_eq!(held_suffix("hello", &stops), 0);
+        assert_eq!(held_suffix("héllo", &["ö".to_string()]), 0);
+    }
+}

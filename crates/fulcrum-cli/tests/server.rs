@@ -1,0 +1,138 @@
+//! The HTTP server end to end: `fulcrum serve` driven by the official `openai` Python package (installed into a
+//! virtual environment under `target/` on first use), covering chat and completions, streaming, stop strings,
+//! logprobs, usage, errors, concurrency, prefix caching, cancellation and metrics (see `server/openai_client.py`).
+
+mod common;
+
+use common::fulcrum_bin;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Python with the `openai` package: `$FULCRUM_TEST_PYTHON`, or a venv in `target/pyenv` created on first use; where
+/// venvs are unavailable, the package goes into `target/pylib` on the system Python's path. Returns the interpreter
+/// and a `PYTHONPATH` to set, if any.
+fn python() -> (PathBuf, Option<PathBuf>) {
+    if let Some(p) = std::env::var_os("FULCRUM_TEST_PYTHON") {
+        return (p.into(), None);
+    }
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let has_openai = |py: &Path, path: Option<&Path>| {
+        let mut c = Command::new(py);
+        if let Some(p) = path {
+            c.env("PYTHONPATH", p);
+        }
+        c.args(["-c", "import openai"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let venv = target.join("pyenv");
+    let py = venv.join("bin/python");
+    if has_openai(&py, None) {
+        return (py, None);
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status();
+    if made.is_ok_and(|s| s.success()) {
+        let pip = Command::new(&py)
+            .args(["-m", "pip", "install", "--quiet", "openai"])
+            .status()
+            .expect("pip");
+        assert!(pip.success(), "pip install openai failed");
+        return (py, None);
+    }
+    let lib = target.join("pylib");
+    let system = PathBuf::from("python3");
+    if !has_openai(&system, Some(&lib)) {
+        let pip = |extra: &[&str]| {
+            Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--target"])
+                .arg(&lib)
+                .args(extra)
+                .arg("openai")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(
+            pip(&[]) || pip(&["--break-system-packages"]),
+            "cannot install the openai package (needs python3 with venv or pip)"
+        );
+    }
+    (system, Some(lib))
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn openai_client_against_fulcrum_serve() {
+    let (py, pythonpath) = python();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server(
+        Command::new(fulcrum_bin())
+            .args(["serve", "-m", "qwen2.5-coder-0.5b-instruct", "-t", "2"])
+            .args([
+                "--ctx",
+                "512",
+                "--kv-memory",
+                "64",
+                "--port",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start fulcrum serve"),
+    );
+    let start = Instant::now();
+    while get(port, "/health").is_none_or(|r| !r.contains("ok")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "server did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/openai_client.py");
+    let mut client = Command::new(py);
+    if let Some(p) = pythonpath {
+        client.env("PYTHONPATH", p);
+    }
+    let out = client
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .expect("run the openai client");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "openai client checks failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+}

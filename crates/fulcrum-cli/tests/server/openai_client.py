@@ -1,0 +1,116 @@
+"""Drives a running `fulcrum serve` with the official openai package. Usage: openai_client.py BASE_URL"""
+import concurrent.futures
+import json
+import sys
+import urllib.error
+import urllib.request
+
+import openai
+
+base = sys.argv[1]
+client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
+model = client.models.list().data[0].id
+greedy = dict(model=model, temperature=0, seed=1)
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+    print("ok:", what)
+
+
+# Chat, non-streaming and streaming: the same greedy text.
+msgs = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
+full = client.chat.completions.create(messages=msgs, max_tokens=24, **greedy)
+text = full.choices[0].message.content
+check(full.object == "chat.completion" and full.choices[0].message.role == "assistant", "chat completion shape")
+check(len(text) > 0 and full.choices[0].finish_reason in ("stop", "length"), "chat produced text")
+check(full.usage.prompt_tokens > 0 and full.usage.total_tokens == full.usage.prompt_tokens + full.usage.completion_tokens, "usage adds up")
+stream = client.chat.completions.create(messages=msgs, max_tokens=24, stream=True,
+                                        stream_options={"include_usage": True}, **greedy)
+parts, reasons, usage = [], [], None
+for chunk in stream:
+    if chunk.usage:
+        usage = chunk.usage
+    for c in chunk.choices:
+        parts.append(c.delta.content or "")
+        if c.finish_reason:
+            reasons.append(c.finish_reason)
+check("".join(parts) == text, "streamed chat equals the non-streamed text")
+check(reasons == [full.choices[0].finish_reason], "one finish_reason at the end of the stream")
+check(usage is not None and usage.completion_tokens == full.usage.completion_tokens, "stream usage with include_usage")
+
+# Completions: length limit, stop strings, logprobs.
+c = client.completions.create(prompt="def fibonacci(n):", max_tokens=8, **greedy)
+check(c.choices[0].finish_reason == "length" and c.usage.completion_tokens == 8, "max_tokens gives finish_reason length")
+counting = client.completions.create(prompt="1, 2, 3, 4, 5,", max_tokens=20, **greedy)
+check(" 8," in counting.choices[0].text, "the model counts on")
+stopped = client.completions.create(prompt="1, 2, 3, 4, 5,", max_tokens=20, stop=[" 8"], **greedy)
+check(stopped.choices[0].finish_reason == "stop", "stop string ends generation")
+check(stopped.choices[0].text == counting.choices[0].text.split(" 8")[0], "text is cut before the stop string")
+lp = client.chat.completions.create(messages=msgs, max_tokens=4, logprobs=True, top_logprobs=2, **greedy)
+content = lp.choices[0].logprobs.content
+check(len(content) >= 1 and all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content), "chat logprobs")
+check(abs(content[0].top_logprobs[0].logprob - content[0].logprob) < 1e-4, "greedy pick is the top alternative")
+clp = client.completions.create(prompt="Hello", max_tokens=3, logprobs=2, **greedy)
+check(len(clp.choices[0].logprobs.token_logprobs) == 3, "completion logprobs")
+
+# Errors.
+for kwargs, what in [(dict(n=2), "n=2"), (dict(temperature=7), "temperature 7")]:
+    try:
+        client.completions.create(prompt="x", max_tokens=2, model=model, **kwargs)
+        check(False, what + " rejected")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400, what + " is a 400")
+try:
+    client.completions.create(prompt="word " * 2000, max_tokens=2, model=model)
+    check(False, "long prompt rejected")
+except openai.BadRequestError as e:
+    check(e.code == "context_length_exceeded", "a prompt longer than the context is a 400 naming the limit")
+req = urllib.request.Request(base + "/v1/chat/completions", data=b"{oops", headers={"Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(req)
+    check(False, "malformed JSON rejected")
+except urllib.error.HTTPError as e:
+    body = json.loads(e.read())
+    check(e.code == 400 and body["error"]["type"] == "invalid_request_error", "malformed JSON is an OpenAI-shaped 400")
+
+# Concurrency: greedy requests running together give exactly what each gives alone.
+prompts = ["The capital of France is", "def quicksort(xs):", "Once upon a time", "SELECT * FROM", "import numpy as np\n"]
+alone = [client.completions.create(prompt=p, max_tokens=16, **greedy).choices[0].text for p in prompts]
+with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+    together = list(pool.map(lambda p: client.completions.create(prompt=p, max_tokens=16, **greedy).choices[0].text, prompts))
+check(together == alone, "concurrent greedy requests match their solo outputs")
+
+# Prefix caching: a repeated long prompt reuses its blocks and gives the same text.
+system = "You are a careful assistant. " * 20
+msgs2 = [{"role": "system", "content": system}, {"role": "user", "content": "Say hi."}]
+first = client.chat.completions.create(messages=msgs2, max_tokens=8, **greedy)
+second = client.chat.completions.create(messages=msgs2, max_tokens=8, **greedy)
+check(second.usage.prompt_tokens_details.cached_tokens >= 64, "prefix cache hit on the repeated prompt")
+check(first.choices[0].message.content == second.choices[0].message.content, "cached prefix gives the same text")
+
+# A client that disconnects mid-stream is cancelled and its blocks freed.
+import time
+
+s = client.completions.create(prompt="Tell me a long story.", max_tokens=300, stream=True, **greedy)
+for i, _ in enumerate(s):
+    if i == 2:
+        break
+s.close()
+deadline = time.time() + 10
+running = None
+while time.time() < deadline:
+    m = urllib.request.urlopen(base + "/metrics").read().decode()
+    running = [l for l in m.splitlines() if l.startswith("fulcrum_num_requests_running ")][0].split()[1]
+    usage = [l for l in m.splitlines() if l.startswith("fulcrum_kv_cache_usage_perc ")][0].split()[1]
+    if float(running) == 0 and float(usage) == 0:
+        break
+    time.sleep(0.1)
+check(float(running) == 0 and float(usage) == 0, "a disconnected stream is cancelled and its KV blocks freed")
+
+metrics = urllib.request.urlopen(base + "/metrics").read().decode()
+for name in ["fulcrum_num_requests_waiting", "fulcrum_kv_cache_usage_perc", "fulcrum_prefix_cache_hits_total",
+             "fulcrum_time_to_first_token_seconds_bucket", "fulcrum_generation_tokens_total"]:
+    check(name in metrics, "metric " + name)
+print("all passed")

@@ -1,0 +1,445 @@
+//! The serving engine: one thread that owns the model, the paged KV pool and the scheduler, and runs one forward pass
+//! per iteration over every running sequence (prefill chunks and decode tokens together). Callers submit requests
+//! through an [`EngineHandle`] and receive a stream of [`Event`]s; dropping the receiver cancels the request.
+//!
+//! Forward passes use batch-invariant rounding, so a request's output does not depend on what it was batched with.
+
+use crate::blocks::BlockPool;
+use crate::sampler::{log_softmax_at, top_logprobs, Sampler, SamplerConfig};
+use crate::scheduler::{Limits, Rejected, Scheduler, Step};
+use fulcrum_core::model::Scratch;
+use fulcrum_core::{Model, Rounding, SeqSpan, ThreadPool};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Sizes of an engine.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    pub threads: usize,
+    /// KV slots in the pool, over all sequences.
+    pub kv_tokens: usize,
+    pub block_size: usize,
+    /// Longest sequence (prompt and output), at most the model's context.
+    pub max_seq_len: usize,
+    pub limits: Limits,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Alternatives to report per token (0: none; `Some(0)` reports the chosen token's log-probability only).
+    pub logprobs: Option<usize>,
+    /// Stop at the model's end-of-generation tokens.
+    pub stop_at_eog: bool,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token (or a stop string, decided by the caller).
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// One generated token's log-probabilities.
+#[derive(Debug, Clone)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What the engine reports about a request.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The next token (an end-of-generation token is reported through `Finished` only).
+    Token {
+        id: u32,
+        logprobs: Option<TokenLogprobs>,
+    },
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        cached_tokens: usize,
+    },
+}
+
+/// Counters and gauges for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub waiting: AtomicU64,
+    pub running: AtomicU64,
+    /// KV usage × 10⁶.
+    pub kv_usage_ppm: AtomicU64,
+    pub prefix_queried_tokens: AtomicU64,
+    pub prefix_hit_tokens: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub requests_finished: AtomicU64,
+    /// Time to first token and between tokens, in seconds.
+    pub ttft: Mutex<Histogram>,
+    pub tbt: Mutex<Histogram>,
+}
+
+/// A fixed-bucket histogram in the Prometheus sense.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    pub bounds: Vec<f64>,
+    /// Cumulative counts per bound, then the total.
+    pub counts: Vec<u64>,
+    pub sum: f64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        let bounds = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        Histogram {
+            counts: vec![0; bounds.len() + 1],
+            bounds,
+            sum: 0.0,
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&mut self, v: f64) {
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        *self.counts.last_mut().expect("total") += 1;
+        self.sum += v;
+    }
+}
+
+enum Command {
+    Submit {
+        id: u64,
+        prompt: Vec<u32>,
+        params: Params,
+        events: SyncSender<Event>,
+        reply: Sender<Result<(), Rejected>>,
+    },
+    Abort(u64),
+}
+
+/// A cheap, cloneable handle to a running engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: Sender<Command>,
+    next_id: Arc<AtomicU64>,
+    pub metrics: Arc<Metrics>,
+    /// Longest sequence the engine accepts.
+    pub max_seq_len: usize,
+}
+
+impl EngineHandle {
+    /// Queues a request; returns its id and its events (at most `capacity` buffered).
+    pub fn submit(
+        &self,
+        prompt: Vec<u32>,
+        params: Params,
+    ) -> Result<(u64, Receiver<Event>), Rejected> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Room for every event a request can produce, so the engine never blocks on a slow reader.
+        let (events, rx) = mpsc::sync_channel(params.max_tokens.min(self.max_seq_len) + 2);
+        let (reply, answer) = mpsc::channel();
+        let sent = self.commands.send(Command::Submit {
+            id,
+            prompt,
+            params,
+            events,
+            reply,
+        });
+        if sent.is_err() {
+            return Err(Rejected::QueueFull(0));
+        }
+        answer.recv().unwrap_or(Err(Rejected::QueueFull(0)))?;
+        Ok((id, rx))
+    }
+
+    /// Cancels request `id` and frees its blocks at the next iteration.
+    pub fn abort(&self, id: u64) {
+        let _ = self.commands.send(Command::Abort(id));
+    }
+}
+
+struct Request {
+    params: Params,
+    sampler: Sampler,
+    events: SyncSender<Event>,
+    submitted: Instant,
+    last_token: Option<Instant>,
+}
+
+/// Starts the engine thread over `model`.
+pub fn start(model: Arc<Model>, config: EngineConfig) -> EngineHandle {
+    let (tx, rx) = mpsc::channel();
+    let metrics = Arc::new(Metrics::default());
+    let handle = EngineHandle {
+        commands: tx,
+        next_id: Arc::new(AtomicU64::new(1)),
+        metrics: metrics.clone(),
+        max_seq_len: config.max_seq_len,
+    };
+    std::thread::Builder::new()
+        .name("fulcrum-engine".into())
+        .spawn(move || Engine::new(model, config, metrics).run(rx))
+        .expect("spawn engine thread");
+    handle
+}
+
+struct Engine {
+    model: Arc<Model>,
+    config: EngineConfig,
+    pool: ThreadPool,
+    kv: fulcrum_core::kv::KvCache,
+    scratch: Scratch,
+    scheduler: Scheduler,
+    requests: HashMap<u64, Request>,
+    metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    fn new(model: Arc<Model>, config: EngineConfig, metrics: Arc<Metrics>) -> Engine {
+        let n_blocks = config.kv_tokens / config.block_size;
+        let pool = ThreadPool::new(config.threads);
+        let kv = model.new_kv_cache(n_blocks * config.block_size);
+        let scratch = Scratch::new(
+            &model.config,
+            config.limits.token_budget,
+            config.max_seq_len,
+            pool.n_threads(),
+        );
+        Engine {
+            scheduler: Scheduler::new(BlockPool::new(n_blocks, config.block_size), config.limits),
+            model,
+            config,
+            pool,
+            kv,
+            scratch,
+            requests: HashMap::new(),
+            metrics,
+        }
+    }
+
+    fn run(mut self, commands: Receiver<Command>) {
+        loop {
+            // Block while idle; otherwise take whatever arrived since the last iteration.
+            if self.requests.is_empty() {
+                match commands.recv() {
+                    Ok(c) => self.handle(c),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(c) = commands.try_recv() {
+                self.handle(c);
+            }
+            if !self.requests.is_empty() {
+                self.iterate();
+            }
+            self.publish();
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit {
+                id,
+                prompt,
+                params,
+                events,
+                reply,
+            } => {
+                let max_len = (prompt.len() + params.max_tokens).min(self.config.max_seq_len);
+                let sampler = Sampler::new(params.sampler.clone());
+                let result = match sampler {
+                    Err(e) => Err(Rejected::Invalid(e.to_string())),
+                    Ok(sampler) => {
+                        let n = prompt.len();
+                        self.scheduler.submit(id, prompt, max_len).map(|()| {
+                            self.metrics
+                                .prompt_tokens
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                            self.requests.insert(
+                                id,
+                                Request {
+                                    params,
+                                    sampler,
+                                    events,
+                                    submitted: Instant::now(),
+                                    last_token: None,
+                                },
+                            );
+                        })
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Abort(id) => self.finish(id, None),
+        }
+    }
+
+    fn iterate(&mut self) {
+        let Step { work, preempted: _ } = self.scheduler.schedule();
+        if work.is_empty() {
+            return;
+        }
+        // Gather the batch: tokens, and each sequence's cache rows for the positions it attends to.
+        let bs = self.config.block_size;
+        let mut tokens = Vec::new();
+        let mut slots: Vec<Vec<u32>> = Vec::new();
+        for w in &work {
+            let seq = self.scheduler.get(w.id).expect("scheduled sequence exists");
+            tokens.extend_from_slice(&seq.tokens[w.start..w.start + w.len]);
+            slots.push(
+                (0..w.start + w.len)
+                    .map(|p| (seq.table.blocks[p / bs] * bs + p % bs) as u32)
+                    .collect(),
+            );
+        }
+        let mut row = 0;
+        let spans: Vec<SeqSpan> = work
+            .iter()
+            .zip(&slots)
+            .map(|(w, sl)| {
+                let span = SeqSpan {
+                    start_row: row,
+                    len: w.len,
+                    start_pos: w.start,
+                    slots: Some(sl),
+                    logits_from: if w.wants_logits { w.len - 1 } else { w.len },
+                };
+                row += w.len;
+                span
+            })
+            .collect();
+        let logits = match self.model.forward_batch(
+            &self.pool,
+            &tokens,
+            &spans,
+            &mut self.kv,
+            &mut self.scratch,
+            Rounding::BatchInvariant,
+        ) {
+            Ok(l) => l.to_vec(),
+            Err(_) => {
+                // Cannot happen for batches the scheduler built; fail the requests rather than the engine.
+                for w in &work {
+                    self.finish(w.id, None);
+                }
+                return;
+            }
+        };
+        let vocab = self.model.config.vocab_size;
+        let mut logit_row = 0;
+        for w in &work {
+            if !w.wants_logits {
+                self.scheduler.commit(w, None);
+                continue;
+            }
+            let l = &logits[logit_row * vocab..(logit_row + 1) * vocab];
+            logit_row += 1;
+            let Some(req) = self.requests.get_mut(&w.id) else {
+                continue;
+            };
+            let seq = self.scheduler.get(w.id).expect("running");
+            let recent_from = seq
+                .tokens
+                .len()
+                .saturating_sub(req.params.sampler.repeat_last_n);
+            let token = req.sampler.sample(l, &seq.tokens[recent_from..]);
+            let generated = seq.generated() + 1;
+            let is_eog = req.params.stop_at_eog && self.model.tokenizer.is_eog(token);
+            let logprobs = req.params.logprobs.map(|n| TokenLogprobs {
+                logprob: log_softmax_at(l, &[token])[0],
+                top: top_logprobs(l, n),
+            });
+            let now = Instant::now();
+            match req.last_token {
+                None => self
+                    .metrics
+                    .ttft
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .observe((now - req.submitted).as_secs_f64()),
+                Some(t) => self
+                    .metrics
+                    .tbt
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .observe((now - t).as_secs_f64()),
+            }
+            req.last_token = Some(now);
+            if is_eog {
+                self.scheduler.commit(w, None);
+                self.finish(w.id, Some(FinishReason::Stop));
+                continue;
+            }
+            self.scheduler.commit(w, Some(token));
+            self.metrics
+                .generated_tokens
+                .fetch_add(1, Ordering::Relaxed);
+            let req = self.requests.get(&w.id).expect("present");
+            if req
+                .events
+                .try_send(Event::Token {
+                    id: token,
+                    logprobs,
+                })
+                .is_err()
+            {
+                // The client went away (or stopped reading): cancel at once.
+                self.finish(w.id, None);
+                continue;
+            }
+            let seq_len = self.scheduler.get(w.id).map_or(0, |s| s.tokens.len());
+            if generated >= req.params.max_tokens || seq_len >= self.config.max_seq_len {
+                self.finish(w.id, Some(FinishReason::Length));
+            }
+        }
+    }
+
+    /// Ends request `id`: reports `reason` (none for a cancellation) and frees its blocks.
+    fn finish(&mut self, id: u64, reason: Option<FinishReason>) {
+        let seq = self.scheduler.remove(id);
+        if let Some(req) = self.requests.remove(&id) {
+            if let (Some(reason), Some(seq)) = (reason, seq) {
+                let _ = req.events.try_send(Event::Finished {
+                    reason,
+                    prompt_tokens: seq.prompt_len,
+                    completion_tokens: seq.generated(),
+                    cached_tokens: seq.cached,
+                });
+            }
+            self.metrics
+                .requests_finished
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn publish(&self) {
+        let m = &self.metrics;
+        m.waiting
+            .store(self.scheduler.n_waiting() as u64, Ordering::Relaxed);
+        m.running
+            .store(self.scheduler.n_running() as u64, Ordering::Relaxed);
+        let pool = &self.scheduler.pool;
+        m.kv_usage_ppm
+            .store((pool.usage() * 1e6) as u64, Ordering::Relaxed);
+        m.prefix_queried_tokens
+            .store(pool.queried_tokens, Ordering::Relaxed);
+        m.prefix_hit_tokens
+            .store(pool.hit_tokens, Ordering::Relaxed);
+    }
+}
