@@ -46,11 +46,14 @@ pub struct Args {
     #[arg(long)]
     ctx: Option<usize>,
     /// Tokens computed per iteration over all requests (prefill chunks and decodes together).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     batch_tokens: usize,
     /// Requests running at once.
     #[arg(long, default_value_t = 16)]
     parallel: usize,
+    /// Turn prefix caching off (for comparisons).
+    #[arg(long)]
+    no_prefix_cache: bool,
     /// Requests queued before new ones get 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
@@ -134,6 +137,7 @@ pub fn run(args: Args) -> CliResult {
             threads,
             kv_tokens,
             block_size,
+            prefix_caching: !args.no_prefix_cache,
             max_seq_len,
             limits: Limits {
                 token_budget: args.batch_tokens,

@@ -46,6 +46,8 @@ pub struct BlockPool {
     free: BTreeSet<(u64, usize)>,
     by_key: HashMap<u64, usize>,
     clock: u64,
+    /// Whether full blocks are shared across sequences (the prefix-caching switch).
+    pub prefix_caching: bool,
     /// Prefix-cache lookups and verified hits, in tokens.
     pub queried_tokens: u64,
     pub hit_tokens: u64,
@@ -68,6 +70,7 @@ impl BlockPool {
             free: (0..n_blocks).map(|i| (0, i)).collect(),
             by_key: HashMap::new(),
             clock: 0,
+            prefix_caching: true,
             queried_tokens: 0,
             hit_tokens: 0,
         }
@@ -113,6 +116,9 @@ impl BlockPool {
     /// logits.
     pub fn match_prefix(&mut self, tokens: &[u32]) -> (BlockTable, usize) {
         let mut table = BlockTable::default();
+        if !self.prefix_caching {
+            return (table, 0);
+        }
         let mut parent = None;
         let usable = tokens.len().saturating_sub(1) / self.block_size;
         self.queried_tokens += (usable * self.block_size) as u64;
@@ -161,6 +167,9 @@ impl BlockPool {
     /// Registers the full blocks of `table` whose contents are now computed (`tokens` are the sequence's first
     /// `computed` token ids), so that later sequences can share them.
     pub fn register(&mut self, table: &BlockTable, tokens: &[u32], computed: usize) {
+        if !self.prefix_caching {
+            return;
+        }
         let mut parent = None;
         for (i, chunk) in tokens[..computed.min(tokens.len())]
             .chunks_exact(self.block_size)

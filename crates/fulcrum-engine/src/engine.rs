@@ -22,6 +22,8 @@ pub struct EngineConfig {
     /// KV slots in the pool, over all sequences.
     pub kv_tokens: usize,
     pub block_size: usize,
+    /// Share cached prompt prefixes across requests.
+    pub prefix_caching: bool,
     /// Longest sequence (prompt and output), at most the model's context.
     pub max_seq_len: usize,
     pub limits: Limits,
@@ -221,8 +223,10 @@ impl Engine {
             config.max_seq_len,
             pool.n_threads(),
         );
+        let mut blocks = BlockPool::new(n_blocks, config.block_size);
+        blocks.prefix_caching = config.prefix_caching;
         Engine {
-            scheduler: Scheduler::new(BlockPool::new(n_blocks, config.block_size), config.limits),
+            scheduler: Scheduler::new(blocks, config.limits),
             model,
             config,
             pool,

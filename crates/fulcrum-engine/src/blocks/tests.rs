@@ -128,3 +128,16 @@ proptest! {
         prop_assert_eq!(pool.n_free(), pool.n_blocks());
     }
 }
+
+#[test]
+fn prefix_caching_can_be_switched_off() {
+    let mut pool = BlockPool::new(8, 4);
+    pool.prefix_caching = false;
+    let prompt: Vec<u32> = (0..10).collect();
+    let (mut a, _) = pool.match_prefix(&prompt);
+    pool.grow(&mut a, 10).unwrap();
+    pool.register(&a, &prompt, 10);
+    let (b, cached) = pool.match_prefix(&prompt);
+    assert_eq!((cached, b.blocks.len()), (0, 0));
+    assert!(pool.by_key.is_empty());
+}
