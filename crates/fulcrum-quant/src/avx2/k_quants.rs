@@ -81,31 +81,12 @@ pub unsafe fn vec_dot_q4_k_grouped(w: &[u8], a: &[u8]) -> f32 {
 /// fused multiply-add.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q6_k_tiled(w: &[u8], a: &[u8]) -> f32 {
-    let low4 = _mm256_set1_epi8(0x0F);
-    let low2 = _mm256_set1_epi8(0x03);
     let bias = _mm256_set1_epi8(32);
     let mut acc = 0.0f32;
     for (x, y) in cast::<BlockQ6K>(w).iter().zip(cast::<BlockQ8K>(a)) {
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
-            let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * n).cast());
-            let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * n + 32).cast());
-            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * n).cast());
-            let top = |shift: __m128i| {
-                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(qh, shift), low2))
-            };
-            let codes = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low4), top(_mm_cvtsi32_si128(0))),
-                _mm256_or_si256(_mm256_and_si256(ql1, low4), top(_mm_cvtsi32_si128(2))),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
-                    top(_mm_cvtsi32_si128(4)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
-                    top(_mm_cvtsi32_si128(6)),
-                ),
-            ];
+            let codes = q6_codes(x, n);
             for (k, &code) in codes.iter().enumerate() {
                 let q8 = _mm256_loadu_si256(y.qs.as_ptr().add(128 * n + 32 * k).cast());
                 let products = _mm256_sub_epi16(
@@ -172,8 +153,6 @@ pub unsafe fn vec_dot_q5_k(w: &[u8], a: &[u8]) -> f32 {
 /// centre them; each 32-code group spans two 16-element sub-blocks, so its scale vector has two halves.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
-    let low4 = _mm256_set1_epi8(0x0F);
-    let low2 = _mm256_set1_epi8(0x03);
     let mut acc = _mm256_setzero_ps();
     for (x, y) in cast::<BlockQ6K>(w).iter().zip(cast::<BlockQ8K>(a)) {
         // The codes are stored with a bias of 32, removed once per 32-element chunk from the activation sums, as
@@ -184,24 +163,7 @@ pub unsafe fn vec_dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
         let bias = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, scales16));
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
-            let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * n).cast());
-            let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * n + 32).cast());
-            let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * n).cast());
-            let top = |shift: __m128i| {
-                _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(qh, shift), low2))
-            };
-            let codes = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low4), top(_mm_cvtsi32_si128(0))),
-                _mm256_or_si256(_mm256_and_si256(ql1, low4), top(_mm_cvtsi32_si128(2))),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
-                    top(_mm_cvtsi32_si128(4)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
-                    top(_mm_cvtsi32_si128(6)),
-                ),
-            ];
+            let codes = q6_codes(x, n);
             let mut parts = [_mm256_setzero_si256(); 4];
             for (k, (&code, part)) in codes.iter().zip(parts.iter_mut()).enumerate() {
                 let q8 = _mm256_loadu_si256(y.qs.as_ptr().add(128 * n + 32 * k).cast());
@@ -220,6 +182,31 @@ pub unsafe fn vec_dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_f32(acc)
+}
+
+/// The 6-bit codes (0..63) of elements `128·half .. 128·half + 128` of a Q6_K block, as four vectors of 32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_codes(x: &BlockQ6K, half: usize) -> [__m256i; 4] {
+    let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
+    let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half).cast());
+    let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half + 32).cast());
+    let qh = _mm256_loadu_si256(x.qh.as_ptr().add(32 * half).cast());
+    let top = |shift: __m128i| {
+        _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srl_epi16(qh, shift), low2))
+    };
+    [
+        _mm256_or_si256(_mm256_and_si256(ql0, low4), top(_mm_cvtsi32_si128(0))),
+        _mm256_or_si256(_mm256_and_si256(ql1, low4), top(_mm_cvtsi32_si128(2))),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+            top(_mm_cvtsi32_si128(4)),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+            top(_mm_cvtsi32_si128(6)),
+        ),
+    ]
 }
 
 /// Q8_K × Q8_K.
