@@ -21,6 +21,16 @@ pub struct AttentionShape {
     pub window: Option<usize>,
 }
 
+impl AttentionShape {
+    /// Positions a query at `pos` attends to: causal, and within the window on sliding layers.
+    pub fn visible(&self, pos: usize) -> std::ops::Range<usize> {
+        match self.window {
+            Some(w) if pos + 1 > w => pos + 1 - w..pos + 1,
+            _ => 0..pos + 1,
+        }
+    }
+}
+
 /// Where each position's keys and values live in one layer's cache: row `p`, or row `slots[p]` of a paged pool.
 #[derive(Clone, Copy)]
 pub struct KvView<'a> {
@@ -139,10 +149,7 @@ pub fn attention(
         for item in split_range(n * s.n_heads, index, n_threads) {
             let (t, h) = (item / s.n_heads, item % s.n_heads);
             let pos = start_pos + t;
-            let first = match s.window {
-                Some(w) if pos + 1 > w => pos + 1 - w,
-                _ => 0,
-            };
+            let first = s.visible(pos).start;
             let g = h / group;
             q16.convert_from_f32_slice(&q[t * s.n_heads * hd + h * hd..][..hd]);
             acc.fill(f16::ZERO);

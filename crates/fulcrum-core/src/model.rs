@@ -166,13 +166,6 @@ impl Model {
     ) -> Result<&'s [f32], ModelError> {
         let n = tokens.len();
         let start = kv.len;
-        if start + n > kv.n_ctx {
-            return Err(ModelError::ContextOverflow {
-                needed: start + n,
-                ctx: kv.n_ctx,
-                max: self.config.context_length,
-            });
-        }
         let logits_from = match logits {
             Logits::None => n,
             Logits::Last => n.saturating_sub(1),

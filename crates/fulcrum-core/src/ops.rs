@@ -182,6 +182,8 @@ pub fn matmul(
     let acts = &qbuf.bytes;
     let out_ptr = SharedMut(out.as_mut_ptr());
     let rows = w.rows;
+    // Batch-invariant rounding computes every row as llama.cpp computes a batch of one (row 0 of 1).
+    let batch = if invariant { 1 } else { n };
     pool.run(|index, n_threads| {
         // Whole cache lines of output per thread: split in units of 16 rows.
         let units = rows.div_ceil(16);
@@ -191,12 +193,8 @@ pub fn matmul(
             let w_row = &w_data[r * w.row_bytes..(r + 1) * w.row_bytes];
             for t in 0..n {
                 let a = &acts[t * act_row..(t + 1) * act_row];
-                // Batch-invariant rounding computes every row as llama.cpp computes a batch of one.
-                let v = if invariant {
-                    fulcrum_quant::vec_dot(w.ty, w.cols, w_row, a)
-                } else {
-                    fulcrum_quant::vec_dot_in_batch(w.ty, w.cols, w_row, a, n, t)
-                };
+                let row = if invariant { 0 } else { t };
+                let v = fulcrum_quant::vec_dot_in_batch(w.ty, w.cols, w_row, a, batch, row);
                 // SAFETY: row r belongs to this thread only.
                 unsafe { *out_ptr.ptr().add(t * rows + r) = v };
             }

@@ -33,7 +33,7 @@ struct Block {
     key: Option<u64>,
     /// Token ids of a registered block, to verify hits.
     tokens: Vec<u32>,
-    /// When it was last released, for LRU reuse among unreferenced blocks.
+    /// Its key in the free set while unreferenced: when it was released, or 0 if it caches nothing.
     released: u64,
 }
 
@@ -201,14 +201,10 @@ impl BlockPool {
             assert!(block.refs > 0, "block {b} released twice");
             block.refs -= 1;
             if block.refs == 0 {
+                // A block with nothing cached is reused before any cached one (stamp 0).
                 self.clock += 1;
-                block.released = self.clock;
-                if block.key.is_none() {
-                    // Nothing to keep: reuse it before any cached block.
-                    self.free.insert((0, b));
-                } else {
-                    self.free.insert((self.clock, b));
-                }
+                block.released = if block.key.is_some() { self.clock } else { 0 };
+                self.free.insert((block.released, b));
             }
         }
         table.blocks.clear();
@@ -218,12 +214,7 @@ impl BlockPool {
     fn take(&mut self, b: usize) {
         let block = &mut self.blocks[b];
         if block.refs == 0 {
-            let released = if block.key.is_some() {
-                block.released
-            } else {
-                0
-            };
-            self.free.remove(&(released, b));
+            self.free.remove(&(block.released, b));
         }
         block.refs += 1;
     }

@@ -103,10 +103,6 @@ impl Block<'_> {
         max[..n_rows].fill(f32::NEG_INFINITY);
         sum[..n_rows].fill(0.0);
 
-        let visible = |pos: usize| match s.window {
-            Some(w) if pos + 1 > w => pos + 1 - w..pos + 1,
-            _ => 0..pos + 1,
-        };
         let last_pos = self.start_pos + self.rows.end - 1;
         for tile in (0..=last_pos).step_by(TILE) {
             let len = TILE.min(self.end - tile);
@@ -120,7 +116,7 @@ impl Block<'_> {
                     .convert_to_f32_slice(&mut values[j * hdv..(j + 1) * hdv]);
             }
             for (r, t) in self.rows.clone().enumerate() {
-                let seen = visible(self.start_pos + t);
+                let seen = s.visible(self.start_pos + t);
                 if tile >= seen.end || tile + TILE <= seen.start {
                     continue;
                 }

@@ -7,12 +7,16 @@ use crate::block::cast;
 use crate::formats::{k_scales, q4_k::BlockQ4K, q5_k::BlockQ5K, q6_k::BlockQ6K, q8_k::BlockQ8K};
 use std::arch::x86_64::*;
 
-/// Σ over sub-blocks of min\[s\] · (sum of the activation codes in sub-block s), from the 16-code `bsums`.
+/// min\[s\] · (sum of the activation codes in sub-block s), from the 16-code `bsums`.
+#[inline]
+fn min_sub(mins: &[u8; 8], y: &BlockQ8K, s: usize) -> i32 {
+    mins[s] as i32 * (y.bsum(2 * s) as i32 + y.bsum(2 * s + 1) as i32)
+}
+
+/// Σ over sub-blocks of [`min_sub`].
 #[inline]
 fn min_term(mins: &[u8; 8], y: &BlockQ8K) -> i32 {
-    (0..8)
-        .map(|s| mins[s] as i32 * (y.bsum(2 * s) as i32 + y.bsum(2 * s + 1) as i32))
-        .sum()
+    (0..8).map(|s| min_sub(mins, y, s)).sum()
 }
 
 /// i32 lanes of Σ scale · (u8 code × i8 activation) for 32 codes and 32 activations.
@@ -23,23 +27,32 @@ unsafe fn scaled_dot(codes: __m256i, q8: *const i8, scale: i16) -> __m256i {
     _mm256_madd_epi16(_mm256_set1_epi16(scale), products)
 }
 
+/// i32 lanes of the scaled code sums of Q4_K sub-blocks `2j` (low nibbles) and `2j + 1` (high nibbles).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_pair(x: &BlockQ4K, y: &BlockQ8K, scales: &[u8; 8], j: usize) -> __m256i {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let bits = _mm256_loadu_si256(x.qs.as_ptr().add(32 * j).cast());
+    let low = _mm256_and_si256(bits, low4);
+    let high = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
+    let q8 = y.qs.as_ptr().add(64 * j);
+    _mm256_add_epi32(
+        scaled_dot(low, q8, scales[2 * j] as i16),
+        scaled_dot(high, q8.add(32), scales[2 * j + 1] as i16),
+    )
+}
+
 /// Q4_K × Q8_K, in the arithmetic of llama.cpp's repacked Q4_K kernels (which it uses for every Q4_K matrix whose
 /// row count is a multiple of 8 on AVX2): per super-block, the scaled code sum and the minimum term are exact integers,
 /// each converted to f32 and accumulated by its own fused multiply-add chain; the two chains are subtracted at the end.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
-    let low4 = _mm256_set1_epi8(0x0F);
     let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
     for (x, y) in cast::<BlockQ4K>(w).iter().zip(cast::<BlockQ8K>(a)) {
         let (scales, mins) = k_scales::unpack(&x.scales);
         let mut sumi = _mm256_setzero_si256();
         for j in 0..4 {
-            let bits = _mm256_loadu_si256(x.qs.as_ptr().add(32 * j).cast());
-            let low = _mm256_and_si256(bits, low4);
-            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
-            let q8 = y.qs.as_ptr().add(64 * j);
-            sumi = _mm256_add_epi32(sumi, scaled_dot(low, q8, scales[2 * j] as i16));
-            sumi = _mm256_add_epi32(sumi, scaled_dot(high, q8.add(32), scales[2 * j + 1] as i16));
+            sumi = _mm256_add_epi32(sumi, q4_k_pair(x, y, &scales, j));
         }
         acc = (hsum_i32(sumi) as f32).mul_add(half(x.d) * y.scale(), acc);
         acc_min = (min_term(&mins, y) as f32).mul_add(half(x.dmin) * y.scale(), acc_min);
@@ -52,24 +65,13 @@ pub unsafe fn vec_dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
 /// super-block.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn vec_dot_q4_k_grouped(w: &[u8], a: &[u8]) -> f32 {
-    let low4 = _mm256_set1_epi8(0x0F);
     let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
     for (x, y) in cast::<BlockQ4K>(w).iter().zip(cast::<BlockQ8K>(a)) {
         let (scales, mins) = k_scales::unpack(&x.scales);
         let (d, dmin) = (half(x.d) * y.scale(), half(x.dmin) * y.scale());
         for j in 0..4 {
-            let bits = _mm256_loadu_si256(x.qs.as_ptr().add(32 * j).cast());
-            let low = _mm256_and_si256(bits, low4);
-            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
-            let q8 = y.qs.as_ptr().add(64 * j);
-            let sumi = _mm256_add_epi32(
-                scaled_dot(low, q8, scales[2 * j] as i16),
-                scaled_dot(high, q8.add(32), scales[2 * j + 1] as i16),
-            );
-            acc = (hsum_i32(sumi) as f32).mul_add(d, acc);
-            let bsum = |s: usize| y.bsum(2 * s) as i32 + y.bsum(2 * s + 1) as i32;
-            let min_sum =
-                mins[2 * j] as i32 * bsum(2 * j) + mins[2 * j + 1] as i32 * bsum(2 * j + 1);
+            acc = (hsum_i32(q4_k_pair(x, y, &scales, j)) as f32).mul_add(d, acc);
+            let min_sum = min_sub(&mins, y, 2 * j) + min_sub(&mins, y, 2 * j + 1);
             acc_min = (min_sum as f32).mul_add(dmin, acc_min);
         }
     }
