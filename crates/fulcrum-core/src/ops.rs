@@ -148,11 +148,17 @@ pub struct QuantBuffer {
     bytes: Vec<u8>,
 }
 
+/// Weight rows per tile of [`matmul`] (whole cache lines of output, and few enough to stay in L1 across tokens).
+const ROW_BLOCK: usize = 16;
+/// Input rows per tile of [`matmul`].
+const TOKEN_BLOCK: usize = 64;
+
 /// `out[t][r] = W[r] · x[t]` for `n` input rows `x` of `w.cols` floats; `out` holds `n` rows of `w.rows` floats.
 ///
 /// The inputs are first quantized to the weight type's activation format (as ggml does), then weight rows are split
-/// across the pool's threads so that each weight row is read once for all `n` inputs. With `invariant`, each row
-/// rounds as it would alone.
+/// across the pool's threads, and each thread walks its rows in tiles of [`ROW_BLOCK`] rows × [`TOKEN_BLOCK`] inputs.
+/// With `invariant`, each row rounds as it would alone (as llama.cpp rounds a batch of one); otherwise as llama.cpp
+/// rounds row `t` of a batch of `n`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     pool: &ThreadPool,
@@ -182,21 +188,41 @@ pub fn matmul(
     let acts = &qbuf.bytes;
     let out_ptr = SharedMut(out.as_mut_ptr());
     let rows = w.rows;
-    // Batch-invariant rounding computes every row as llama.cpp computes a batch of one (row 0 of 1).
     let batch = if invariant { 1 } else { n };
     pool.run(|index, n_threads| {
-        // Whole cache lines of output per thread: split in units of 16 rows.
-        let units = rows.div_ceil(16);
+        let units = rows.div_ceil(ROW_BLOCK);
         let range = split_range(units, index, n_threads);
-        let (start, end) = (range.start * 16, (range.end * 16).min(rows));
-        for r in start..end {
-            let w_row = &w_data[r * w.row_bytes..(r + 1) * w.row_bytes];
-            for t in 0..n {
-                let a = &acts[t * act_row..(t + 1) * act_row];
-                let row = if invariant { 0 } else { t };
-                let v = fulcrum_quant::vec_dot_in_batch(w.ty, w.cols, w_row, a, batch, row);
-                // SAFETY: row r belongs to this thread only.
-                unsafe { *out_ptr.ptr().add(t * rows + r) = v };
+        let (start, end) = (range.start * ROW_BLOCK, (range.end * ROW_BLOCK).min(rows));
+        let mut tile = [0.0f32; ROW_BLOCK * TOKEN_BLOCK];
+        for r0 in (start..end).step_by(ROW_BLOCK) {
+            let nr = ROW_BLOCK.min(end - r0);
+            let w_rows = &w_data[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
+            for t0 in (0..n).step_by(TOKEN_BLOCK) {
+                let nt = TOKEN_BLOCK.min(n - t0);
+                for (run, order) in fulcrum_quant::Order::runs(w.ty, batch, t0..t0 + nt) {
+                    let first = run.start - t0;
+                    fulcrum_quant::dot_tile(
+                        w.ty,
+                        w.cols,
+                        w_rows,
+                        nr,
+                        &acts[run.start * act_row..],
+                        run.len(),
+                        order,
+                        &mut tile[first * ROW_BLOCK..],
+                        ROW_BLOCK,
+                    );
+                }
+                for t in 0..nt {
+                    // SAFETY: rows r0..r0 + nr of every output row belong to this thread only.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            tile[t * ROW_BLOCK..].as_ptr(),
+                            out_ptr.ptr().add((t0 + t) * rows + r0),
+                            nr,
+                        )
+                    };
+                }
             }
         }
     });

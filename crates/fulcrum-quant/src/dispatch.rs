@@ -11,6 +11,10 @@ pub type DotFn = fn(&[u8], &[u8]) -> f32;
 pub type DequantizeFn = fn(&[u8], &mut [f32]);
 /// Encodes f32 values (a whole number of blocks) into a row.
 pub type QuantizeFn = fn(&[f32], &mut [u8]);
+/// Dots `rows` consecutive weight rows (`w`) with `tokens` consecutive activation rows (`a`), all `n` elements long,
+/// into `out[t * ld + r]`; each output rounds exactly as the matching single dot product of its order.
+pub type TileFn =
+    fn(w: &[u8], rows: usize, a: &[u8], tokens: usize, n: usize, out: &mut [f32], ld: usize);
 
 /// The kernels of one type.
 #[derive(Clone, Copy)]
@@ -24,6 +28,8 @@ pub struct Kernels {
     /// The dot product of llama.cpp's tiled matmul for batches of 8 rows or more, where its rounding differs from
     /// `vec_dot` (Q6_K); `None` means the same as `vec_dot`.
     pub vec_dot_tiled: Option<DotFn>,
+    /// Many-rows-by-many-tokens kernels, indexed by [`crate::Order`]; `None` falls back to one dot per pair.
+    pub tile: [Option<TileFn>; 3],
 }
 
 /// Kernels for every type, indexed by ggml type id.
@@ -49,6 +55,7 @@ pub fn scalar_kernels(ty: GgmlType) -> Option<Kernels> {
             vec_dot,
             vec_dot_grouped: None,
             vec_dot_tiled: None,
+            tile: [None; 3],
         })
     };
     match ty {

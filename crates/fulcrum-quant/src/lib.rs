@@ -10,12 +10,14 @@ mod dispatch;
 pub mod f16vec;
 pub mod formats;
 mod fp;
+mod tile;
 pub mod vecf32;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
 pub use fulcrum_gguf::GgmlType;
+pub use tile::{dot_tile, Order};
 
 /// Why a type or row length cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,7 +124,7 @@ pub fn vec_dot(w: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> f32 {
 /// As [`vec_dot`], for activation row `t` of a batch of `batch` rows, rounded as llama.cpp's CPU backend rounds it
 /// there. It multiplies repacked Q4_K weights four activation rows at a time (the first `batch - batch % 4` rows) and
 /// Q6_K weights in tiles once a batch has 8 rows; those paths sum the same exact integers in another float order,
-/// which this reproduces. Elsewhere the result is exactly [`vec_dot`]'s.
+/// which this reproduces ([`Order`]). Elsewhere the result is exactly [`vec_dot`]'s.
 ///
 /// # Panics
 /// As [`vec_dot`].
@@ -134,39 +136,11 @@ pub fn vec_dot_in_batch(
     batch: usize,
     t: usize,
 ) -> f32 {
-    let k = kernels(w);
-    let variant = if t < batch - batch % 4 {
-        k.vec_dot_grouped
-    } else {
-        None
-    };
-    let variant = if batch >= 8 {
-        k.vec_dot_tiled.or(variant)
-    } else {
-        variant
-    };
-    let dot = variant
-        .or(k.vec_dot)
-        .unwrap_or_else(|| panic!("{w} cannot be used as weights"));
+    let dot = tile::ordered_dot(w, Order::in_batch(w, batch, t));
     dot(
         &w_row[..row_bytes(w, n)],
         &act_row[..row_bytes(vec_dot_type(w), n)],
     )
-}
-
-/// Dots one weight row with several activation rows: `out[i] = vec_dot(w, n, w_row, acts[i])`.
-///
-/// # Panics
-/// As [`vec_dot`], and if `out` is shorter than `acts`.
-pub fn vec_dot_multi(w: GgmlType, n: usize, w_row: &[u8], acts: &[&[u8]], out: &mut [f32]) {
-    let dot = kernels(w)
-        .vec_dot
-        .unwrap_or_else(|| panic!("{w} cannot be used as weights"));
-    let w_row = &w_row[..row_bytes(w, n)];
-    let act_bytes = row_bytes(vec_dot_type(w), n);
-    for (o, act) in out[..acts.len()].iter_mut().zip(acts) {
-        *o = dot(w_row, &act[..act_bytes]);
-    }
 }
 
 /// Which kernels [`vec_dot`] uses: `"avx2+fma"` or `"scalar"`.

@@ -6,7 +6,7 @@ mod common;
 use common::{
     activation_row, activation_values, dequantized, magnitude, weight_row, Rng, WEIGHT_TYPES,
 };
-use fulcrum_quant::{scalar, vec_dot, vec_dot_in_batch, vec_dot_multi, vec_dot_type, GgmlType};
+use fulcrum_quant::{dot_tile, scalar, vec_dot, vec_dot_in_batch, vec_dot_type, GgmlType, Order};
 use proptest::prelude::*;
 
 /// Row length for `blocks` blocks of `ty`; plain types get odd lengths to exercise SIMD tails.
@@ -97,21 +97,69 @@ fn all_modes_one_and_many_blocks() {
     }
 }
 
-#[test]
-fn multi_column_matches_single() {
-    let mut rng = Rng::new(7);
+/// A tile of `rows × tokens` dot products, taken as a matmul would (its tokens sit at `first..` of a batch of
+/// `batch`, split into runs of one order), is bit-identical to each pair's single dot product.
+fn check_tile(seed: u64, blocks: usize, rows: usize, tokens: usize) -> Result<(), TestCaseError> {
+    let mut rng = Rng::new(seed);
     for ty in WEIGHT_TYPES {
-        let n = row_len(ty, 8);
-        let w_row = weight_row(&mut rng, ty, n, 1);
-        let acts: Vec<Vec<u8>> = (0..3)
-            .map(|m| activation_row(ty, &activation_values(&mut rng, n, m)))
+        let n = row_len(ty, blocks);
+        let w_rows: Vec<Vec<u8>> = (0..rows)
+            .map(|r| weight_row(&mut rng, ty, n, r as u32 % 5))
             .collect();
-        let act_refs: Vec<&[u8]> = acts.iter().map(Vec::as_slice).collect();
-        let mut out = [0.0f32; 3];
-        vec_dot_multi(ty, n, &w_row, &act_refs, &mut out);
-        for (o, act) in out.iter().zip(&acts) {
-            assert_eq!(*o, vec_dot(ty, n, &w_row, act), "{ty}");
+        let acts: Vec<Vec<u8>> = (0..tokens)
+            .map(|t| activation_row(ty, &activation_values(&mut rng, n, t as u32 % 6)))
+            .collect();
+        let (w_all, a_all) = (w_rows.concat(), acts.concat());
+        let a_bytes = a_all.len() / tokens;
+        let ld = rows + 3;
+        for (batch, first) in [(tokens, 0), (tokens + 5, 3), (tokens + 9, 9)] {
+            let mut out = vec![f32::NAN; tokens * ld];
+            for (run, order) in Order::runs(ty, batch, first..first + tokens) {
+                let (t0, len) = (run.start - first, run.len());
+                dot_tile(
+                    ty,
+                    n,
+                    &w_all,
+                    rows,
+                    &a_all[t0 * a_bytes..],
+                    len,
+                    order,
+                    &mut out[t0 * ld..],
+                    ld,
+                );
+            }
+            for (t, act) in acts.iter().enumerate() {
+                for (r, w_row) in w_rows.iter().enumerate() {
+                    let single = vec_dot_in_batch(ty, n, w_row, act, batch, first + t);
+                    prop_assert_eq!(
+                        out[t * ld + r].to_bits(),
+                        single.to_bits(),
+                        "{} n={} tile {}x{} (batch {}, first {}): out[{}][{}] = {} vs single {}",
+                        ty,
+                        n,
+                        rows,
+                        tokens,
+                        batch,
+                        first,
+                        t,
+                        r,
+                        out[t * ld + r],
+                        single
+                    );
+                }
+            }
         }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tiles_match_single_dots(seed in any::<u64>(), blocks in 1usize..=9, rows in 1usize..=11,
+                               tokens in 1usize..=13) {
+        check_tile(seed, blocks, rows, tokens)?;
     }
 }
 

@@ -12,24 +12,37 @@ pub unsafe fn hsum_f32(x: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// The f32 value of a little-endian IEEE half, via F16C.
+/// The low 32 bits of `bits` as two IEEE halves widened to f32 (lanes 0 and 1; lanes 2 and 3 are zero).
 ///
-/// The half is broadcast rather than inserted into lane 0: an insert lets LLVM merge into whatever register is
-/// free — often the loop's accumulator — which chains every block to the previous one's FMA.
+/// Written in assembly because LLVM, seeing that only the low lanes are used, turns any intrinsic version into an
+/// insert into whatever register is free — often a loop's accumulator — which chains every block to the previous
+/// block's FMA and serializes the loop.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn halves(bits: u32) -> __m128 {
+    let x: __m128;
+    std::arch::asm!(
+        "vmovd {x}, {bits:e}",
+        "vcvtph2ps {x}, {x}",
+        bits = in(reg) bits,
+        x = out(xmm_reg) x,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    x
+}
+
+/// The f32 value of a little-endian IEEE half, via F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn half(bytes: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
-        u16::from_le_bytes(bytes) as i16
-    )))
+    _mm_cvtss_f32(halves(u16::from_le_bytes(bytes) as u32))
 }
 
-/// The product of two little-endian IEEE halves (one conversion for both; broadcast for the reason in [`half`]).
+/// The product of two little-endian IEEE halves (one conversion for both).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn half_product(a: [u8; 2], b: [u8; 2]) -> f32 {
-    let pair = u16::from_le_bytes(a) as u32 | ((u16::from_le_bytes(b) as u32) << 16);
-    let v = _mm_cvtph_ps(_mm_set1_epi32(pair as i32));
+    let v = halves(u16::from_le_bytes(a) as u32 | ((u16::from_le_bytes(b) as u32) << 16));
     _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
 }
 

@@ -9,13 +9,13 @@ use std::arch::x86_64::*;
 
 /// min\[s\] · (sum of the activation codes in sub-block s), from the 16-code `bsums`.
 #[inline]
-fn min_sub(mins: &[u8; 8], y: &BlockQ8K, s: usize) -> i32 {
+pub(super) fn min_sub(mins: &[u8; 8], y: &BlockQ8K, s: usize) -> i32 {
     mins[s] as i32 * (y.bsum(2 * s) as i32 + y.bsum(2 * s + 1) as i32)
 }
 
 /// Σ over sub-blocks of [`min_sub`].
 #[inline]
-fn min_term(mins: &[u8; 8], y: &BlockQ8K) -> i32 {
+pub(super) fn min_term(mins: &[u8; 8], y: &BlockQ8K) -> i32 {
     (0..8).map(|s| min_sub(mins, y, s)).sum()
 }
 
@@ -111,7 +111,7 @@ pub unsafe fn vec_dot_q6_k_tiled(w: &[u8], a: &[u8]) -> f32 {
 /// Exact sum of the eight i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_i32(x: __m256i) -> i32 {
+pub(super) unsafe fn hsum_i32(x: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256::<1>(x));
     let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
@@ -189,7 +189,7 @@ pub unsafe fn vec_dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
 /// The 6-bit codes (0..63) of elements `128·half .. 128·half + 128` of a Q6_K block, as four vectors of 32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_codes(x: &BlockQ6K, half: usize) -> [__m256i; 4] {
+pub(super) unsafe fn q6_codes(x: &BlockQ6K, half: usize) -> [__m256i; 4] {
     let (low4, low2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
     let ql0 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half).cast());
     let ql1 = _mm256_loadu_si256(x.ql.as_ptr().add(64 * half + 32).cast());

@@ -9,6 +9,7 @@ mod float;
 mod helpers;
 mod k_quants;
 mod legacy;
+mod tiles;
 
 use crate::dispatch::Table;
 use crate::GgmlType;
@@ -47,6 +48,26 @@ wrappers! {
     dot_q8_k => k_quants::vec_dot_q8_k,
 }
 
+/// Defines safe wrappers around target-feature tile kernels, like [`wrappers`].
+macro_rules! tile_wrappers {
+    ($($name:ident => $kernel:path),* $(,)?) => {
+        $(fn $name(w: &[u8], rows: usize, a: &[u8], tokens: usize, n: usize, out: &mut [f32], ld: usize) {
+            // SAFETY: as in `wrappers`; `dot_tile` has checked the buffer sizes.
+            unsafe { $kernel(w, rows, a, tokens, n, out, ld) }
+        })*
+    };
+}
+
+tile_wrappers! {
+    tile_q4_0 => tiles::tile_32::<tiles::Q4_0>,
+    tile_q5_0 => tiles::tile_32::<tiles::Q5_0>,
+    tile_q8_0 => tiles::tile_32::<tiles::Q8_0>,
+    tile_q4_k => tiles::tile_q4_k,
+    tile_q4_k_grouped => tiles::tile_q4_k_grouped,
+    tile_q6_k => tiles::tile_q6_k,
+    tile_q6_k_tiled => tiles::tile_q6_k_tiled,
+}
+
 /// Replaces the scalar dot products in `table` with these kernels. Call only when [`available`] is true.
 pub fn install(table: &mut Table) {
     use GgmlType::*;
@@ -74,6 +95,21 @@ pub fn install(table: &mut Table) {
     }
     if let Some(kernels) = table.by_id[Q6_K as usize].as_mut() {
         kernels.vec_dot_tiled = Some(dot_q6_k_tiled);
+    }
+    use crate::Order::{Grouped, Plain, Tiled};
+    let tiles: [(GgmlType, crate::Order, crate::dispatch::TileFn); 7] = [
+        (Q4_0, Plain, tile_q4_0),
+        (Q5_0, Plain, tile_q5_0),
+        (Q8_0, Plain, tile_q8_0),
+        (Q4_K, Plain, tile_q4_k),
+        (Q4_K, Grouped, tile_q4_k_grouped),
+        (Q6_K, Plain, tile_q6_k),
+        (Q6_K, Tiled, tile_q6_k_tiled),
+    ];
+    for (ty, order, tile) in tiles {
+        if let Some(kernels) = table.by_id[ty as usize].as_mut() {
+            kernels.tile[order as usize] = Some(tile);
+        }
     }
     table.level = "avx2+fma";
 }
