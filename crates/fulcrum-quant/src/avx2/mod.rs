@@ -9,6 +9,7 @@ mod float;
 mod helpers;
 mod k_quants;
 mod legacy;
+pub mod nf4;
 
 use crate::dispatch::Table;
 use crate::GgmlType;
