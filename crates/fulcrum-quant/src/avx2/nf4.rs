@@ -9,20 +9,20 @@
 use super::helpers::{dot_i8_i8, half, hsum_f32};
 use crate::block::cast;
 use crate::dispatch::Table;
-use crate::formats::nf4::{Row, BLOCK, CODES, CODES_I8, CODE_BYTES};
+use crate::formats::nf4::{Row, BLOCK, CODES, CODES_I8, CODE_BYTES, INT8_SCALE};
 use crate::formats::q8_0::BlockQ8_0;
 use crate::nf4::{Nf4Dot, Nf4DotFn};
 use crate::GgmlType;
 use std::arch::x86_64::*;
 
-/// The 8 NF4 values coded by the 8 nibbles of `word` (4 packed bytes, little-endian), in element order.
+/// The 8 NF4 values coded by the 8 nibbles of `word` (4 packed bytes read little-endian), in element order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn decode8(word: u32, lut_lo: __m256, lut_hi: __m256) -> __m256 {
     // Element 2j is the high nibble of byte j, element 2j+1 its low nibble; each lane shifts its nibble down to
     // bits 0..3 (the bits above are ignored by the permute and shifted out for the blend mask).
     let shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
-    let idx = _mm256_srlv_epi32(_mm256_set1_epi32(word as i32), shifts);
+    let idx = _mm256_srlv_epi32(_mm256_set1_epi32(u32::from_le(word) as i32), shifts);
     let low_half = _mm256_permutevar8x32_ps(lut_lo, idx);
     let high_half = _mm256_permutevar8x32_ps(lut_hi, idx);
     let bit3 = _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx));
@@ -44,18 +44,9 @@ pub unsafe fn vec_dot_exact(w: &[u8], a: &[u8]) -> f32 {
         let mut s0 = _mm256_setzero_ps();
         let mut s1 = _mm256_setzero_ps();
         for k in 0..4 {
-            let w0 = u32::from_le_bytes([
-                codes[8 * k],
-                codes[8 * k + 1],
-                codes[8 * k + 2],
-                codes[8 * k + 3],
-            ]);
-            let w1 = u32::from_le_bytes([
-                codes[8 * k + 4],
-                codes[8 * k + 5],
-                codes[8 * k + 6],
-                codes[8 * k + 7],
-            ]);
+            // In bounds: `codes` holds 32 bytes and k < 4.
+            let w0 = codes.as_ptr().add(8 * k).cast::<u32>().read_unaligned();
+            let w1 = codes.as_ptr().add(8 * k + 4).cast::<u32>().read_unaligned();
             let v0 = decode8(w0, lut_lo, lut_hi);
             let v1 = decode8(w1, lut_lo, lut_hi);
             s0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(xb.add(16 * k)), s0);
@@ -74,7 +65,9 @@ pub unsafe fn vec_dot_int8(w: &[u8], a: &[u8]) -> f32 {
     assert!(acts.len() >= 2 * row.blocks(), "NF4 activation row");
     let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(CODES_I8.as_ptr().cast()));
     let nibble = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
+    // One accumulator per half block, so consecutive FMAs do not wait on each other.
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
     for (b, codes) in row.codes.chunks_exact(CODE_BYTES).enumerate() {
         let packed = _mm256_loadu_si256(codes.as_ptr().cast());
         let first = _mm256_shuffle_epi8(
@@ -88,21 +81,21 @@ pub unsafe fn vec_dot_int8(w: &[u8], a: &[u8]) -> f32 {
         let w0 = _mm256_permute2x128_si256::<0x20>(low, high);
         let w1 = _mm256_permute2x128_si256::<0x31>(low, high);
         let (y0, y1) = (&acts[2 * b], &acts[2 * b + 1]);
-        let weight_scale = row.absmax(b) / 127.0;
+        let weight_scale = row.absmax(b) * INT8_SCALE;
         let dot0 = dot_i8_i8(w0, _mm256_loadu_si256(y0.qs.as_ptr().cast()));
         let dot1 = dot_i8_i8(w1, _mm256_loadu_si256(y1.qs.as_ptr().cast()));
-        acc = _mm256_fmadd_ps(
+        acc0 = _mm256_fmadd_ps(
             _mm256_set1_ps(weight_scale * half(y0.d)),
             _mm256_cvtepi32_ps(dot0),
-            acc,
+            acc0,
         );
-        acc = _mm256_fmadd_ps(
+        acc1 = _mm256_fmadd_ps(
             _mm256_set1_ps(weight_scale * half(y1.d)),
             _mm256_cvtepi32_ps(dot1),
-            acc,
+            acc1,
         );
     }
-    hsum_f32(acc)
+    hsum_f32(_mm256_add_ps(acc0, acc1))
 }
 
 fn dot_exact(w: &[u8], a: &[u8]) -> f32 {

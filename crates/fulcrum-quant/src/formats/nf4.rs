@@ -53,6 +53,9 @@ pub const CODES_I8: [i8; 16] = [
     -127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127,
 ];
 
+/// The factor from a block absmax to the weight of one step of [`CODES_I8`] (1/127 in f32).
+pub const INT8_SCALE: f32 = 1.0 / 127.0;
+
 /// bitsandbytes' signed 8-bit dynamic map (`create_dynamic_map(signed=True)`), sorted: 127 negative values, 0, 127
 /// positive values below 1, then 1.
 pub static DYNAMIC_MAP: [f32; 256] = dynamic_map();

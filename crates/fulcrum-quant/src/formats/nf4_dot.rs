@@ -1,7 +1,7 @@
 //! Scalar NF4 dot products: the references of the two SIMD paths, and the branchy per-element decode that
 //! bitsandbytes used before its lookup table (the benchmark baseline).
 
-use super::nf4::{Row, BLOCK, CODES, CODES_I8, CODE_BYTES};
+use super::nf4::{Row, BLOCK, CODES, CODES_I8, CODE_BYTES, INT8_SCALE};
 use super::q8_0::{BlockQ8_0, QK};
 use crate::block::cast;
 use crate::fp::f16_to_f32;
@@ -29,13 +29,13 @@ pub fn vec_dot_f32(w: &[u8], a: &[u8]) -> f32 {
 }
 
 /// Int8 path against Q8_0 activations: `CODES_I8` codes times the int8 activations, an exact i32 sum per 32-element
-/// half block, scaled by `absmax/127 · d_a`.
+/// half block, scaled by `absmax · (1/127) · d_a`.
 pub fn vec_dot_q8_0(w: &[u8], a: &[u8]) -> f32 {
     let row = Row::new(w);
     let acts = cast::<BlockQ8_0>(a);
     let mut sum = 0.0f32;
     for (b, codes) in row.codes.chunks_exact(CODE_BYTES).enumerate() {
-        let weight_scale = row.absmax(b) / 127.0;
+        let weight_scale = row.absmax(b) * INT8_SCALE;
         for (half, y) in codes.chunks_exact(QK / 2).zip(&acts[2 * b..2 * b + 2]) {
             let mut sumi = 0i32;
             for (j, &byte) in half.iter().enumerate() {
