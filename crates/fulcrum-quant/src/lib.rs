@@ -116,7 +116,8 @@ fn kernels(ty: GgmlType) -> &'static dispatch::Kernels {
 /// Encodes the f32 row `src` as type `ty` into `dst` (exactly `row_bytes(ty, src.len())` bytes are written).
 ///
 /// Supported for F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 and Q8_K with llama.cpp's reference rounding, and
-/// for Q4_K, Q5_K and Q6_K with a simpler min/max fit than llama.cpp's.
+/// for Q4_K, Q5_K and Q6_K with a simpler min/max fit than llama.cpp's, and for NF4 (one whole row) as bitsandbytes
+/// encodes it.
 ///
 /// # Panics
 /// If `ty` has no quantizer, `src.len()` is not a whole number of blocks or `dst` is too short.
