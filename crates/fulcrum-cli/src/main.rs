@@ -1,4 +1,4 @@
-//! `fulcrum`: pull, inspect, run, chat with, benchmark and evaluate GGUF models on the CPU.
+//! `fulcrum`: pull, inspect, run, chat with, benchmark, evaluate and re-quantize GGUF models on the CPU.
 
 mod bench;
 mod chat;
@@ -7,6 +7,7 @@ mod eval;
 mod generate;
 mod info;
 mod pull;
+mod quantize;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::Args),
     /// Evaluate a model (perplexity).
     Eval(eval::Args),
+    /// Re-quantize a model's weights to NF4, Q8_0 or Q4_0 into a new GGUF file.
+    Quantize(quantize::Args),
     /// Serve the OpenAI-compatible HTTP API with continuous batching, paged KV and prefix caching.
     Serve(serve::Args),
 }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Serve(a) => serve::run(a),
     };
     match result {

@@ -39,6 +39,12 @@ pub enum ModelError {
     /// A tensor is stored in a type the kernels do not implement.
     #[error("tensor '{name}' has type {ty}, which Fulcrum cannot compute with yet")]
     UnsupportedType { name: String, ty: GgmlType },
+    /// A tensor's shape or bytes are invalid for its type.
+    #[error("tensor '{name}': {source}")]
+    BadWeights {
+        name: String,
+        source: fulcrum_quant::QuantError,
+    },
     /// The prompt and generation do not fit the context window.
     #[error("{needed} tokens do not fit the context of {ctx} tokens; shorten the prompt or raise --ctx (the model allows up to {max})")]
     ContextOverflow {

@@ -144,6 +144,12 @@ fn load_mat(file: &GgufFile, name: &str, rows: u64, cols: u64) -> Result<Mat, Mo
             ty: info.ty,
         });
     }
+    fulcrum_quant::check_tensor(info.ty, cols as usize, file.tensor_data(info)).map_err(
+        |source| ModelError::BadWeights {
+            name: name.into(),
+            source,
+        },
+    )?;
     Ok(Mat {
         info: info.clone(),
         ty: info.ty,

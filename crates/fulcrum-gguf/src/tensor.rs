@@ -205,6 +205,21 @@ mod tests {
         assert!(tensor_size("t", &[4, 0], GgmlType::F32).is_err());
         assert!(tensor_size("t", &[u64::MAX, 2], GgmlType::F32).is_err());
         assert!(tensor_size("t", &[1 << 62, 1], GgmlType::F64).is_err());
+        // NF4: 34 bytes per 64 weights; rows must be whole 64-blocks.
+        assert_eq!(
+            tensor_size("t", &[640, 3], GgmlType::NF4).unwrap(),
+            3 * 10 * 34
+        );
+        assert!(tensor_size("t", &[96], GgmlType::NF4).is_err());
+    }
+
+    #[test]
+    fn nf4_id_is_outside_ggml_ids() {
+        // ggml's ids are below 64; the NF4 id is the bytes "NF4\0" read as a little-endian u32.
+        assert_eq!(GgmlType::NF4 as u32, u32::from_le_bytes(*b"NF4\0"));
+        assert!(GgmlType::NF4 as u32 > 1 << 20);
+        assert_eq!(GgmlType::from_id(0x0034_464E), Some(GgmlType::NF4));
+        assert_eq!(GgmlType::from_id(0x0034_464F), None);
     }
 
     #[test]

@@ -25,11 +25,15 @@ pub enum GgmlType {
     I64 = 27,
     F64 = 28,
     BF16 = 30,
+    /// Fulcrum's NF4 (bitsandbytes' 4-bit NormalFloat with double-quantized absmax), not a ggml type: its id spells
+    /// "NF4\0" in the file's little-endian bytes, far above ggml's ids, so no ggml type is shadowed and other GGUF
+    /// readers reject the tensor as an unknown type (layout in docs/formats.md).
+    NF4 = 0x0034_464E,
 }
 
 impl GgmlType {
     /// Every type this crate knows, in id order.
-    pub const ALL: [GgmlType; 20] = [
+    pub const ALL: [GgmlType; 21] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -50,6 +54,7 @@ impl GgmlType {
         GgmlType::I64,
         GgmlType::F64,
         GgmlType::BF16,
+        GgmlType::NF4,
     ];
 
     /// The type with ggml id `id`, if known.
@@ -64,6 +69,7 @@ impl GgmlType {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 => 32,
             Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => 256,
+            NF4 => 64,
         }
     }
 
@@ -87,6 +93,8 @@ impl GgmlType {
             Q5_K => 2 + 2 + 12 + 32 + 128,
             Q6_K => 128 + 64 + 16 + 2,
             Q8_K => 4 + 256 + 32,
+            // Per 64 weights: 32 bytes of codes, one absmax code, one byte of the row's header (see fulcrum-quant).
+            NF4 => 32 + 1 + 1,
         }
     }
 
@@ -123,6 +131,7 @@ impl GgmlType {
             I64 => "I64",
             F64 => "F64",
             BF16 => "BF16",
+            NF4 => "NF4",
         }
     }
 }

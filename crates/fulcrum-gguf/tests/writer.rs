@@ -237,3 +237,19 @@ fn open_maps_a_file_on_disk() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Fulcrum's NF4 type (id "NF4\0") is written and read back like any ggml type.
+#[test]
+fn nf4_tensor_round_trips() {
+    let data = vec![0x5Au8; 2 * 10 * 34];
+    let bytes = to_bytes(
+        &[("general.architecture".into(), Value::String("llama".into()))],
+        &[(spec("w", &[640, 2], GgmlType::NF4), &data)],
+    )
+    .unwrap();
+    assert!(bytes.windows(4).any(|w| w == b"NF4\0"));
+    let file = GgufFile::from_bytes(bytes).unwrap();
+    let info = file.tensor("w").unwrap();
+    assert_eq!(info.ty, GgmlType::NF4);
+    assert_eq!(file.tensor_data(info), &data[..]);
+}

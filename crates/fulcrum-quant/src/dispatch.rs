@@ -1,7 +1,7 @@
 //! The kernel table: per type, function pointers to the scalar reference or, when the CPU has them, the AVX2
 //! kernels. Built once, on first use, from run-time CPU feature detection.
 
-use crate::formats::{float, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
+use crate::formats::{float, nf4, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 use crate::GgmlType;
 use std::sync::OnceLock;
 
@@ -32,16 +32,27 @@ pub struct Kernels {
     pub tile: [Option<TileFn>; 3],
 }
 
-/// Kernels for every type, indexed by ggml type id.
+/// Slots in the table: ggml's ids below 32, then Fulcrum's own types.
+pub const SLOTS: usize = 33;
+
+/// The table slot of `ty`: its ggml id, or a slot past them for NF4 (whose id is far above ggml's).
+pub fn slot(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::NF4 => 32,
+        other => other as usize,
+    }
+}
+
+/// Kernels for every type, indexed by [`slot`] (the ggml type id for ggml's types).
 pub struct Table {
     pub level: &'static str,
-    pub by_id: [Option<Kernels>; 32],
+    pub by_id: [Option<Kernels>; SLOTS],
 }
 
 impl Table {
     /// The kernels of `ty`, if it is supported.
     pub fn get(&self, ty: GgmlType) -> Option<&Kernels> {
-        self.by_id.get(ty as usize).and_then(Option::as_ref)
+        self.by_id.get(slot(ty)).and_then(Option::as_ref)
     }
 }
 
@@ -84,14 +95,19 @@ pub fn scalar_kernels(ty: GgmlType) -> Option<Kernels> {
         Q5_K => k(q5_k::dequantize, Some(q5_k::quantize), Some(q5_k::vec_dot)),
         Q6_K => k(q6_k::dequantize, Some(q6_k::quantize), Some(q6_k::vec_dot)),
         Q8_K => k(q8_k::dequantize, Some(q8_k::quantize), Some(q8_k::vec_dot)),
+        NF4 => k(
+            nf4::dequantize,
+            Some(nf4::quantize),
+            Some(crate::nf4::selected().scalar()),
+        ),
         Q2_K | Q3_K | I8 | I16 | I32 | I64 | F64 => None,
     }
 }
 
 fn scalar_table() -> Table {
-    let mut by_id = [None; 32];
+    let mut by_id = [None; SLOTS];
     for ty in GgmlType::ALL {
-        by_id[ty as usize] = scalar_kernels(ty);
+        by_id[slot(ty)] = scalar_kernels(ty);
     }
     Table {
         level: "scalar",
@@ -107,6 +123,7 @@ fn build() -> Table {
     #[cfg(target_arch = "x86_64")]
     if crate::avx2::available() {
         crate::avx2::install(&mut table);
+        crate::avx2::nf4::install(&mut table);
     }
     table
 }

@@ -10,6 +10,7 @@ mod dispatch;
 pub mod f16vec;
 pub mod formats;
 mod fp;
+pub mod nf4;
 mod tile;
 pub mod vecf32;
 
@@ -23,7 +24,7 @@ pub use tile::{dot_tile, Order};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantError {
     /// The type has no kernels here.
-    #[error("tensor type {ty} is not supported by this build (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K); re-quantize the model to one of those")]
+    #[error("tensor type {ty} is not supported by this build (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, NF4); re-quantize the model to one of those")]
     Unsupported { ty: GgmlType },
     /// The row length is not a whole number of blocks.
     #[error("a row of {n} elements cannot be stored as {ty}, whose blocks hold {block} elements; the file is corrupt or the tensor shape is wrong")]
@@ -32,6 +33,9 @@ pub enum QuantError {
         n: usize,
         block: usize,
     },
+    /// The tensor's bytes cannot be valid for its type.
+    #[error("{ty} tensor: {reason}; the file is corrupt or was not written by `fulcrum quantize`")]
+    Corrupt { ty: GgmlType, reason: String },
 }
 
 /// Whether `ty` can be dequantized and used as weights in [`vec_dot`].
@@ -46,6 +50,7 @@ pub fn vec_dot_type(w: GgmlType) -> GgmlType {
         Q4_0 | Q5_0 | Q8_0 => Q8_0,
         Q4_1 | Q5_1 => Q8_1,
         Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => Q8_K,
+        NF4 => nf4::selected().activation_type(),
         other => other,
     }
 }
@@ -73,7 +78,35 @@ pub fn check_weights(ty: GgmlType, n: usize) -> Result<(), QuantError> {
     if !is_supported(ty) {
         return Err(QuantError::Unsupported { ty });
     }
-    try_row_bytes(ty, n).map(|_| ())
+    try_row_bytes(ty, n)?;
+    if ty == GgmlType::NF4 && n < formats::nf4::MIN_BLOCKS * formats::nf4::BLOCK {
+        return Err(QuantError::Corrupt {
+            ty,
+            reason: format!(
+                "rows of {n} elements are shorter than the {} that NF4 rows need",
+                formats::nf4::MIN_BLOCKS * formats::nf4::BLOCK
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a tensor of rows of `n` elements of type `ty` (its bytes in `data`) before it is used as weights: what
+/// [`check_weights`] checks, and for NF4 every row's header.
+pub fn check_tensor(ty: GgmlType, n: usize, data: &[u8]) -> Result<(), QuantError> {
+    check_weights(ty, n)?;
+    if ty == GgmlType::NF4 {
+        let bytes = row_bytes(ty, n);
+        for (r, row) in data.chunks_exact(bytes).enumerate() {
+            formats::nf4::Row::new(row)
+                .check()
+                .map_err(|reason| QuantError::Corrupt {
+                    ty,
+                    reason: format!("row {r}: {reason}"),
+                })?;
+        }
+    }
+    Ok(())
 }
 
 fn kernels(ty: GgmlType) -> &'static dispatch::Kernels {
@@ -85,7 +118,8 @@ fn kernels(ty: GgmlType) -> &'static dispatch::Kernels {
 /// Encodes the f32 row `src` as type `ty` into `dst` (exactly `row_bytes(ty, src.len())` bytes are written).
 ///
 /// Supported for F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 and Q8_K with llama.cpp's reference rounding, and
-/// for Q4_K, Q5_K and Q6_K with a simpler min/max fit than llama.cpp's.
+/// for Q4_K, Q5_K and Q6_K with a simpler min/max fit than llama.cpp's, and for NF4 (one whole row) as bitsandbytes
+/// encodes it.
 ///
 /// # Panics
 /// If `ty` has no quantizer, `src.len()` is not a whole number of blocks or `dst` is too short.
@@ -97,7 +131,8 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     quantize(src, &mut dst[..bytes]);
 }
 
-/// Expands the first `dst.len()` elements of the row `src` of type `ty` into `dst`.
+/// Expands the first `dst.len()` elements of the row `src` of type `ty` into `dst` (for NF4, whose rows decode only
+/// whole, `dst` must be the whole row).
 ///
 /// # Panics
 /// If `ty` is unsupported, `dst.len()` is not a whole number of blocks or `src` is too short.

@@ -9,6 +9,7 @@ mod float;
 mod helpers;
 mod k_quants;
 mod legacy;
+pub mod nf4;
 mod tiles;
 
 use crate::dispatch::Table;

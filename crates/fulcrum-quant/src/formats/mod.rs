@@ -3,6 +3,8 @@
 
 pub mod float;
 pub mod k_scales;
+pub mod nf4;
+pub mod nf4_dot;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
