@@ -179,11 +179,24 @@ pub fn matmul(
     let act_ty = fulcrum_quant::vec_dot_type(w.ty);
     let act_row = fulcrum_quant::row_bytes(act_ty, w.cols);
     qbuf.bytes.resize(n * act_row, 0);
-    for (src, dst) in x
-        .chunks_exact(w.cols)
-        .zip(qbuf.bytes.chunks_exact_mut(act_row))
-    {
-        fulcrum_quant::quantize_row(act_ty, src, dst);
+    if n < 2 * pool.n_threads() {
+        for (src, dst) in x
+            .chunks_exact(w.cols)
+            .zip(qbuf.bytes.chunks_exact_mut(act_row))
+        {
+            fulcrum_quant::quantize_row(act_ty, src, dst);
+        }
+    } else {
+        let q_ptr = SharedMut(qbuf.bytes.as_mut_ptr());
+        pool.run(|index, n_threads| {
+            for t in split_range(n, index, n_threads) {
+                // SAFETY: input row t's bytes belong to this thread only; the buffer holds n rows.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(q_ptr.ptr().add(t * act_row), act_row)
+                };
+                fulcrum_quant::quantize_row(act_ty, &x[t * w.cols..(t + 1) * w.cols], dst);
+            }
+        });
     }
     let acts = &qbuf.bytes;
     let out_ptr = SharedMut(out.as_mut_ptr());

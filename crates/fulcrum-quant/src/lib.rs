@@ -205,6 +205,15 @@ pub mod scalar {
         )
     }
 
+    /// Scalar [`crate::quantize_row`].
+    pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+        let bytes = row_bytes(ty, src.len());
+        let quantize = kernels(ty)
+            .quantize
+            .unwrap_or_else(|| panic!("no quantizer for {ty}"));
+        quantize(src, &mut dst[..bytes]);
+    }
+
     /// Scalar [`crate::dequantize_row`].
     pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
         let bytes = row_bytes(ty, dst.len());

@@ -154,6 +154,25 @@ fn check_tile(seed: u64, blocks: usize, rows: usize, tokens: usize) -> Result<()
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The activation quantizers (compiled for SIMD where available) write exactly the scalar reference's bytes.
+    #[test]
+    fn activation_quantizers_match_scalar(seed in any::<u64>(), blocks in 1usize..=8, mode in 0u32..6) {
+        let mut rng = Rng::new(seed);
+        for ty in [GgmlType::Q8_0, GgmlType::Q8_K, GgmlType::Q8_1] {
+            let n = blocks * ty.block_size();
+            let values = activation_values(&mut rng, n, mode);
+            let mut fast = vec![0u8; fulcrum_quant::row_bytes(ty, n)];
+            let mut reference = fast.clone();
+            fulcrum_quant::quantize_row(ty, &values, &mut fast);
+            scalar::quantize_row(ty, &values, &mut reference);
+            prop_assert_eq!(fast, reference, "{} mode {}", ty, mode);
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]

@@ -69,6 +69,26 @@ tile_wrappers! {
     tile_q6_k_tiled => tiles::tile_q6_k_tiled,
 }
 
+/// The scalar activation quantizers compiled for AVX2 (rounding inline instead of through libm's `rintf`): the same
+/// operations in the same order, so the same bytes.
+macro_rules! quantizer_wrappers {
+    ($($name:ident => $scalar:path),* $(,)?) => {
+        $(fn $name(src: &[f32], dst: &mut [u8]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn compiled(src: &[f32], dst: &mut [u8]) {
+                $scalar(src, dst)
+            }
+            // SAFETY: as in `wrappers`.
+            unsafe { compiled(src, dst) }
+        })*
+    };
+}
+
+quantizer_wrappers! {
+    quantize_q8_0 => crate::formats::q8_0::quantize,
+    quantize_q8_k => crate::formats::q8_k::quantize,
+}
+
 /// Replaces the scalar dot products in `table` with these kernels. Call only when [`available`] is true.
 pub fn install(table: &mut Table) {
     use GgmlType::*;
@@ -96,6 +116,14 @@ pub fn install(table: &mut Table) {
     }
     if let Some(kernels) = table.by_id[Q6_K as usize].as_mut() {
         kernels.vec_dot_tiled = Some(dot_q6_k_tiled);
+    }
+    for (ty, quantize) in [
+        (Q8_0, quantize_q8_0 as crate::dispatch::QuantizeFn),
+        (Q8_K, quantize_q8_k),
+    ] {
+        if let Some(kernels) = table.by_id[ty as usize].as_mut() {
+            kernels.quantize = Some(quantize);
+        }
     }
     use crate::Order::{Grouped, Plain, Tiled};
     let tiles: [(GgmlType, crate::Order, crate::dispatch::TileFn); 7] = [

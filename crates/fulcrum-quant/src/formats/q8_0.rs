@@ -18,6 +18,7 @@ const _: () = assert!(size_of::<BlockQ8_0>() == 34 && align_of::<BlockQ8_0>() ==
 unsafe impl ByteBlock for BlockQ8_0 {}
 
 /// Reference quantizer (`quantize_row_q8_0_ref`): d = amax/127, q = round-half-away(x/d), so codes lie in [-127, 127].
+#[inline]
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
     for (x, block) in src.chunks_exact(QK).zip(cast_mut::<BlockQ8_0>(dst)) {
         let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));

@@ -34,6 +34,7 @@ impl BlockQ8K {
 
 /// Reference quantizer (`quantize_row_q8_K_ref`): scale −127/max for the signed value of largest magnitude, codes
 /// rounded half-to-even (ggml's `nearest_int`), d = 1/scale; an all-zero block gets d = 0.
+#[inline]
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
     for (x, block) in src.chunks_exact(QK).zip(cast_mut::<BlockQ8K>(dst)) {
         let max = signed_absmax(x);
