@@ -88,6 +88,24 @@ impl ApiError {
             code: None,
         }
     }
+
+    /// 503: the engine cannot take requests.
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "server_error",
+            ..ApiError::invalid(message, None)
+        }
+    }
+
+    /// 500: the request failed inside the engine.
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            ..ApiError::invalid(message, None)
+        }
+    }
 }
 
 impl From<BadRequest> for ApiError {
@@ -160,7 +178,7 @@ pub fn run(args: Args) -> CliResult {
         kv_tokens,
     });
     let app = Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/v1/completions", post(completions))
@@ -338,6 +356,7 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
             kind: "rate_limit_error",
             ..ApiError::invalid(format!("server overloaded: {e}; retry later"), None)
         },
+        Rejected::Unavailable => ApiError::unavailable(e.to_string()),
         other => ApiError::invalid(other.to_string(), None),
     })?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -375,6 +394,7 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
                     logprobs.extend(l);
                 }
                 Chunk::Done { reason, usage } => end = (reason, usage),
+                Chunk::Failed(message) => return Err(ApiError::internal(message)),
             }
         }
         let lp = req.logprobs.map(|_| ids.logprobs_json(&logprobs));
@@ -384,6 +404,15 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
     let want_logprobs = req.logprobs.is_some();
     let stream = async_stream(ids, rx, include_usage, want_logprobs);
     Ok(Sse::new(stream).into_response())
+}
+
+/// `GET /health`: 200 while the engine runs, 503 once it has stopped.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if state.engine.is_alive() {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        ApiError::unavailable("the inference engine has stopped").into_response()
+    }
 }
 
 /// The identity shared by the chunks of one response.
@@ -499,6 +528,12 @@ fn async_stream(
                             Phase::Done
                         };
                         Some((data(v), (ids, rx, next)))
+                    }
+                    Some(Chunk::Failed(message)) => {
+                        // OpenAI's clients raise an error for a `data:` event holding an `error` object.
+                        let v = json!({"error": {"message": message, "type": "server_error",
+                                                 "param": null, "code": null}});
+                        Some((data(v), (ids, rx, Phase::End)))
                     }
                     None => None,
                 },

@@ -98,6 +98,8 @@ fn openai_client_against_fulcrum_serve() {
     let server = Server(
         Command::new(fulcrum_bin())
             .args(["serve", "-m", "qwen2.5-coder-0.5b-instruct", "-t", "2"])
+            // Requests for exactly 29 tokens make the engine panic (the client checks the recovery).
+            .env("FULCRUM_INJECT_PANIC_MAX_TOKENS", "29")
             .args([
                 "--ctx",
                 "512",

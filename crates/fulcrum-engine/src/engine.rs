@@ -10,7 +10,7 @@ use crate::scheduler::{Limits, Rejected, Scheduler, Step};
 use fulcrum_core::model::Scratch;
 use fulcrum_core::{Model, Rounding, SeqSpan, ThreadPool};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -70,6 +70,8 @@ pub enum Event {
         completion_tokens: usize,
         cached_tokens: usize,
     },
+    /// The request was lost to an internal error (the engine recovered and serves other requests).
+    Failed(String),
 }
 
 /// Counters and gauges for `/metrics`.
@@ -139,6 +141,7 @@ enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     commands: Sender<Command>,
+    alive: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
     pub metrics: Arc<Metrics>,
     /// Longest sequence the engine accepts.
@@ -164,10 +167,15 @@ impl EngineHandle {
             reply,
         });
         if sent.is_err() {
-            return Err(Rejected::QueueFull(0));
+            return Err(Rejected::Unavailable);
         }
-        answer.recv().unwrap_or(Err(Rejected::QueueFull(0)))?;
+        answer.recv().unwrap_or(Err(Rejected::Unavailable))?;
         Ok((id, rx))
+    }
+
+    /// Whether the engine thread is still running.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
     }
 
     /// Cancels request `id` and frees its blocks at the next iteration.
@@ -188,17 +196,46 @@ struct Request {
 pub fn start(model: Arc<Model>, config: EngineConfig) -> EngineHandle {
     let (tx, rx) = mpsc::channel();
     let metrics = Arc::new(Metrics::default());
+    let alive = Arc::new(AtomicBool::new(true));
     let handle = EngineHandle {
         commands: tx,
+        alive: alive.clone(),
         next_id: Arc::new(AtomicU64::new(1)),
         metrics: metrics.clone(),
         max_seq_len: config.max_seq_len,
     };
     std::thread::Builder::new()
         .name("fulcrum-engine".into())
-        .spawn(move || Engine::new(model, config, metrics).run(rx))
+        .spawn(move || {
+            // Marks the engine dead however the thread ends, so the server can answer 503 and fail health checks.
+            struct Alive(Arc<AtomicBool>);
+            impl Drop for Alive {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Relaxed);
+                }
+            }
+            let _alive = Alive(alive);
+            Engine::new(model, config, metrics).run(rx)
+        })
         .expect("spawn engine thread");
     handle
+}
+
+/// Fault injection for tests of the failure path: with `FULCRUM_INJECT_PANIC_MAX_TOKENS=N` set, an iteration that
+/// includes a request for exactly N tokens panics.
+static INJECTED_PANIC: std::sync::LazyLock<Option<usize>> = std::sync::LazyLock::new(|| {
+    std::env::var("FULCRUM_INJECT_PANIC_MAX_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+});
+
+/// The text of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 struct Engine {
@@ -250,10 +287,37 @@ impl Engine {
                 self.handle(c);
             }
             if !self.requests.is_empty() {
-                self.iterate();
+                let step =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.iterate()));
+                if let Err(payload) = step {
+                    self.recover(&panic_message(payload.as_ref()));
+                }
             }
             self.publish();
         }
+    }
+
+    /// After an iteration panicked (a bug): fails every request in flight, whose state may be half-updated, and starts
+    /// over with an empty block pool, so that requests arriving later are served normally.
+    fn recover(&mut self, message: &str) {
+        eprintln!(
+            "error: engine iteration failed: {message}; failing {} requests and resetting the KV pool",
+            self.requests.len()
+        );
+        for (_, req) in self.requests.drain() {
+            let _ = req.events.try_send(Event::Failed(format!(
+                "internal error in the inference engine ({message}); the request was cancelled"
+            )));
+            self.metrics
+                .requests_finished
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let mut blocks = BlockPool::new(
+            self.config.kv_tokens / self.config.block_size,
+            self.config.block_size,
+        );
+        blocks.prefix_caching = self.config.prefix_caching;
+        self.scheduler = Scheduler::new(blocks, self.config.limits);
     }
 
     fn handle(&mut self, command: Command) {
@@ -298,6 +362,16 @@ impl Engine {
         let Step { work, preempted: _ } = self.scheduler.schedule();
         if work.is_empty() {
             return;
+        }
+        if let Some(n) = *INJECTED_PANIC {
+            let hit = |id: &u64| {
+                self.requests
+                    .get(id)
+                    .is_some_and(|r| r.params.max_tokens == n)
+            };
+            if work.iter().any(|w| hit(&w.id)) {
+                panic!("injected fault (FULCRUM_INJECT_PANIC_MAX_TOKENS={n})");
+            }
         }
         // Gather the batch: tokens, and each sequence's cache rows for the positions it attends to.
         let bs = self.config.block_size;

@@ -57,6 +57,9 @@ pub enum Rejected {
     QueueFull(usize),
     #[error("invalid parameters: {0}")]
     Invalid(String),
+    /// The engine thread has stopped.
+    #[error("the inference engine has stopped")]
+    Unavailable,
 }
 
 /// Limits of a [`Scheduler`].

@@ -35,6 +35,8 @@ pub enum Chunk {
         reason: &'static str,
         usage: Usage,
     },
+    /// The request ended without a result (an internal error); the message says why.
+    Failed(String),
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of one of `stops` (on a char boundary).
@@ -144,8 +146,16 @@ pub fn relay(
                 });
                 return;
             }
+            Event::Failed(message) => {
+                let _ = send(Chunk::Failed(message));
+                return;
+            }
         }
     }
+    // The engine dropped the request without a word: it has stopped.
+    let _ = send(Chunk::Failed(
+        "the inference engine stopped before the request finished".into(),
+    ));
 }
 
 #[cfg(test)]

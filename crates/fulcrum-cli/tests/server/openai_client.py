@@ -109,6 +109,23 @@ while time.time() < deadline:
     time.sleep(0.1)
 check(float(running) == 0 and float(usage) == 0, "a disconnected stream is cancelled and its KV blocks freed")
 
+# An internal error (injected: the server runs with FULCRUM_INJECT_PANIC_MAX_TOKENS=29) fails the requests in flight
+# with a 500 or an error event, and the server goes on serving everyone else.
+try:
+    client.completions.create(prompt="The capital of France is", max_tokens=29, **greedy)
+    check(False, "an engine failure is reported as an error")
+except openai.InternalServerError as e:
+    check(e.status_code == 500 and "internal error" in str(e), "an engine failure is a 500 server_error")
+try:
+    for _ in client.completions.create(prompt="Once upon a time", max_tokens=29, stream=True, **greedy):
+        pass
+    check(False, "an engine failure mid-stream is reported")
+except openai.APIError as e:
+    check("internal error" in str(e), "an engine failure mid-stream is an error event")
+after = client.completions.create(prompt=prompts[0], max_tokens=16, **greedy).choices[0].text
+check(after == alone[0], "the engine serves new requests normally after a failure")
+check(urllib.request.urlopen(base + "/health").status == 200, "health stays ok after a recovered failure")
+
 metrics = urllib.request.urlopen(base + "/metrics").read().decode()
 for name in ["fulcrum_num_requests_waiting", "fulcrum_kv_cache_usage_perc", "fulcrum_prefix_cache_hits_total",
              "fulcrum_time_to_first_token_seconds_bucket", "fulcrum_generation_tokens_total"]:
