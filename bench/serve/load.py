@@ -73,6 +73,15 @@ def run_level(url, concurrency, per_client, messages_for, max_tokens):
             "tbt_median_ms": 1e3 * statistics.median(tbts), "tbt_p99_ms": 1e3 * percentile(tbts, 99)}
 
 
+def workload(shared_prefix, prompt_words):
+    """The messages of request i: a ~1,000-word shared system prompt and a varied question, or its own prompt."""
+    if shared_prefix:
+        system = prompt_text(0, 1000)
+        return lambda i: [{"role": "system", "content": system},
+                          {"role": "user", "content": f"Question {i}: " + prompt_text(i + 1, 12)}]
+    return lambda i: [{"role": "user", "content": prompt_text(i, prompt_words)}]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
@@ -82,14 +91,10 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--shared-prefix", action="store_true")
     a = ap.parse_args()
-    if a.shared_prefix:
-        system = prompt_text(0, 1000)
-        messages_for = lambda i: [{"role": "system", "content": system},
-                                  {"role": "user", "content": f"Question {i}: " + prompt_text(i + 1, 12)}]
-    else:
-        messages_for = lambda i: [{"role": "user", "content": prompt_text(i, a.prompt_tokens)}]
+    messages_for = workload(a.shared_prefix, a.prompt_tokens)
     for c in map(int, a.concurrency.split(",")):
         print(json.dumps(run_level(a.url, c, a.requests_per_client, messages_for, a.max_tokens)), flush=True)
 
 
-main()
+if __name__ == "__main__":
+    main()

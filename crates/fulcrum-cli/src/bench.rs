@@ -1,6 +1,7 @@
 //! `fulcrum bench`: prompt-processing and generation speed, measured the way llama-bench does.
 
 use crate::common::{check_threads, load_model, CliResult, DEFAULT_MODEL};
+use fulcrum_core::roofline::{self, Bandwidth, DecodeBytes};
 use fulcrum_core::Session;
 use serde_json::json;
 use std::time::Instant;
@@ -26,9 +27,75 @@ pub struct Args {
     /// Repetitions of each test.
     #[arg(long, short = 'r', default_value_t = 5)]
     reps: usize,
+    /// Buffer of the streaming-read bandwidth test run after a generation test, in MiB (0 skips it).
+    #[arg(long, default_value_t = 512)]
+    bandwidth_mib: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// Passes of the bandwidth test (its median is reported).
+const BANDWIDTH_PASSES: usize = 7;
+
+/// The generation test's memory roofline: bytes read per token, achieved and measured bandwidth.
+struct Roofline {
+    test: String,
+    bytes: DecodeBytes,
+    tokens_per_s: f64,
+    measured: Option<Bandwidth>,
+}
+
+impl Roofline {
+    fn achieved_bytes_per_s(&self) -> f64 {
+        self.bytes.total() * self.tokens_per_s
+    }
+
+    fn fraction(&self) -> Option<f64> {
+        self.measured
+            .as_ref()
+            .map(|m| self.achieved_bytes_per_s() / m.bytes_per_s)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "weight_bytes_per_token": self.bytes.weights,
+            "kv_bytes_per_token": self.bytes.kv,
+            "bytes_per_token": self.bytes.total(),
+            "achieved_gb_s": self.achieved_bytes_per_s() / 1e9,
+            "measured_read_gb_s": self.measured.as_ref().map(|m| m.bytes_per_s / 1e9),
+            "fraction_of_measured": self.fraction(),
+        })
+    }
+
+    fn line(&self) -> String {
+        let mut line = format!(
+            "roofline {}: {:.1} MB weights + {:.2} MB KV read per token × {:.2} t/s = {:.2} GB/s",
+            self.test,
+            self.bytes.weights as f64 / 1e6,
+            self.bytes.kv / 1e6,
+            self.tokens_per_s,
+            self.achieved_bytes_per_s() / 1e9
+        );
+        if let (Some(m), Some(f)) = (&self.measured, self.fraction()) {
+            line += &format!(
+                "; streaming read {:.2} GB/s ({} MiB, median of {}) → {:.0} % of measured",
+                m.bytes_per_s / 1e9,
+                m.buffer_bytes >> 20,
+                m.passes.len(),
+                100.0 * f
+            );
+        }
+        line
+    }
+}
+
+/// The process's peak resident set so far (VmHWM), where the OS reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Mean and sample standard deviation.
@@ -79,11 +146,17 @@ pub fn run(args: Args) -> CliResult {
     let threads = session.pool.n_threads();
     let mut stream = TokenStream(42, vocab);
     let depth_tokens: Vec<u32> = (0..args.depth).map(|_| stream.next()).collect();
-    let prepare = |session: &mut Session| -> CliResult {
-        session.truncate(0);
-        if !depth_tokens.is_empty() {
-            session.eval_last(&depth_tokens)?;
+    // The depth is evaluated once; later tests rewind to it (llama-bench restores a saved state the same way).
+    let mut prefilled = false;
+    let mut prepare = |session: &mut Session| -> CliResult {
+        if !prefilled {
+            session.truncate(0);
+            if !depth_tokens.is_empty() {
+                session.eval_last(&depth_tokens)?;
+            }
+            prefilled = true;
         }
+        session.truncate(depth_tokens.len());
         Ok(())
     };
     let suffix = if args.depth > 0 {
@@ -123,15 +196,44 @@ pub fn run(args: Args) -> CliResult {
         }
         results.push((format!("tg{}{suffix}", args.n_gen), rates));
     }
+    // Peak memory of the tests themselves, before the bandwidth test's buffer.
+    let peak_rss = peak_rss_bytes();
+    let roofline = results
+        .iter()
+        .find(|(test, _)| test.starts_with("tg"))
+        .map(|(test, rates)| Roofline {
+            test: test.clone(),
+            bytes: roofline::decode_bytes(&model.config, &model.weights, args.depth, args.n_gen),
+            tokens_per_s: mean_stddev(rates).0,
+            measured: (args.bandwidth_mib > 0).then(|| {
+                roofline::read_bandwidth(
+                    &session.pool,
+                    args.bandwidth_mib.saturating_mul(1 << 20),
+                    BANDWIDTH_PASSES,
+                )
+            }),
+        });
     if args.json {
         let out = json!({
             "model": model.path.display().to_string(),
             "threads": threads,
             "kernels": fulcrum_core::ops::simd_level(),
+            "peak_rss_bytes": peak_rss,
+            "kv_cache_bytes": session.kv.bytes(),
             "results": results.iter().map(|(test, rates)| {
                 let (mean, stddev) = mean_stddev(rates);
-                json!({"test": test, "tokens_per_s": {"mean": mean, "stddev": stddev}, "samples": rates})
+                let mut result = json!({"test": test, "tokens_per_s": {"mean": mean, "stddev": stddev}, "samples": rates});
+                if let Some(r) = roofline.as_ref().filter(|r| &r.test == test) {
+                    result["roofline"] = r.to_json();
+                }
+                result
             }).collect::<Vec<_>>(),
+            "read_bandwidth": roofline.as_ref().and_then(|r| r.measured.as_ref()).map(|m| json!({
+                "gb_s": m.bytes_per_s / 1e9,
+                "buffer_bytes": m.buffer_bytes,
+                "threads": threads,
+                "passes_gb_s": m.passes.iter().map(|p| p / 1e9).collect::<Vec<_>>(),
+            })),
         });
         println!("{out}");
     } else {
@@ -145,6 +247,9 @@ pub fn run(args: Args) -> CliResult {
         for (test, rates) in &results {
             let (mean, stddev) = mean_stddev(rates);
             println!("| {name} | {threads} | {test} | {mean:.2} ± {stddev:.2} |");
+        }
+        if let Some(r) = &roofline {
+            println!("\n{}", r.line());
         }
     }
     Ok(())

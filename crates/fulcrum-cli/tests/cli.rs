@@ -1,5 +1,5 @@
 //! The `fulcrum` binary end to end: bad input gives a clear message and a non-zero exit, never a panic;
-//! `generate --json` and `eval ppl` produce what they promise.
+//! `generate --json`, `eval ppl` and `bench --json` produce what they promise.
 
 mod common;
 
@@ -363,4 +363,60 @@ fn generate_applies_the_chat_template_unless_raw() {
         common::ids(&raw["prompt_tokens"]),
         model.tokenizer.encode(prompt, true, true)
     );
+}
+
+#[test]
+fn bench_json_reports_the_decode_roofline() {
+    let m = model("gemma3-270m");
+    let path = m.path.to_str().unwrap();
+    let out = fulcrum_json(&[
+        "bench",
+        "-m",
+        path,
+        "-t",
+        "2",
+        "-p",
+        "0",
+        "-n",
+        "4",
+        "-d",
+        "600",
+        "-r",
+        "1",
+        "--bandwidth-mib",
+        "64",
+        "--json",
+    ]);
+    let result = &out["results"][0];
+    assert_eq!(result["test"], "tg4 @ d600");
+    let roofline = &result["roofline"];
+    // Gemma 3's output matrix is its embedding table (tied): every matrix is read once per token, and the
+    // embedding lookup adds one row.
+    assert!(m.file.tensor("output.weight").is_none());
+    let matrices: u64 = m
+        .file
+        .tensors()
+        .iter()
+        .filter(|t| t.dims.len() == 2)
+        .map(|t| m.file.tensor_data(t).len() as u64)
+        .sum();
+    let embd_row = m.weights.token_embd.row_bytes as u64;
+    assert_eq!(roofline["weight_bytes_per_token"], matrices + embd_row);
+    // Positions 600..604 attend to themselves and everything before on global layers (every sixth), to the last
+    // 512 positions on sliding-window layers; f16 keys and values.
+    let c = &m.config;
+    let row = (2 * c.kv_dim() * 2) as f64;
+    let global = (c.n_layers / 6) as f64;
+    let sliding = c.n_layers as f64 - global;
+    let mean_seen = (601.0 + 602.0 + 603.0 + 604.0) / 4.0;
+    let kv = roofline["kv_bytes_per_token"].as_f64().unwrap();
+    assert_eq!(kv, (sliding * 512.0 + global * mean_seen) * row);
+    let rate = result["tokens_per_s"]["mean"].as_f64().unwrap();
+    let achieved = roofline["achieved_gb_s"].as_f64().unwrap();
+    let total = (matrices + embd_row) as f64 + kv;
+    assert!((achieved - total * rate / 1e9).abs() < 1e-6 * achieved);
+    let measured = out["read_bandwidth"]["gb_s"].as_f64().unwrap();
+    assert_eq!(out["read_bandwidth"]["buffer_bytes"], 64 << 20);
+    assert!(measured > 0.0 && roofline["measured_read_gb_s"] == measured);
+    assert!(out["peak_rss_bytes"].as_u64().unwrap() > 0);
 }

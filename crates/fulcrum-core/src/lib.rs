@@ -6,6 +6,7 @@ pub mod error;
 pub mod kv;
 pub mod model;
 pub mod ops;
+pub mod roofline;
 pub mod session;
 pub mod threads;
 pub mod trace;
