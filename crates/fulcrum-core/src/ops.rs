@@ -7,6 +7,7 @@ use crate::config::RopeStyle;
 use crate::threads::{split_range, ThreadPool};
 use crate::weights::Mat;
 use half::f16;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// A raw pointer that threads of one `ThreadPool::run` job share to write disjoint parts of a buffer.
@@ -202,39 +203,49 @@ pub fn matmul(
     let out_ptr = SharedMut(out.as_mut_ptr());
     let rows = w.rows;
     let batch = if invariant { 1 } else { n };
-    pool.run(|index, n_threads| {
-        let units = rows.div_ceil(ROW_BLOCK);
-        let range = split_range(units, index, n_threads);
-        let (start, end) = (range.start * ROW_BLOCK, (range.end * ROW_BLOCK).min(rows));
+    // Threads take bands of rows from a shared counter until none are left, so one slowed down (by another process,
+    // say) leaves its share to the others instead of stalling the whole step. A band is an eighth of a thread's
+    // share: long enough to keep each weight stream sequential.
+    let units = rows.div_ceil(ROW_BLOCK);
+    let band = (units / (8 * pool.n_threads())).max(1);
+    let next = AtomicUsize::new(0);
+    pool.run(|_, _| {
         let mut tile = [0.0f32; ROW_BLOCK * TOKEN_BLOCK];
-        for r0 in (start..end).step_by(ROW_BLOCK) {
-            let nr = ROW_BLOCK.min(end - r0);
-            let w_rows = &w_data[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
-            for t0 in (0..n).step_by(TOKEN_BLOCK) {
-                let nt = TOKEN_BLOCK.min(n - t0);
-                for (run, order) in fulcrum_quant::Order::runs(w.ty, batch, t0..t0 + nt) {
-                    let first = run.start - t0;
-                    fulcrum_quant::dot_tile(
-                        w.ty,
-                        w.cols,
-                        w_rows,
-                        nr,
-                        &acts[run.start * act_row..],
-                        run.len(),
-                        order,
-                        &mut tile[first * ROW_BLOCK..],
-                        ROW_BLOCK,
-                    );
-                }
-                for t in 0..nt {
-                    // SAFETY: rows r0..r0 + nr of every output row belong to this thread only.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            tile[t * ROW_BLOCK..].as_ptr(),
-                            out_ptr.ptr().add((t0 + t) * rows + r0),
+        loop {
+            let first = next.fetch_add(band, Ordering::Relaxed);
+            if first >= units {
+                break;
+            }
+            let (start, end) = (first * ROW_BLOCK, ((first + band) * ROW_BLOCK).min(rows));
+            for r0 in (start..end).step_by(ROW_BLOCK) {
+                let nr = ROW_BLOCK.min(end - r0);
+                let w_rows = &w_data[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
+                for t0 in (0..n).step_by(TOKEN_BLOCK) {
+                    let nt = TOKEN_BLOCK.min(n - t0);
+                    for (run, order) in fulcrum_quant::Order::runs(w.ty, batch, t0..t0 + nt) {
+                        let first = run.start - t0;
+                        fulcrum_quant::dot_tile(
+                            w.ty,
+                            w.cols,
+                            w_rows,
                             nr,
-                        )
-                    };
+                            &acts[run.start * act_row..],
+                            run.len(),
+                            order,
+                            &mut tile[first * ROW_BLOCK..],
+                            ROW_BLOCK,
+                        );
+                    }
+                    for t in 0..nt {
+                        // SAFETY: rows r0..r0 + nr of every output row belong to this thread only.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                tile[t * ROW_BLOCK..].as_ptr(),
+                                out_ptr.ptr().add((t0 + t) * rows + r0),
+                                nr,
+                            )
+                        };
+                    }
                 }
             }
         }
