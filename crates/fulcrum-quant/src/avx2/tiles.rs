@@ -71,30 +71,17 @@ unsafe fn half_at(p: *const u8) -> f32 {
     half(p.cast::<[u8; 2]>().read())
 }
 
-/// `x · *y`, lane by lane, in one `vmulps` with a memory operand. (With intrinsics, LLVM turns a product of two
-/// broadcasts into a scalar multiply and a broadcast: two instructions per pair instead of one.)
+/// `RR × TT` outputs of a 32-element format: weight rows at `w + r·ws`, activation rows at `a + t·as_`, `nb` blocks;
+/// `dy` holds the activation rows' block scales as f32, `nb` per row.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn mul_by(x: __m256, y: &__m256) -> __m256 {
-    let product: __m256;
-    std::arch::asm!(
-        "vmulps {p}, {x}, ymmword ptr [{y}]",
-        p = lateout(ymm_reg) product,
-        x = in(ymm_reg) x,
-        y = in(reg) y,
-        options(pure, readonly, nostack, preserves_flags)
-    );
-    product
-}
-
-/// `RR × TT` outputs of a 32-element format: weight rows at `w + r·ws`, activation rows at `a + t·as_`, `nb` blocks.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn micro_32<B: Block32, const RR: usize, const TT: usize>(
     w: *const u8,
     ws: usize,
     a: *const u8,
     as_: usize,
+    dy: *const f32,
     nb: usize,
     out: *mut f32,
     ld: usize,
@@ -102,21 +89,19 @@ unsafe fn micro_32<B: Block32, const RR: usize, const TT: usize>(
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); TT]; RR];
     for b in 0..nb {
-        // Each activation row's scale, broadcast once per block and kept in memory: every pair multiplies it with its
-        // weight row's scale through a memory operand.
-        let y = |t: usize| a.add(t * as_ + b * Q8_0_SIZE);
-        let dy: [__m256; TT] = std::array::from_fn(|t| _mm256_set1_ps(half_at(y(t))));
-        let qy: [__m256i; TT] = std::array::from_fn(|t| _mm256_loadu_si256(y(t).add(2).cast()));
+        let qy: [__m256i; TT] =
+            std::array::from_fn(|t| _mm256_loadu_si256(a.add(t * as_ + b * Q8_0_SIZE + 2).cast()));
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let p = w.add(r * ws + b * B::SIZE);
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF).cast());
-            let dx = _mm256_set1_ps(half_at(p));
+            let dx = half_at(p);
             let qx = B::codes(p);
             let ax = _mm256_sign_epi8(qx, qx);
             for t in 0..TT {
                 let sums =
                     _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy[t], qx)), ones);
-                acc_r[t] = _mm256_fmadd_ps(mul_by(dx, &dy[t]), _mm256_cvtepi32_ps(sums), acc_r[t]);
+                let d = _mm256_set1_ps(dx * *dy.add(t * nb + b));
+                acc_r[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc_r[t]);
             }
         }
     }
@@ -125,6 +110,11 @@ unsafe fn micro_32<B: Block32, const RR: usize, const TT: usize>(
             *out.add(t * ld + r) = hsum_f32(v);
         }
     }
+}
+
+thread_local! {
+    /// Activation block scales widened to f32 once per tile step, shared by all its weight rows.
+    static SCALES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A tile of any size for a 32-element format, walked in `R × T` steps.
@@ -143,34 +133,36 @@ pub unsafe fn tile_32<B: Block32>(
 ) {
     let nb = n / 32;
     let (ws, as_) = (nb * B::SIZE, nb * Q8_0_SIZE);
-    debug_assert!(w.len() >= rows * ws && a.len() >= tokens * as_);
-    debug_assert!(out.len() >= (tokens - 1) * ld + rows);
-    let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
-    let mut t = 0;
-    while t < tokens {
-        let wide = tokens - t >= T;
-        let (ap, op) = (a.add(t * as_), o.add(t * ld));
-        let mut r = 0;
-        while wide && r + R <= rows {
-            let (wp, op) = (w.add(r * ws), op.add(r));
-            if wide {
-                micro_32::<B, R, T>(wp, ws, ap, as_, nb, op, ld);
-            } else {
-                micro_32::<B, R, 1>(wp, ws, ap, as_, nb, op, ld);
+    assert!(w.len() >= rows * ws && a.len() >= tokens * as_);
+    assert!(out.len() >= (tokens - 1) * ld + rows);
+    SCALES.with_borrow_mut(|dy| {
+        dy.resize(T * nb, 0.0);
+        let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+        let mut t = 0;
+        while t < tokens {
+            let step = if tokens - t >= T { T } else { 1 };
+            let (ap, op) = (a.add(t * as_), o.add(t * ld));
+            for (i, d) in dy[..step * nb].iter_mut().enumerate() {
+                *d = half_at(ap.add((i / nb) * as_ + (i % nb) * Q8_0_SIZE));
             }
-            r += R;
-        }
-        while r < rows {
-            let (wp, op) = (w.add(r * ws), op.add(r));
-            if wide {
-                micro_32::<B, 1, T>(wp, ws, ap, as_, nb, op, ld);
-            } else {
-                micro_32::<B, 1, 1>(wp, ws, ap, as_, nb, op, ld);
+            let dp = dy.as_ptr();
+            let mut r = 0;
+            while step == T && r + R <= rows {
+                micro_32::<B, R, T>(w.add(r * ws), ws, ap, as_, dp, nb, op.add(r), ld);
+                r += R;
             }
-            r += 1;
+            while r < rows {
+                let (wp, op) = (w.add(r * ws), op.add(r));
+                if step == T {
+                    micro_32::<B, 1, T>(wp, ws, ap, as_, dp, nb, op, ld);
+                } else {
+                    micro_32::<B, 1, 1>(wp, ws, ap, as_, dp, nb, op, ld);
+                }
+                r += 1;
+            }
+            t += step;
         }
-        t += if wide { T } else { 1 };
-    }
+    });
 }
 
 /// Activation rows per step of the K-quant tiles (one weight row at a time: a super-block's codes are unpacked once
