@@ -124,8 +124,13 @@ fn kernels(ty: GgmlType) -> &'static dispatch::Kernels {
 /// # Panics
 /// If `ty` has no quantizer, `src.len()` is not a whole number of blocks or `dst` is too short.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+    quantize_with(kernels(ty), ty, src, dst)
+}
+
+/// [`quantize_row`] with the kernels `k` of `ty`.
+fn quantize_with(k: &dispatch::Kernels, ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     let bytes = row_bytes(ty, src.len());
-    let quantize = kernels(ty)
+    let quantize = k
         .quantize
         .unwrap_or_else(|| panic!("no quantizer for {ty}"));
     quantize(src, &mut dst[..bytes]);
@@ -207,11 +212,7 @@ pub mod scalar {
 
     /// Scalar [`crate::quantize_row`].
     pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
-        let bytes = row_bytes(ty, src.len());
-        let quantize = kernels(ty)
-            .quantize
-            .unwrap_or_else(|| panic!("no quantizer for {ty}"));
-        quantize(src, &mut dst[..bytes]);
+        super::quantize_with(&kernels(ty), ty, src, dst)
     }
 
     /// Scalar [`crate::dequantize_row`].

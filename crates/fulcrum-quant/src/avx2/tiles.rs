@@ -324,110 +324,35 @@ unsafe fn q6_k_row<const TT: usize, const TILED: bool>(
     })
 }
 
-/// Q4_K tiles in `vec_dot_q4_k`'s order.
-///
-/// # Safety
-/// As [`tile_32`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_q4_k(
-    w: &[u8],
-    rows: usize,
-    a: &[u8],
-    tokens: usize,
-    n: usize,
-    out: &mut [f32],
-    ld: usize,
-) {
-    tile_k(
-        w,
-        rows,
-        a,
-        tokens,
-        n,
-        out,
-        ld,
-        q4_k_row::<TK, false>,
-        q4_k_row::<1, false>,
-    )
+/// Defines the K-quant tile entry points: `name => row kernel, order flag`.
+macro_rules! k_tiles {
+    ($($(#[$doc:meta])* $name:ident => $row:ident, $variant:literal;)*) => {$(
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As [`tile_32`].
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name(
+            w: &[u8],
+            rows: usize,
+            a: &[u8],
+            tokens: usize,
+            n: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            tile_k(w, rows, a, tokens, n, out, ld, $row::<TK, $variant>, $row::<1, $variant>)
+        }
+    )*};
 }
 
-/// Q4_K tiles in `vec_dot_q4_k_grouped`'s order.
-///
-/// # Safety
-/// As [`tile_32`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_q4_k_grouped(
-    w: &[u8],
-    rows: usize,
-    a: &[u8],
-    tokens: usize,
-    n: usize,
-    out: &mut [f32],
-    ld: usize,
-) {
-    tile_k(
-        w,
-        rows,
-        a,
-        tokens,
-        n,
-        out,
-        ld,
-        q4_k_row::<TK, true>,
-        q4_k_row::<1, true>,
-    )
-}
-
-/// Q6_K tiles in `vec_dot_q6_k`'s order.
-///
-/// # Safety
-/// As [`tile_32`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_q6_k(
-    w: &[u8],
-    rows: usize,
-    a: &[u8],
-    tokens: usize,
-    n: usize,
-    out: &mut [f32],
-    ld: usize,
-) {
-    tile_k(
-        w,
-        rows,
-        a,
-        tokens,
-        n,
-        out,
-        ld,
-        q6_k_row::<TK, false>,
-        q6_k_row::<1, false>,
-    )
-}
-
-/// Q6_K tiles in `vec_dot_q6_k_tiled`'s order.
-///
-/// # Safety
-/// As [`tile_32`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_q6_k_tiled(
-    w: &[u8],
-    rows: usize,
-    a: &[u8],
-    tokens: usize,
-    n: usize,
-    out: &mut [f32],
-    ld: usize,
-) {
-    tile_k(
-        w,
-        rows,
-        a,
-        tokens,
-        n,
-        out,
-        ld,
-        q6_k_row::<TK, true>,
-        q6_k_row::<1, true>,
-    )
+k_tiles! {
+    /// Q4_K tiles in `vec_dot_q4_k`'s order.
+    tile_q4_k => q4_k_row, false;
+    /// Q4_K tiles in `vec_dot_q4_k_grouped`'s order.
+    tile_q4_k_grouped => q4_k_row, true;
+    /// Q6_K tiles in `vec_dot_q6_k`'s order.
+    tile_q6_k => q6_k_row, false;
+    /// Q6_K tiles in `vec_dot_q6_k_tiled`'s order.
+    tile_q6_k_tiled => q6_k_row, true;
 }
