@@ -156,8 +156,8 @@ const TOKEN_BLOCK: usize = 64;
 
 /// `out[t][r] = W[r] · x[t]` for `n` input rows `x` of `w.cols` floats; `out` holds `n` rows of `w.rows` floats.
 ///
-/// The inputs are first quantized to the weight type's activation format (as ggml does), then weight rows are split
-/// across the pool's threads, and each thread walks its rows in tiles of [`ROW_BLOCK`] rows × [`TOKEN_BLOCK`] inputs.
+/// The inputs are first quantized to the weight type's activation format (as ggml does), then the pool's threads take
+/// bands of weight rows and walk each in tiles of [`ROW_BLOCK`] rows × [`TOKEN_BLOCK`] inputs.
 /// With `invariant`, each row rounds as it would alone (as llama.cpp rounds a batch of one); otherwise as llama.cpp
 /// rounds row `t` of a batch of `n`.
 #[allow(clippy::too_many_arguments)]
@@ -223,7 +223,7 @@ pub fn matmul(
                 for t0 in (0..n).step_by(TOKEN_BLOCK) {
                     let nt = TOKEN_BLOCK.min(n - t0);
                     for (run, order) in fulcrum_quant::Order::runs(w.ty, batch, t0..t0 + nt) {
-                        let first = run.start - t0;
+                        let offset = run.start - t0;
                         fulcrum_quant::dot_tile(
                             w.ty,
                             w.cols,
@@ -232,7 +232,7 @@ pub fn matmul(
                             &acts[run.start * act_row..],
                             run.len(),
                             order,
-                            &mut tile[first * ROW_BLOCK..],
+                            &mut tile[offset * ROW_BLOCK..],
                             ROW_BLOCK,
                         );
                     }
