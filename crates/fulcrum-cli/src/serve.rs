@@ -215,60 +215,65 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         ));
     };
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
-    gauge(
-        "num_requests_waiting",
-        "Requests waiting to run.",
-        "gauge",
-        load(&m.waiting),
-    );
-    gauge(
-        "num_requests_running",
-        "Requests running.",
-        "gauge",
-        load(&m.running),
-    );
-    gauge(
-        "kv_cache_usage_perc",
-        "Fraction of KV blocks in use (0-1).",
-        "gauge",
-        load(&m.kv_usage_ppm) / 1e6,
-    );
-    gauge(
-        "kv_cache_tokens",
-        "KV cache capacity in tokens.",
-        "gauge",
-        state.kv_tokens as f64,
-    );
-    gauge(
-        "prefix_cache_queries_total",
-        "Prompt tokens looked up in the prefix cache.",
-        "counter",
-        load(&m.prefix_queried_tokens),
-    );
-    gauge(
-        "prefix_cache_hits_total",
-        "Prompt tokens found in the prefix cache.",
-        "counter",
-        load(&m.prefix_hit_tokens),
-    );
-    gauge(
-        "prompt_tokens_total",
-        "Prompt tokens received.",
-        "counter",
-        load(&m.prompt_tokens),
-    );
-    gauge(
-        "generation_tokens_total",
-        "Tokens generated.",
-        "counter",
-        load(&m.generated_tokens),
-    );
-    gauge(
-        "requests_finished_total",
-        "Requests finished or cancelled.",
-        "counter",
-        load(&m.requests_finished),
-    );
+    let series = [
+        (
+            "num_requests_waiting",
+            "Requests waiting to run.",
+            "gauge",
+            load(&m.waiting),
+        ),
+        (
+            "num_requests_running",
+            "Requests running.",
+            "gauge",
+            load(&m.running),
+        ),
+        (
+            "kv_cache_usage_perc",
+            "Fraction of KV blocks in use (0-1).",
+            "gauge",
+            load(&m.kv_usage_ppm) / 1e6,
+        ),
+        (
+            "kv_cache_tokens",
+            "KV cache capacity in tokens.",
+            "gauge",
+            state.kv_tokens as f64,
+        ),
+        (
+            "prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache.",
+            "counter",
+            load(&m.prefix_queried_tokens),
+        ),
+        (
+            "prefix_cache_hits_total",
+            "Prompt tokens found in the prefix cache.",
+            "counter",
+            load(&m.prefix_hit_tokens),
+        ),
+        (
+            "prompt_tokens_total",
+            "Prompt tokens received.",
+            "counter",
+            load(&m.prompt_tokens),
+        ),
+        (
+            "generation_tokens_total",
+            "Tokens generated.",
+            "counter",
+            load(&m.generated_tokens),
+        ),
+        (
+            "requests_finished_total",
+            "Requests finished or cancelled.",
+            "counter",
+            load(&m.requests_finished),
+        ),
+    ];
+    for (name, help, kind, v) in series {
+        gauge(name, help, kind, v);
+    }
     for (name, help, h) in [
         (
             "time_to_first_token_seconds",
