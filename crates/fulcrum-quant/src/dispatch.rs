@@ -128,6 +128,12 @@ fn build() -> Table {
     table
 }
 
+/// Whether the process-wide table holds the SIMD kernels (the CPU has them and `FULCRUM_FORCE_SCALAR` is not set);
+/// the other kernel families (`f16vec`, `vecf32`) follow the same choice.
+pub fn simd() -> bool {
+    table().level != "scalar"
+}
+
 /// The process-wide table, built on first use.
 pub fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();

@@ -83,7 +83,7 @@ fn kernels() -> &'static Kernels {
     static KERNELS: OnceLock<Kernels> = OnceLock::new();
     KERNELS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if crate::dispatch::table().level != "scalar" {
+        if crate::dispatch::simd() {
             return Kernels {
                 dot: crate::avx2::f16vec::dot,
                 mad: crate::avx2::f16vec::mad,

@@ -95,7 +95,7 @@ fn kernels() -> &'static Kernels {
     static KERNELS: OnceLock<Kernels> = OnceLock::new();
     KERNELS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if crate::dispatch::table().level != "scalar" {
+        if crate::dispatch::simd() {
             return Kernels {
                 // SAFETY: the table is only non-scalar when AVX2 and FMA were detected.
                 swiglu: |g, u| unsafe { swiglu_fma(g, u) },
