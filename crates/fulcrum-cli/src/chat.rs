@@ -106,6 +106,7 @@ pub fn run(args: Args) -> CliResult {
             &mut cached,
             &ids[common..],
             args.max_tokens,
+            None,
             |piece| {
                 let mut out = stdout.lock();
                 let _ = out.write_all(piece.as_bytes());

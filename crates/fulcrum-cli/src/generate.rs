@@ -8,6 +8,7 @@ use fulcrum_core::tokenizer::StreamDecoder;
 use fulcrum_core::{Model, Session};
 use fulcrum_engine::chat::Message;
 use fulcrum_engine::sampler::Sampler;
+use fulcrum_engine::spec::{SpecMode, SpecOptions, Speculator};
 use serde_json::json;
 use std::io::Write;
 use std::time::Instant;
@@ -47,6 +48,12 @@ pub struct Args {
     /// Print one JSON object (prompt and generated token ids, text, timings) instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Speculative decoding: off, lookup[:γ], draft:MODEL[,γ], early-exit:E,γ, exit-fsm:E, del or auto.
+    #[arg(long, default_value = "off")]
+    spec: SpecMode,
+    /// Draft model that `--spec auto` may use besides early exits and prompt lookup.
+    #[arg(long)]
+    draft: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -62,19 +69,24 @@ pub struct Generation {
 }
 
 /// Evaluates `new_tokens` after what `session` holds, then samples up to `max_tokens` tokens, passing each piece of
-/// complete UTF-8 text to `on_text`. `history` holds every token in the session, for the repetition penalty.
+/// complete UTF-8 text to `on_text`. `history` holds every token in the session, for the repetition penalty. With a
+/// speculator, tokens come in speculative rounds; the output is the same as without (in distribution when sampling).
 pub fn decode_loop(
     session: &mut Session,
     sampler: &mut Sampler,
     history: &mut Vec<u32>,
     new_tokens: &[u32],
     max_tokens: usize,
+    mut spec: Option<&mut Speculator>,
     mut on_text: impl FnMut(&str),
 ) -> CliResult<Generation> {
     let model = session.model.clone();
     let tok = &model.tokenizer;
     let started = Instant::now();
-    let mut logits = session.eval_last(new_tokens)?.to_vec();
+    let mut logits = match spec.as_deref_mut() {
+        Some(spec) => spec.prefill(session, new_tokens)?,
+        None => session.eval_last(new_tokens)?.to_vec(),
+    };
     history.extend_from_slice(new_tokens);
     let prompt_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
@@ -86,23 +98,44 @@ pub fn decode_loop(
         gen_seconds: 0.0,
         finish_reason: "length",
     };
-    while out.tokens.len() < max_tokens {
-        let id = sampler.sample(&logits, history);
+    // Takes one committed token; false when generation is over.
+    let mut emit = |out: &mut Generation, id: u32| {
         out.tokens.push(id);
-        history.push(id);
         if tok.is_eog(id) {
             out.finish_reason = "stop";
-            break;
+            return false;
         }
         let piece = decoder.push(tok, id);
         if !piece.is_empty() {
             on_text(&piece);
             out.text.push_str(&piece);
         }
-        if out.tokens.len() == max_tokens || session.len() >= session.n_ctx() {
-            break;
+        out.tokens.len() < max_tokens
+    };
+    if max_tokens > 0 {
+        let id = sampler.sample(&logits, history);
+        history.push(id);
+        let mut going = emit(&mut out, id);
+        while going && session.len() < session.n_ctx() {
+            match spec.as_deref_mut() {
+                Some(spec) => {
+                    let start = history.len();
+                    spec.step(session, sampler, history, max_tokens - out.tokens.len())?;
+                    for &id in &history[start..] {
+                        going = emit(&mut out, id);
+                        if !going {
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    logits.copy_from_slice(session.eval_last(&[id_of(history)])?);
+                    let id = sampler.sample(&logits, history);
+                    history.push(id);
+                    going = emit(&mut out, id);
+                }
+            }
         }
-        logits.copy_from_slice(session.eval_last(&[id])?);
     }
     let rest = decoder.flush();
     if !rest.is_empty() {
@@ -111,6 +144,11 @@ pub fn decode_loop(
     }
     out.gen_seconds = started.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// The last token of `history`, the next one to evaluate.
+fn id_of(history: &[u32]) -> u32 {
+    history[history.len() - 1]
 }
 
 /// The prompt text to tokenize: the chat template applied to a user message unless `raw` or the model has none.
@@ -131,6 +169,77 @@ fn prompt_text(model: &Model, prompt: &str, system: Option<&str>, raw: bool) -> 
         content: prompt.into(),
     });
     Ok(template.render(&messages, true)?)
+}
+
+/// The speculative driver `--spec` asks for (none for `off`), with its draft model loaded.
+fn speculator(
+    args: &Args,
+    model: &Model,
+    sampler: &Sampler,
+    n_ctx: usize,
+    threads: usize,
+) -> CliResult<Option<Speculator>> {
+    if args.spec == SpecMode::Off {
+        return Ok(None);
+    }
+    let draft_name = args.spec.draft_model().or(args.draft.as_deref());
+    let draft = match draft_name {
+        Some(name) => Some(load_model(name, !args.json)?),
+        None => None,
+    };
+    let spec = Speculator::new(
+        args.spec.clone(),
+        SpecOptions::default(),
+        model,
+        draft,
+        sampler.config(),
+        n_ctx,
+        threads,
+    )?;
+    Ok(Some(spec))
+}
+
+/// The speculation statistics of `--json` output.
+pub fn spec_json(spec: &Speculator) -> serde_json::Value {
+    let stats = spec.final_stats();
+    let per_arm: serde_json::Map<String, serde_json::Value> = stats
+        .per_arm
+        .iter()
+        .map(|(arm, s)| {
+            (
+                arm.to_string(),
+                json!({"rounds": s.rounds, "drafted": s.drafted, "accepted": s.accepted,
+                       "acceptance": s.accepted as f64 / s.drafted.max(1) as f64}),
+            )
+        })
+        .collect();
+    let alpha: serde_json::Map<String, serde_json::Value> = stats
+        .alpha
+        .iter()
+        .map(|(arm, a)| (arm.to_string(), json!(a)))
+        .collect();
+    let t = &spec.controller().timings;
+    let ms = |v: Option<f64>| v.map(|v| v * 1e3);
+    json!({
+        "mode": spec.mode.to_string(),
+        "cost_model_ms": {
+            "layer_1": ms(t.layer.estimate(1)),
+            "layer_5": ms(t.layer.estimate(5)),
+            "head_1": ms(t.head.estimate(1)),
+            "head_5": ms(t.head.estimate(5)),
+            "draft_step": ms(t.draft_step.estimate(1)),
+        },
+        "rounds": stats.rounds,
+        "plain_steps": stats.plain_steps,
+        "drafted": stats.drafted,
+        "accepted": stats.accepted,
+        "mean_accepted": stats.mean_accepted(),
+        "accepted_lengths": stats.accepted_lengths,
+        "per_drafter": per_arm,
+        "alpha": alpha,
+        "shadow_rounds": stats.shadow_rounds,
+        "shadow_ms": stats.shadow_seconds * 1e3,
+    })
 }
 
 /// Runs `fulcrum generate`.
@@ -159,12 +268,14 @@ pub fn run(args: Args) -> CliResult {
         )
         .into());
     }
+    let threads = check_threads(args.threads)?;
     let mut session = Session::new(
         model.clone(),
         n_ctx,
-        check_threads(args.threads)?,
+        threads,
         fulcrum_core::session::DEFAULT_BATCH,
     )?;
+    let mut speculator = speculator(&args, &model, &sampler, n_ctx, threads)?;
     let mut history = Vec::new();
     let stdout = std::io::stdout();
     let json = args.json;
@@ -174,6 +285,7 @@ pub fn run(args: Args) -> CliResult {
         &mut history,
         &prompt_ids,
         args.max_tokens,
+        speculator.as_mut(),
         |piece| {
             if !json {
                 let mut lock = stdout.lock();
@@ -192,6 +304,7 @@ pub fn run(args: Args) -> CliResult {
             "text": result.text,
             "finish_reason": result.finish_reason,
             "seed": seed,
+            "speculation": speculator.as_ref().map(spec_json),
             "timings": {
                 "prompt_tokens_per_s": prompt_tps,
                 "gen_tokens_per_s": gen_tps,

@@ -83,6 +83,24 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// The first `rows` rows of the residual stream, `(rows, d_model)`.
+    pub fn hidden(&self, rows: usize, d_model: usize) -> &[f32] {
+        &self.x[..rows * d_model]
+    }
+
+    /// Writes `rows` (whole rows of `d_model` floats) to the front of the residual stream.
+    pub fn load_hidden(&mut self, rows: &[f32]) -> Result<(), ModelError> {
+        if rows.len() > self.x.len() {
+            return Err(ModelError::BadBatch(format!(
+                "{} hidden floats exceed the scratch's {}",
+                rows.len(),
+                self.x.len()
+            )));
+        }
+        self.x[..rows.len()].copy_from_slice(rows);
+        Ok(())
+    }
+
     /// Buffers for `config`, batches of `max_batch` tokens, a context of `n_ctx` and `n_threads` threads.
     pub fn new(c: &Config, max_batch: usize, n_ctx: usize, n_threads: usize) -> Scratch {
         let n = max_batch;
@@ -195,21 +213,29 @@ impl Model {
         s: &'s mut Scratch,
         rounding: Rounding,
     ) -> Result<&'s [f32], ModelError> {
-        let c = &self.config;
-        let w = &self.weights;
         let n = tokens.len();
         if n == 0 {
             return Err(ModelError::EmptyBatch);
         }
-        assert!(
-            n <= s.max_batch,
-            "batch of {n} exceeds scratch capacity {}",
-            s.max_batch
-        );
         self.check_spans(spans, n, kv, s)?;
-        let invariant = rounding == Rounding::BatchInvariant;
-        let d = c.d_model;
+        self.embed(tokens, s)?;
+        self.run_layers(pool, 0..self.config.n_layers, spans, kv, s, rounding)?;
+        let rows = s.out_rows.len();
+        Ok(self.classify(pool, rows, s, rounding))
+    }
 
+    /// Writes the embeddings of `tokens` into the first rows of the scratch's residual stream.
+    pub fn embed(&self, tokens: &[u32], s: &mut Scratch) -> Result<(), ModelError> {
+        let c = &self.config;
+        let w = &self.weights;
+        let n = tokens.len();
+        if n > s.max_batch {
+            return Err(ModelError::BadBatch(format!(
+                "batch of {n} exceeds scratch capacity {}",
+                s.max_batch
+            )));
+        }
+        let d = c.d_model;
         // Embed: x[t] = E[token_t] (· √d for Gemma).
         let embd_data = self.data(&w.token_embd);
         for (t, &tok) in tokens.iter().enumerate() {
@@ -226,10 +252,46 @@ impl Model {
                 x.iter_mut().for_each(|v| *v *= scale);
             }
         }
-        let tr = trace::enabled();
-        if tr {
+        if trace::enabled() {
             trace::tensor("inp_scaled", None, &s.x[..n * d], n);
         }
+        Ok(())
+    }
+
+    /// Runs the residual stream's rows (the spans' tokens, in row order) through `layers`, storing their keys and
+    /// values in `kv`. A range that ends at the last layer leaves, at the front of the stream, only the rows whose
+    /// logits the spans ask for, ready for [`Model::classify`]. Speculative decoding runs the layers in parts.
+    pub fn run_layers(
+        &self,
+        pool: &ThreadPool,
+        layers: std::ops::Range<usize>,
+        spans: &[SeqSpan],
+        kv: &mut KvCache,
+        s: &mut Scratch,
+        rounding: Rounding,
+    ) -> Result<(), ModelError> {
+        let c = &self.config;
+        let w = &self.weights;
+        let n: usize = spans.iter().map(|span| span.len).sum();
+        if n == 0 {
+            return Err(ModelError::EmptyBatch);
+        }
+        if n > s.max_batch {
+            return Err(ModelError::BadBatch(format!(
+                "batch of {n} exceeds scratch capacity {}",
+                s.max_batch
+            )));
+        }
+        if layers.end > w.layers.len() || layers.start > layers.end {
+            return Err(ModelError::BadBatch(format!(
+                "layers {layers:?} of a {}-layer model",
+                w.layers.len()
+            )));
+        }
+        self.check_spans(spans, n, kv, s)?;
+        let invariant = rounding == Rounding::BatchInvariant;
+        let d = c.d_model;
+        let tr = trace::enabled();
 
         // Rows whose logits are wanted: the last layer's feed-forward block runs only for them, as in llama.cpp
         // (whose smaller batch there also decides how its matmuls round).
@@ -239,7 +301,8 @@ impl Model {
                 .extend(span.start_row + span.logits_from..span.start_row + span.len);
         }
         let last_layer = w.layers.len() - 1;
-        for (l, lw) in w.layers.iter().enumerate() {
+        for l in layers {
+            let lw = &w.layers[l];
             // Attention block.
             ops::rms_norm(&s.x[..n * d], &lw.attn_norm, c.rms_eps, &mut s.xb[..n * d]);
             let xb = &s.xb[..n * d];
@@ -415,12 +478,26 @@ impl Model {
             }
         }
 
-        // Final norm and classifier for the rows asked for (now the first `rows` of the residual stream).
-        let rows = s.out_rows.len();
+        Ok(())
+    }
+
+    /// Final norm and classifier for the first `rows` rows of the residual stream: `(rows, vocab)` logits.
+    pub fn classify<'s>(
+        &self,
+        pool: &ThreadPool,
+        rows: usize,
+        s: &'s mut Scratch,
+        rounding: Rounding,
+    ) -> &'s [f32] {
+        let c = &self.config;
+        let w = &self.weights;
+        let d = c.d_model;
+        let invariant = rounding == Rounding::BatchInvariant;
+        let tr = trace::enabled();
         s.logits.resize(rows * c.vocab_size, 0.0);
         if rows == 0 {
             trace::next_step();
-            return Ok(&[]);
+            return &[];
         }
         ops::rms_norm(
             &s.x[..rows * d],
@@ -449,7 +526,7 @@ impl Model {
             trace::tensor("result_output", None, &s.logits, rows);
         }
         trace::next_step();
-        Ok(&s.logits)
+        &s.logits
     }
 
     #[allow(clippy::too_many_arguments)]

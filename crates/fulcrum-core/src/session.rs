@@ -2,7 +2,7 @@
 
 use crate::error::ModelError;
 use crate::kv::KvCache;
-use crate::model::{Logits, Model, Scratch};
+use crate::model::{Logits, Model, Rounding, Scratch, SeqSpan};
 use crate::threads::ThreadPool;
 use std::sync::Arc;
 
@@ -121,6 +121,148 @@ impl Session {
             offset = end;
         }
         Ok(out)
+    }
+
+    /// [`Session::eval_last`] that also copies, for the last `window` tokens (at most the last chunk's), the hidden
+    /// state at each layer boundary of `boundaries` (ascending, each below the layer count) into `captured`, one
+    /// `(window, d_model)` buffer per boundary. The arithmetic, and so the logits, are those of `eval_last`.
+    pub fn eval_last_capturing(
+        &mut self,
+        tokens: &[u32],
+        boundaries: &[usize],
+        window: usize,
+        captured: &mut Vec<Vec<f32>>,
+    ) -> Result<&[f32], ModelError> {
+        self.check_fits(tokens.len())?;
+        let chunk = self.scratch.max_batch;
+        let split = tokens.len() - (tokens.len() - 1) % chunk - 1;
+        let (before, last) = tokens.split_at(split);
+        if !before.is_empty() {
+            self.eval_last(before)?;
+        }
+        let n = last.len();
+        let window = window.min(n);
+        let d = self.model.config.d_model;
+        let span = SeqSpan {
+            start_row: 0,
+            len: n,
+            start_pos: self.kv.len,
+            slots: None,
+            logits_from: n - 1,
+        };
+        self.model.embed(last, &mut self.scratch)?;
+        captured.clear();
+        let mut from = 0;
+        for &b in boundaries {
+            self.model.run_layers(
+                &self.pool,
+                from..b,
+                &[span],
+                &mut self.kv,
+                &mut self.scratch,
+                Rounding::Reference,
+            )?;
+            let rows = self.scratch.hidden(n, d);
+            captured.push(rows[(n - window) * d..].to_vec());
+            from = b;
+        }
+        let n_layers = self.model.config.n_layers;
+        self.model.run_layers(
+            &self.pool,
+            from..n_layers,
+            &[span],
+            &mut self.kv,
+            &mut self.scratch,
+            Rounding::Reference,
+        )?;
+        self.kv.len += n;
+        Ok(self
+            .model
+            .classify(&self.pool, 1, &mut self.scratch, Rounding::Reference))
+    }
+
+    /// Evaluates `tokens` in one batch, every row rounded as if alone, and returns the logits of all of them,
+    /// `(tokens.len(), vocab)`: speculative verification, whose results must equal one-token decoding's.
+    pub fn eval_all(&mut self, tokens: &[u32]) -> Result<&[f32], ModelError> {
+        self.check_fits(tokens.len())?;
+        let span = SeqSpan {
+            start_row: 0,
+            len: tokens.len(),
+            start_pos: self.kv.len,
+            slots: None,
+            logits_from: 0,
+        };
+        let logits = self.model.forward_batch(
+            &self.pool,
+            tokens,
+            &[span],
+            &mut self.kv,
+            &mut self.scratch,
+            Rounding::BatchInvariant,
+        )?;
+        self.kv.len += tokens.len();
+        Ok(logits)
+    }
+
+    /// Embeds `tokens` into the front of the residual stream, for [`Session::run_layers`].
+    pub fn embed(&mut self, tokens: &[u32]) -> Result<(), ModelError> {
+        self.model.embed(tokens, &mut self.scratch)
+    }
+
+    /// Writes hidden states (whole rows) to the front of the residual stream, for [`Session::run_layers`].
+    pub fn load_hidden(&mut self, rows: &[f32]) -> Result<(), ModelError> {
+        self.scratch.load_hidden(rows)
+    }
+
+    /// Runs the stream's first `n` rows, the tokens at positions `start_pos..`, through `layers`, every row rounded
+    /// as if alone, and stores their keys and values. Does not move [`Session::len`]: the caller says with
+    /// [`Session::set_len`] which positions are complete in every layer.
+    pub fn run_layers(
+        &mut self,
+        layers: std::ops::Range<usize>,
+        start_pos: usize,
+        n: usize,
+    ) -> Result<(), ModelError> {
+        let span = SeqSpan {
+            start_row: 0,
+            len: n,
+            start_pos,
+            slots: None,
+            logits_from: 0,
+        };
+        self.model.run_layers(
+            &self.pool,
+            layers,
+            &[span],
+            &mut self.kv,
+            &mut self.scratch,
+            Rounding::BatchInvariant,
+        )
+    }
+
+    /// Rows the residual stream holds: the most tokens one batch may carry.
+    pub fn hidden_capacity(&self) -> usize {
+        self.scratch.max_batch
+    }
+
+    /// The first `rows` rows of the residual stream, `(rows, d_model)`.
+    pub fn hidden(&self, rows: usize) -> &[f32] {
+        self.scratch.hidden(rows, self.model.config.d_model)
+    }
+
+    /// Final norm and classifier over the stream's first `rows` rows: `(rows, vocab)` logits.
+    pub fn classify(&mut self, rows: usize) -> &[f32] {
+        self.model.classify(
+            &self.pool,
+            rows,
+            &mut self.scratch,
+            Rounding::BatchInvariant,
+        )
+    }
+
+    /// Declares positions `0..len` complete in every layer (after a speculative round).
+    pub fn set_len(&mut self, len: usize) {
+        self.kv.len = len.min(self.kv.n_ctx);
     }
 
     fn check_fits(&self, n: usize) -> Result<(), ModelError> {

@@ -1,5 +1,5 @@
 //! fulcrum-engine: sampling, chat templates, the model registry, and the serving engine (block manager, scheduler,
-//! engine loop).
+//! engine loop), and speculative decoding.
 
 pub mod blocks;
 pub mod chat;
@@ -7,3 +7,4 @@ pub mod engine;
 pub mod models;
 pub mod sampler;
 pub mod scheduler;
+pub mod spec;

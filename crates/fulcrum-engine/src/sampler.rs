@@ -216,6 +216,64 @@ impl Sampler {
         self.draw()
     }
 
+    /// The distribution [`Sampler::sample`] draws from for `logits` after `recent`: `(token, probability)` pairs
+    /// summing to 1, written to `out`. Greedy settings give the chosen token probability 1.
+    pub fn distribution(&mut self, logits: &[f32], recent: &[u32], out: &mut Vec<(u32, f32)>) {
+        out.clear();
+        self.load_candidates(logits);
+        self.apply_repeat_penalty(recent);
+        if self.candidates.is_empty() {
+            out.push((0, 1.0));
+            return;
+        }
+        let max = if self.config.temperature <= 0.0 {
+            f32::NEG_INFINITY
+        } else {
+            let sorted = self.apply_top_k();
+            if self.config.top_p < 1.0 {
+                self.apply_top_p(sorted);
+            }
+            self.apply_min_p();
+            self.max_logit()
+        };
+        if max == f32::NEG_INFINITY {
+            out.push((self.best_candidate(), 1.0));
+            return;
+        }
+        let inverse_temperature = 1.0 / self.config.temperature;
+        let weights = self
+            .candidates
+            .iter()
+            .map(|c| (c.id, ((c.logit - max) * inverse_temperature).exp()));
+        out.extend(weights.filter(|&(_, w)| w > 0.0));
+        let total: f64 = out.iter().map(|&(_, w)| f64::from(w)).sum();
+        for (_, w) in out.iter_mut() {
+            *w = (f64::from(*w) / total) as f32;
+        }
+    }
+
+    /// One draw from `(token, weight)` pairs (weights need not sum to 1); 0 if all weights are zero.
+    pub fn draw_from(&mut self, weights: &[(u32, f32)]) -> u32 {
+        let total: f64 = weights.iter().map(|&(_, w)| f64::from(w.max(0.0))).sum();
+        let mut threshold = self.rng.next_f64() * total;
+        for &(id, w) in weights {
+            threshold -= f64::from(w.max(0.0));
+            if threshold < 0.0 {
+                return id;
+            }
+        }
+        weights
+            .iter()
+            .rev()
+            .find(|&&(_, w)| w > 0.0)
+            .map_or(0, |&(id, _)| id)
+    }
+
+    /// A uniform draw in [0, 1) from the sampler's generator.
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.next_f64()
+    }
+
     fn load_candidates(&mut self, logits: &[f32]) {
         self.candidates.clear();
         self.candidates

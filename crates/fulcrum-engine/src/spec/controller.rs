@@ -1,0 +1,390 @@
+//! The DEL controller (papers.md §2.2), generalised to choose among every drafter by expected tokens per second.
+//!
+//! Per drafting option ("arm": an early exit after E layers, prompt lookup, a draft model) it keeps exponentially
+//! decayed counts of matched and mismatched draft tokens, α = matched / (matched + mismatched), and the decayed mean
+//! confidence of each; τ, the confidence below which drafting stops, is the midpoint of the two means. Drafting d
+//! tokens yields N(α, d) = Σ_{i=0..d} αⁱ tokens in expectation (the accepted prefix plus the target's bonus token).
+//! DEL divides N by a cost in layers, L + d·E; on a CPU, verifying d + 1 tokens is not free, so Fulcrum divides by
+//! measured seconds instead and picks the (arm, d) with the most tokens per second. d = 0 is plain decoding, which
+//! wins whenever no arm pays: that is the fallback.
+
+/// DEL's decay of the acceptance statistics (ω).
+pub const OMEGA: f64 = 0.95;
+/// DEL's longest draft (γ_max).
+pub const GAMMA_MAX: usize = 18;
+
+/// Decayed acceptance statistics of one arm.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Acceptance {
+    matched: f64,
+    mismatched: f64,
+    confidence_matched: f64,
+    confidence_mismatched: f64,
+}
+
+impl Acceptance {
+    /// Folds in one round's outcomes, `(matched, confidence)` per position, already clipped at the first rejection:
+    /// stat ← ω·stat + new.
+    pub fn update(&mut self, omega: f64, outcomes: &[(bool, f32)]) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let (mut m, mut x, mut cm, mut cx) = (0.0, 0.0, 0.0, 0.0);
+        for &(matched, confidence) in outcomes {
+            // A NaN confidence (a broken row) counts as no confidence at all.
+            let c = if confidence.is_finite() {
+                f64::from(confidence)
+            } else {
+                0.0
+            };
+            if matched {
+                m += 1.0;
+                cm += c;
+            } else {
+                x += 1.0;
+                cx += c;
+            }
+        }
+        self.matched = omega * self.matched + m;
+        self.mismatched = omega * self.mismatched + x;
+        self.confidence_matched = omega * self.confidence_matched + cm;
+        self.confidence_mismatched = omega * self.confidence_mismatched + cx;
+    }
+
+    /// α, the decayed share of matched tokens; `None` before any data (DEL's NaN case).
+    pub fn alpha(&self) -> Option<f64> {
+        let total = self.matched + self.mismatched;
+        (total > 0.0).then(|| self.matched / total)
+    }
+
+    /// τ: the midpoint of the mean confidences of matched and mismatched tokens; `None` until both were seen.
+    pub fn threshold(&self) -> Option<f32> {
+        if self.matched <= 0.0 || self.mismatched <= 0.0 {
+            return None;
+        }
+        let mean_matched = self.confidence_matched / self.matched;
+        let mean_mismatched = self.confidence_mismatched / self.mismatched;
+        Some(((mean_matched + mean_mismatched) / 2.0) as f32)
+    }
+}
+
+/// N(α, d) = Σ_{i=0..d} αⁱ: tokens a round yields in expectation when it drafts `d` tokens.
+pub fn expected_tokens(alpha: f64, d: usize) -> f64 {
+    // DEL's recurrence g[0] = 1, g[i] = 1 + α·g[i−1].
+    (0..d).fold(1.0, |g, _| 1.0 + alpha * g)
+}
+
+/// DEL's tokens per layer: N(α, d) / (L + d·E) for an exit after `exit` of `n_layers` layers.
+pub fn tokens_per_layer(alpha: f64, exit: usize, d: usize, n_layers: usize) -> f64 {
+    expected_tokens(alpha, d) / (n_layers + d * exit) as f64
+}
+
+/// An estimate of t(b) = a + c·(b − 1) seconds for a batch of b tokens, from decayed measurements.
+#[derive(Clone, Debug, Default)]
+pub struct BatchTime {
+    single: Option<f64>,
+    per_extra: Option<f64>,
+}
+
+/// Weight of a new timing in the running estimates.
+const TIME_DECAY: f64 = 0.8;
+
+impl BatchTime {
+    /// Records that a batch of `b` took `seconds`.
+    pub fn record(&mut self, b: usize, seconds: f64) {
+        if !seconds.is_finite() || seconds < 0.0 || b == 0 {
+            return;
+        }
+        if b == 1 {
+            self.single = Some(blend(self.single, seconds));
+        } else if let Some(a) = self.single {
+            let slope = ((seconds - a) / (b - 1) as f64).max(0.0);
+            self.per_extra = Some(blend(self.per_extra, slope));
+        }
+    }
+
+    /// Estimated seconds for a batch of `b`; before any batch larger than one was timed, each extra token is assumed
+    /// to cost a tenth of the first (weight reads dominate small batches on a CPU).
+    pub fn estimate(&self, b: usize) -> Option<f64> {
+        let a = self.single?;
+        let c = self.per_extra.unwrap_or(a * 0.1);
+        Some(a + c * b.saturating_sub(1) as f64)
+    }
+}
+
+fn blend(old: Option<f64>, new: f64) -> f64 {
+    old.map_or(new, |o| TIME_DECAY * o + (1.0 - TIME_DECAY) * new)
+}
+
+/// A way to draft tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Arm {
+    /// The target's own first `E` layers, then its final norm and classifier.
+    Exit(usize),
+    /// N-gram lookup in the prompt and the text so far.
+    Lookup,
+    /// A separate, smaller model with the same vocabulary.
+    DraftModel,
+}
+
+impl std::fmt::Display for Arm {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Arm::Exit(e) => write!(f, "exit:{e}"),
+            Arm::Lookup => write!(f, "lookup"),
+            Arm::DraftModel => write!(f, "draft"),
+        }
+    }
+}
+
+/// How the controller prices a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CostUnits {
+    /// DEL's cost in layers, L + d·E (lookup and a draft model count as E = 0).
+    Layers,
+    /// Measured seconds per layer, classifier and draft step, by batch size.
+    Seconds,
+}
+
+/// What to do in the next round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// The arm to draft with; `None` is plain decoding.
+    pub arm: Option<Arm>,
+    /// Tokens to draft at most.
+    pub draft_len: usize,
+}
+
+impl Choice {
+    /// One token, no draft.
+    pub const PLAIN: Choice = Choice {
+        arm: None,
+        draft_len: 0,
+    };
+}
+
+/// Timings the cost model reads.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// One transformer layer, by batch size.
+    pub layer: BatchTime,
+    /// Final norm and classifier, by rows.
+    pub head: BatchTime,
+    /// One step of the draft model.
+    pub draft_step: BatchTime,
+}
+
+/// Per-context choice of drafter, exit layer and draft length.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    /// The arms and their statistics, in a fixed order.
+    pub arms: Vec<(Arm, Acceptance)>,
+    pub n_layers: usize,
+    pub omega: f64,
+    pub gamma_max: usize,
+    /// DEL's γ_min: shorter drafts, plain decoding included, are never chosen while an arm has statistics.
+    pub gamma_min: usize,
+    pub units: CostUnits,
+    pub timings: Timings,
+}
+
+impl Controller {
+    /// A controller over `arms` for a model of `n_layers` layers, with DEL's defaults.
+    pub fn new(arms: &[Arm], n_layers: usize, units: CostUnits) -> Controller {
+        Controller {
+            arms: arms.iter().map(|&a| (a, Acceptance::default())).collect(),
+            n_layers,
+            omega: OMEGA,
+            gamma_max: GAMMA_MAX,
+            gamma_min: 0,
+            units,
+            timings: Timings::default(),
+        }
+    }
+
+    /// The statistics of `arm`, if the controller has it.
+    pub fn acceptance(&self, arm: Arm) -> Option<&Acceptance> {
+        self.arms.iter().find(|(a, _)| *a == arm).map(|(_, s)| s)
+    }
+
+    /// Folds one round's outcomes for `arm` into its statistics.
+    pub fn observe(&mut self, arm: Arm, outcomes: &[(bool, f32)]) {
+        let omega = self.omega;
+        if let Some((_, s)) = self.arms.iter_mut().find(|(a, _)| *a == arm) {
+            s.update(omega, outcomes);
+        }
+    }
+
+    /// Cost of a round drafting `d` tokens with `arm` (`None`: plain decoding), in the controller's units.
+    pub fn cost(&self, arm: Option<Arm>, d: usize) -> Option<f64> {
+        let l = self.n_layers;
+        let exit = match arm {
+            Some(Arm::Exit(e)) => e,
+            _ => 0,
+        };
+        match self.units {
+            CostUnits::Layers => Some((l + d * exit) as f64),
+            CostUnits::Seconds => {
+                let t = &self.timings;
+                let (layer1, head1) = (t.layer.estimate(1)?, t.head.estimate(1)?);
+                let verify_layers = (l - exit) as f64 * t.layer.estimate(d + 1)?;
+                let verify = verify_layers + t.head.estimate(d + 1)?;
+                Some(match arm {
+                    None => l as f64 * layer1 + head1,
+                    Some(Arm::Exit(e)) => {
+                        d as f64 * (e as f64 * layer1 + head1) + e as f64 * layer1 + verify
+                    }
+                    Some(Arm::Lookup) => verify,
+                    Some(Arm::DraftModel) => d as f64 * t.draft_step.estimate(1)? + verify,
+                })
+            }
+        }
+    }
+
+    /// The (arm, draft length) with the most expected tokens per unit of cost, among the arms `usable` allows and
+    /// lengths up to `max_len`; plain decoding when nothing beats it (or nothing is known yet).
+    pub fn choose(&self, max_len: usize, usable: impl Fn(Arm) -> bool) -> Choice {
+        let max_len = max_len.min(self.gamma_max);
+        let Some(plain_cost) = self.cost(None, 0) else {
+            return Choice::PLAIN;
+        };
+        let plain_rate = if self.gamma_min == 0 {
+            1.0 / plain_cost
+        } else {
+            f64::NEG_INFINITY
+        };
+        let mut best = (plain_rate, Choice::PLAIN);
+        for (arm, stats) in &self.arms {
+            let Some(alpha) = stats.alpha() else { continue };
+            if !usable(*arm) || !alpha.is_finite() {
+                continue;
+            }
+            for d in self.gamma_min.max(1)..=max_len {
+                let Some(cost) = self.cost(Some(*arm), d) else {
+                    continue;
+                };
+                let rate = expected_tokens(alpha, d) / cost;
+                if rate > best.0 {
+                    best = (
+                        rate,
+                        Choice {
+                            arm: Some(*arm),
+                            draft_len: d,
+                        },
+                    );
+                }
+            }
+        }
+        best.1
+    }
+
+    /// The expected speed-up of `choice` over plain decoding, by the controller's model.
+    pub fn expected_speedup(&self, choice: Choice) -> Option<f64> {
+        let alpha = match choice.arm {
+            None => 0.0,
+            Some(arm) => self.acceptance(arm)?.alpha()?,
+        };
+        let rate =
+            expected_tokens(alpha, choice.draft_len) / self.cost(choice.arm, choice.draft_len)?;
+        Some(rate * self.cost(None, 0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scripted(alpha_of: impl Fn(usize) -> f64, exits: &[usize], n_layers: usize) -> Controller {
+        let arms: Vec<Arm> = exits.iter().map(|&e| Arm::Exit(e)).collect();
+        let mut c = Controller::new(&arms, n_layers, CostUnits::Layers);
+        // Feed 100 rounds of 20 tokens at each exit's acceptance rate (exact fractions of 20).
+        for &e in exits {
+            let matched = (alpha_of(e) * 20.0).round() as usize;
+            let outcomes: Vec<(bool, f32)> = (0..20).map(|i| (i < matched, 0.5)).collect();
+            for _ in 0..100 {
+                c.observe(Arm::Exit(e), &outcomes);
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn expected_tokens_is_the_geometric_sum() {
+        assert_eq!(expected_tokens(0.5, 0), 1.0);
+        assert!((expected_tokens(0.5, 3) - 1.875).abs() < 1e-12);
+        assert!((expected_tokens(0.9, 18) - (1.0 - 0.9f64.powi(19)) / 0.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn picks_the_layer_and_length_the_formula_says() {
+        let n_layers = 24;
+        let exits = [4, 8, 12, 16, 20];
+        let alpha_of = |e: usize| (e as f64 / 24.0).powf(0.5).min(0.95);
+        let c = scripted(alpha_of, &exits, n_layers);
+        let choice = c.choose(GAMMA_MAX, |_| true);
+        // Brute force over the same table.
+        let mut best = (1.0 / n_layers as f64, None, 0);
+        for &e in &exits {
+            let alpha = c.acceptance(Arm::Exit(e)).unwrap().alpha().unwrap();
+            for d in 1..=GAMMA_MAX {
+                let tpl = tokens_per_layer(alpha, e, d, n_layers);
+                if tpl > best.0 {
+                    best = (tpl, Some(Arm::Exit(e)), d);
+                }
+            }
+        }
+        assert_eq!((choice.arm, choice.draft_len), (best.1, best.2));
+        assert!(choice.arm.is_some());
+    }
+
+    #[test]
+    fn falls_back_to_plain_decoding_when_nothing_pays() {
+        let c = scripted(|_| 0.02, &[6, 12, 18], 24);
+        assert_eq!(c.choose(GAMMA_MAX, |_| true), Choice::PLAIN);
+        // γ_min = 1 forces a draft.
+        let mut forced = scripted(|_| 0.02, &[6, 12, 18], 24);
+        forced.gamma_min = 1;
+        assert_eq!(forced.choose(GAMMA_MAX, |_| true).draft_len, 1);
+        // Unknown statistics never win either.
+        let c = Controller::new(&[Arm::Exit(6), Arm::Lookup], 24, CostUnits::Layers);
+        assert_eq!(c.choose(GAMMA_MAX, |_| true), Choice::PLAIN);
+    }
+
+    #[test]
+    fn the_decay_forgets_old_contexts() {
+        let mut a = Acceptance::default();
+        for _ in 0..50 {
+            a.update(OMEGA, &[(true, 0.9)]);
+        }
+        assert!(a.alpha().unwrap() > 0.99);
+        for _ in 0..50 {
+            a.update(OMEGA, &[(false, 0.2)]);
+        }
+        assert!(a.alpha().unwrap() < 0.1);
+        // τ lies between the two mean confidences.
+        let tau = a.threshold().unwrap();
+        assert!((0.2..0.9).contains(&tau), "τ {tau}");
+        assert_eq!(Acceptance::default().threshold(), None);
+    }
+
+    #[test]
+    fn measured_costs_favour_cheap_verification() {
+        let mut c = Controller::new(&[Arm::Lookup, Arm::DraftModel], 24, CostUnits::Seconds);
+        assert_eq!(c.choose(8, |_| true), Choice::PLAIN, "no timings yet");
+        c.timings.layer.record(1, 1e-3);
+        c.timings.layer.record(5, 1.4e-3);
+        c.timings.head.record(1, 2e-3);
+        c.timings.head.record(5, 3e-3);
+        c.timings.draft_step.record(1, 8e-3);
+        c.observe(Arm::Lookup, &[(true, 1.0); 8]);
+        c.observe(Arm::Lookup, &[(false, 1.0); 2]);
+        c.observe(Arm::DraftModel, &[(true, 1.0); 8]);
+        c.observe(Arm::DraftModel, &[(false, 1.0); 2]);
+        // Same acceptance, but lookup drafts for free.
+        let choice = c.choose(8, |_| true);
+        assert_eq!(choice.arm, Some(Arm::Lookup));
+        assert!(c.expected_speedup(choice).unwrap() > 1.5);
+        // Without lookup, the draft model still pays at α = 0.8 and a third of a target step per draft token.
+        assert_eq!(c.choose(8, |a| a != Arm::Lookup).arm, Some(Arm::DraftModel));
+    }
+}

@@ -1,0 +1,598 @@
+//! One speculative round: choose, draft, verify, accept, learn.
+
+use super::controller::{Arm, Choice};
+use super::verify::{self, Verdict};
+use super::{lookup, mode::SpecMode, Speculator};
+use crate::sampler::Sampler;
+use fulcrum_core::{ModelError, Session};
+use std::time::Instant;
+
+/// Work buffers of a [`Speculator`], reused across rounds.
+pub(super) struct Buffers {
+    drafts: Vec<u32>,
+    /// The draft model's distribution of each draft token (sampling only).
+    draft_dists: Vec<Vec<(u32, f32)>>,
+    /// The drafter's confidence in each draft token.
+    confidences: Vec<f32>,
+    /// Layer-E hidden states of the early-exit draft's inputs, `(n + 1, d_model)`.
+    exit_hidden: Vec<f32>,
+    /// Per candidate exit, its hidden states of this round's positions, `(positions, d_model)`.
+    shadow: Vec<Vec<f32>>,
+    lookup: Vec<u32>,
+    p: Vec<(u32, f32)>,
+    residual: Vec<(u32, f32)>,
+    rows: Vec<f32>,
+    outcomes: Vec<(bool, f32)>,
+}
+
+impl Buffers {
+    pub(super) fn new(n_exits: usize) -> Buffers {
+        Buffers {
+            drafts: Vec::new(),
+            draft_dists: Vec::new(),
+            confidences: Vec::new(),
+            exit_hidden: Vec::new(),
+            shadow: vec![Vec::new(); n_exits],
+            lookup: Vec::new(),
+            p: Vec::new(),
+            residual: Vec::new(),
+            rows: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
+}
+
+/// The most likely token of `logits` (lowest id on ties, NaN never) and its softmax probability.
+pub fn argmax_confidence(logits: &[f32]) -> (u32, f32) {
+    let best = crate::sampler::argmax(logits);
+    let max = logits[best as usize];
+    if !max.is_finite() {
+        return (best, 0.0);
+    }
+    let sum: f64 = logits
+        .iter()
+        .filter(|v| !v.is_nan())
+        .map(|&v| f64::from((v - max).exp()))
+        .sum();
+    (best, (1.0 / sum) as f32)
+}
+
+impl Speculator {
+    /// Evaluates the prompt (what plain decoding's prefill does, with the same arithmetic) and returns the last
+    /// token's logits. DEL and auto also initialise every candidate exit's statistics from its predictions of the
+    /// prompt's last tokens (papers.md §2.2, "32-token prefill adjustment").
+    pub fn prefill(
+        &mut self,
+        session: &mut Session,
+        prompt: &[u32],
+    ) -> Result<Vec<f32>, ModelError> {
+        let window = self.options.init_window.min(prompt.len());
+        if self.exits.is_empty() || window < 2 {
+            return Ok(session.eval_last(prompt)?.to_vec());
+        }
+        let mut captured = Vec::new();
+        let logits = session
+            .eval_last_capturing(prompt, &self.exits, window, &mut captured)?
+            .to_vec();
+        let window = captured[0].len() / session.model.config.d_model;
+        // Rows 0..window-1 predict the prompt's last window-1 tokens.
+        let targets = &prompt[prompt.len() + 1 - window..];
+        let started = Instant::now();
+        let d = session.model.config.d_model;
+        let b = &mut self.buffers;
+        b.rows.clear();
+        for rows in &captured {
+            b.rows.extend_from_slice(&rows[..(window - 1) * d]);
+        }
+        self.learn_from_shadow(session, targets, window - 1)?;
+        self.stats.shadow_seconds += started.elapsed().as_secs_f64();
+        Ok(logits)
+    }
+
+    /// Runs one round after `history` (whose last token is not yet in `session`'s cache) and appends the tokens it
+    /// commits, at least one and at most `max_new`. Returns how many.
+    pub fn step(
+        &mut self,
+        session: &mut Session,
+        sampler: &mut Sampler,
+        history: &mut Vec<u32>,
+        max_new: usize,
+    ) -> Result<usize, ModelError> {
+        let pos = session.len();
+        if history.len() != pos + 1 {
+            return Err(ModelError::BadBatch(format!(
+                "speculation expects the cache to hold all but the last of {} tokens, it holds {pos}",
+                history.len()
+            )));
+        }
+        // Drafts take positions pos+1..=pos+n, which must fit the context; a round commits at most n + 1 tokens.
+        let max_len = session
+            .n_ctx()
+            .saturating_sub(pos + 1)
+            .min(max_new.saturating_sub(1))
+            .min(self.controller.gamma_max);
+        self.round += 1;
+        let lookup_wanted = matches!(self.mode, SpecMode::Lookup { .. } | SpecMode::Auto);
+        if lookup_wanted {
+            lookup::propose(history, max_len, &mut self.buffers.lookup);
+        }
+        let choice = self.choose(max_len);
+        let shadow = self.is_shadow_round(choice);
+        let start = history.len();
+        match choice.arm {
+            None => self.plain_round(session, sampler, history, shadow)?,
+            Some(Arm::Exit(exit)) => {
+                self.exit_round(session, sampler, history, exit, choice.draft_len, shadow)?
+            }
+            Some(Arm::Lookup) => {
+                let b = &mut self.buffers;
+                b.drafts.clear();
+                b.drafts
+                    .extend_from_slice(&b.lookup[..choice.draft_len.min(b.lookup.len())]);
+                b.confidences.clear();
+                b.confidences.resize(b.drafts.len(), 1.0);
+                self.full_round(session, sampler, history, shadow, false)?
+            }
+            Some(Arm::DraftModel) => {
+                self.draft_with_model(history, choice.draft_len)?;
+                self.full_round(session, sampler, history, shadow, true)?
+            }
+        }
+        let committed = history.len() - start;
+        self.learn(session, choice, &history[start..], shadow)?;
+        if let Some(runner) = &mut self.draft {
+            runner.idle = if choice.arm == Some(Arm::DraftModel) {
+                0
+            } else {
+                runner.idle + 1
+            };
+        }
+        Ok(committed)
+    }
+
+    /// Whether this round computes shadow tokens: every `shadow_every` rounds while an exit drafts, four times
+    /// less often while plain decoding wins (the statistics only need to notice when an exit starts to pay).
+    fn is_shadow_round(&self, choice: Choice) -> bool {
+        let every = match choice.arm {
+            None => self.options.shadow_every * 4,
+            Some(_) => self.options.shadow_every,
+        };
+        !self.exits.is_empty() && every > 0 && self.round % every == 0
+    }
+
+    fn choose(&mut self, max_len: usize) -> Choice {
+        if max_len == 0 {
+            return Choice::PLAIN;
+        }
+        let fixed = |arm, len: usize| Choice {
+            arm: Some(arm),
+            draft_len: len.min(max_len),
+        };
+        match &self.mode {
+            SpecMode::Off => Choice::PLAIN,
+            SpecMode::Lookup { gamma } if !self.buffers.lookup.is_empty() => {
+                fixed(Arm::Lookup, (*gamma).min(self.buffers.lookup.len()))
+            }
+            SpecMode::Lookup { .. } => Choice::PLAIN,
+            SpecMode::Draft { gamma, .. } => fixed(Arm::DraftModel, *gamma),
+            SpecMode::EarlyExit { exit, gamma } => fixed(Arm::Exit(*exit), *gamma),
+            SpecMode::ExitFsm { exit } => fixed(Arm::Exit(*exit), self.fsm_gamma),
+            SpecMode::Del | SpecMode::Auto => {
+                if let Some(runner) = &self.draft {
+                    let never = self
+                        .controller
+                        .acceptance(Arm::DraftModel)
+                        .and_then(|a| a.alpha())
+                        .is_none();
+                    if runner.idle >= self.options.probe_every || (never && self.round > 1) {
+                        return fixed(Arm::DraftModel, super::mode::DRAFT_GAMMA);
+                    }
+                }
+                let lookup_len = self.buffers.lookup.len();
+                let has_draft = self.draft.is_some();
+                let choice = self.controller.choose(max_len, |arm| match arm {
+                    Arm::Lookup => lookup_len > 0,
+                    Arm::DraftModel => has_draft,
+                    Arm::Exit(_) => true,
+                });
+                match choice.arm {
+                    Some(Arm::Lookup) => fixed(Arm::Lookup, choice.draft_len.min(lookup_len)),
+                    _ => choice,
+                }
+            }
+        }
+    }
+
+    /// Runs the stream's `n` rows at `start_pos` through `layers`, copying on shadow rounds the hidden state at every
+    /// candidate exit strictly inside the range; times the layers for the cost model.
+    fn run_capturing(
+        &mut self,
+        session: &mut Session,
+        layers: std::ops::Range<usize>,
+        start_pos: usize,
+        n: usize,
+        shadow: bool,
+    ) -> Result<(), ModelError> {
+        let started = Instant::now();
+        let mut from = layers.start;
+        if shadow {
+            for (i, &exit) in self.exits.iter().enumerate() {
+                if exit > layers.start && exit < layers.end {
+                    session.run_layers(from..exit, start_pos, n)?;
+                    self.buffers.shadow[i].extend_from_slice(session.hidden(n));
+                    from = exit;
+                }
+            }
+        }
+        session.run_layers(from..layers.end, start_pos, n)?;
+        let count = layers.len().max(1);
+        let per_layer = started.elapsed().as_secs_f64() / count as f64;
+        self.controller.timings.layer.record(n, per_layer);
+        Ok(())
+    }
+
+    /// The classifier over the stream's first `rows` rows, timed.
+    fn classify<'s>(&mut self, session: &'s mut Session, rows: usize) -> &'s [f32] {
+        let started = Instant::now();
+        let logits = session.classify(rows);
+        self.controller
+            .timings
+            .head
+            .record(rows, started.elapsed().as_secs_f64());
+        logits
+    }
+
+    fn clear_shadow(&mut self) {
+        self.buffers.shadow.iter_mut().for_each(Vec::clear);
+    }
+
+    /// One token the plain way (through the layer-range path, which rounds as single-token decoding does).
+    fn plain_round(
+        &mut self,
+        session: &mut Session,
+        sampler: &mut Sampler,
+        history: &mut Vec<u32>,
+        shadow: bool,
+    ) -> Result<(), ModelError> {
+        let pos = session.len();
+        let next = history[pos];
+        self.clear_shadow();
+        session.embed(&[next])?;
+        let n_layers = session.model.config.n_layers;
+        self.run_capturing(session, 0..n_layers, pos, 1, shadow)?;
+        let logits = self.classify(session, 1);
+        let b = &mut self.buffers;
+        sampler.distribution(logits, history, &mut b.p);
+        let token = if b.p.len() == 1 {
+            b.p[0].0
+        } else {
+            sampler.draw_from(&b.p)
+        };
+        history.push(token);
+        session.set_len(pos + 1);
+        self.stats.plain_steps += 1;
+        Ok(())
+    }
+
+    /// Verifies the drafts in `buffers.drafts` (from lookup or a draft model) with one full forward pass.
+    fn full_round(
+        &mut self,
+        session: &mut Session,
+        sampler: &mut Sampler,
+        history: &mut Vec<u32>,
+        shadow: bool,
+        sampled_drafts: bool,
+    ) -> Result<(), ModelError> {
+        let pos = session.len();
+        let n = self.buffers.drafts.len();
+        if n == 0 {
+            return self.plain_round(session, sampler, history, shadow);
+        }
+        self.clear_shadow();
+        let mut tokens = Vec::with_capacity(n + 1);
+        tokens.push(history[pos]);
+        tokens.extend_from_slice(&self.buffers.drafts);
+        session.embed(&tokens)?;
+        let n_layers = session.model.config.n_layers;
+        self.run_capturing(session, 0..n_layers, pos, n + 1, shadow)?;
+        let vocab = session.model.config.vocab_size;
+        let logits = self.classify(session, n + 1);
+        let b = &mut self.buffers;
+        let q = sampled_drafts.then_some(b.draft_dists.as_slice());
+        let k = accept(
+            logits,
+            vocab,
+            &b.drafts,
+            q,
+            sampler,
+            history,
+            &mut b.p,
+            &mut b.residual,
+        );
+        session.set_len(pos + k + 1);
+        Ok(())
+    }
+
+    /// Drafts up to `max_len` tokens with the target's first `exit` layers, then verifies them by running the layers
+    /// from `exit` on over the saved hidden states (and the whole network for the last draft token only).
+    fn exit_round(
+        &mut self,
+        session: &mut Session,
+        sampler: &mut Sampler,
+        history: &mut Vec<u32>,
+        exit: usize,
+        max_len: usize,
+        shadow: bool,
+    ) -> Result<(), ModelError> {
+        let pos = session.len();
+        let n_layers = session.model.config.n_layers;
+        let vocab = session.model.config.vocab_size;
+        let confidence_stop = matches!(self.mode, SpecMode::Del | SpecMode::Auto);
+        let tau = self
+            .controller
+            .acceptance(Arm::Exit(exit))
+            .and_then(|a| a.threshold());
+        self.clear_shadow();
+        self.buffers.drafts.clear();
+        self.buffers.confidences.clear();
+        self.buffers.exit_hidden.clear();
+        let mut token = history[pos];
+        for i in 0..max_len {
+            session.embed(&[token])?;
+            self.run_capturing(session, 0..exit, pos + i, 1, shadow)?;
+            self.buffers
+                .exit_hidden
+                .extend_from_slice(session.hidden(1));
+            let (draft, confidence) = argmax_confidence(self.classify(session, 1));
+            self.buffers.drafts.push(draft);
+            self.buffers.confidences.push(confidence);
+            token = draft;
+            if session.model.tokenizer.is_eog(draft) {
+                break;
+            }
+            // DEL's dynamic draft exit: a token less confident than τ is kept, but drafting stops after it.
+            if confidence_stop && tau.is_some_and(|tau| confidence < tau) {
+                break;
+            }
+        }
+        let n = self.buffers.drafts.len();
+        // The last draft token has not been through any layer yet.
+        session.embed(&[token])?;
+        self.run_capturing(session, 0..exit, pos + n, 1, shadow)?;
+        self.buffers
+            .exit_hidden
+            .extend_from_slice(session.hidden(1));
+        session.load_hidden(&self.buffers.exit_hidden)?;
+        self.run_capturing(session, exit..n_layers, pos, n + 1, shadow)?;
+        if shadow {
+            // The candidate at the exit itself sees exactly the saved layer-E states.
+            if let Some(i) = self.exits.iter().position(|&e| e == exit) {
+                let b = &mut self.buffers;
+                b.shadow[i].clear();
+                b.shadow[i].extend_from_slice(&b.exit_hidden);
+            }
+        }
+        let logits = self.classify(session, n + 1);
+        let b = &mut self.buffers;
+        let k = accept(
+            logits,
+            vocab,
+            &b.drafts,
+            None,
+            sampler,
+            history,
+            &mut b.p,
+            &mut b.residual,
+        );
+        session.set_len(pos + k + 1);
+        Ok(())
+    }
+
+    /// Fills `buffers.drafts` with up to `len` tokens from the draft model, after catching its cache up with
+    /// `history`.
+    fn draft_with_model(&mut self, history: &[u32], len: usize) -> Result<(), ModelError> {
+        let b = &mut self.buffers;
+        b.drafts.clear();
+        b.confidences.clear();
+        b.draft_dists.clear();
+        let Some(runner) = &mut self.draft else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        // Keep the cache's longest prefix that is still the committed text, then feed the rest.
+        let keep = runner
+            .fed
+            .iter()
+            .zip(history.iter())
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(history.len() - 1);
+        runner.session.truncate(keep);
+        runner.fed.truncate(keep);
+        let catch_up = &history[keep..];
+        let mut logits = runner.session.eval_last(catch_up)?.to_vec();
+        runner.fed.extend_from_slice(catch_up);
+        let greedy = runner.sampler.config().temperature <= 0.0;
+        let mut recent = history.to_vec();
+        for i in 0..len {
+            let (token, confidence) = if greedy {
+                argmax_confidence(&logits)
+            } else {
+                let mut q = Vec::new();
+                runner.sampler.distribution(&logits, &recent, &mut q);
+                let token = runner.sampler.draw_from(&q);
+                let p = verify::prob(&q, token);
+                b.draft_dists.push(q);
+                (token, p)
+            };
+            b.drafts.push(token);
+            b.confidences.push(confidence);
+            recent.push(token);
+            if i + 1 == len || runner.session.model.tokenizer.is_eog(token) {
+                break;
+            }
+            if runner.session.len() + 1 >= runner.session.n_ctx() {
+                break;
+            }
+            logits.copy_from_slice(runner.session.eval_last(&[token])?);
+            runner.fed.push(token);
+        }
+        let steps = b.drafts.len().max(1);
+        self.controller
+            .timings
+            .draft_step
+            .record(1, started.elapsed().as_secs_f64() / steps as f64);
+        Ok(())
+    }
+
+    /// Updates the statistics and the controller after a round that committed `committed`.
+    fn learn(
+        &mut self,
+        session: &mut Session,
+        choice: Choice,
+        committed: &[u32],
+        shadow: bool,
+    ) -> Result<(), ModelError> {
+        let b = &mut self.buffers;
+        if let Some(arm) = choice.arm {
+            let n = b.drafts.len();
+            let k = committed.len() - 1;
+            self.stats.rounds += 1;
+            self.stats.drafted += n;
+            self.stats.accepted += k;
+            let arm_stats = self.stats.per_arm.entry(arm).or_default();
+            arm_stats.rounds += 1;
+            arm_stats.drafted += n;
+            arm_stats.accepted += k;
+            if self.stats.accepted_lengths.len() <= k {
+                self.stats.accepted_lengths.resize(k + 1, 0);
+            }
+            self.stats.accepted_lengths[k] += 1;
+            if let SpecMode::ExitFsm { .. } = self.mode {
+                self.fsm_gamma = if k == n {
+                    (self.fsm_gamma + 1).min(self.controller.gamma_max)
+                } else {
+                    self.fsm_gamma.saturating_sub(1).max(1)
+                };
+            }
+            // The arm's own drafts, clipped at the first rejection (its position included).
+            let covered_by_shadow =
+                shadow && matches!(arm, Arm::Exit(e) if self.exits.contains(&e));
+            if !covered_by_shadow {
+                b.outcomes.clear();
+                let judged = b
+                    .drafts
+                    .iter()
+                    .zip(&b.confidences)
+                    .zip(committed)
+                    .take(n.min(k + 1));
+                b.outcomes.extend(
+                    judged.map(|((&draft, &confidence), &actual)| (draft == actual, confidence)),
+                );
+                self.controller.observe(arm, &b.outcomes);
+            }
+        }
+        // Lookup's proposal costs nothing, so it is checked against the committed text whenever it was not used.
+        if choice.arm != Some(Arm::Lookup)
+            && !b.lookup.is_empty()
+            && self.controller.acceptance(Arm::Lookup).is_some()
+        {
+            b.outcomes.clear();
+            for (&proposed, &actual) in b.lookup.iter().zip(committed) {
+                b.outcomes.push((proposed == actual, 1.0));
+                if proposed != actual {
+                    break;
+                }
+            }
+            self.controller.observe(Arm::Lookup, &b.outcomes);
+        }
+        if shadow {
+            let started = Instant::now();
+            let d = session.model.config.d_model;
+            let positions = committed.len();
+            b.rows.clear();
+            for rows in &b.shadow {
+                b.rows.extend_from_slice(&rows[..positions * d]);
+            }
+            self.learn_from_shadow(session, committed, positions)?;
+            self.stats.shadow_rounds += 1;
+            self.stats.shadow_seconds += started.elapsed().as_secs_f64();
+        }
+        Ok(())
+    }
+
+    /// Classifies `buffers.rows` (per candidate exit, `positions` hidden states) and records, per exit, whether each
+    /// position's prediction matches `targets`.
+    fn learn_from_shadow(
+        &mut self,
+        session: &mut Session,
+        targets: &[u32],
+        positions: usize,
+    ) -> Result<(), ModelError> {
+        let vocab = session.model.config.vocab_size;
+        let d = session.model.config.d_model;
+        let total = self.buffers.rows.len() / d;
+        if total == 0 {
+            return Ok(());
+        }
+        let capacity = session.hidden_capacity();
+        let mut done = 0;
+        let mut predictions = Vec::with_capacity(total);
+        while done < total {
+            let rows = (total - done).min(capacity);
+            session.load_hidden(&self.buffers.rows[done * d..(done + rows) * d])?;
+            let logits = session.classify(rows);
+            predictions.extend(logits.chunks_exact(vocab).map(argmax_confidence));
+            done += rows;
+        }
+        for (i, &exit) in self.exits.iter().enumerate() {
+            let b = &mut self.buffers;
+            b.outcomes.clear();
+            for (j, &(token, confidence)) in predictions[i * positions..(i + 1) * positions]
+                .iter()
+                .enumerate()
+            {
+                b.outcomes.push((token == targets[j], confidence));
+            }
+            self.controller.observe(Arm::Exit(exit), &b.outcomes);
+        }
+        Ok(())
+    }
+}
+
+/// Walks the verification rows: keeps drafts while the target agrees (greedy) or while rejection sampling accepts
+/// them, then appends the target's own token. Appends every committed token to `history` and returns how many drafts
+/// were kept.
+#[allow(clippy::too_many_arguments)]
+fn accept(
+    logits: &[f32],
+    vocab: usize,
+    drafts: &[u32],
+    q: Option<&[Vec<(u32, f32)>]>,
+    sampler: &mut Sampler,
+    history: &mut Vec<u32>,
+    p: &mut Vec<(u32, f32)>,
+    residual: &mut Vec<(u32, f32)>,
+) -> usize {
+    for (j, row) in logits.chunks_exact(vocab).enumerate() {
+        sampler.distribution(row, history, p);
+        if j == drafts.len() {
+            let bonus = if p.len() == 1 {
+                p[0].0
+            } else {
+                sampler.draw_from(p)
+            };
+            history.push(bonus);
+            return j;
+        }
+        let q_j = q.and_then(|q| q.get(j)).map(Vec::as_slice);
+        match verify::check(p, q_j, drafts[j], sampler, residual) {
+            Verdict::Accept => history.push(drafts[j]),
+            Verdict::Replace(token) => {
+                history.push(token);
+                return j;
+            }
+        }
+    }
+    drafts.len()
+}
