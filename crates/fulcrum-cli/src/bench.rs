@@ -33,6 +33,15 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(subcommand)]
+    what: Option<Benchmark>,
+}
+
+/// Benchmarks other than the default speed test.
+#[derive(clap::Subcommand)]
+enum Benchmark {
+    /// Speculative decoding: every drafter against plain decoding on a prompt set (see bench/spec).
+    Spec(crate::bench_spec::Args),
 }
 
 /// Passes of the bandwidth test (its median is reported).
@@ -125,6 +134,9 @@ impl TokenStream {
 
 /// Runs `fulcrum bench`.
 pub fn run(args: Args) -> CliResult {
+    if let Some(Benchmark::Spec(spec)) = args.what {
+        return crate::bench_spec::run(spec);
+    }
     if args.reps == 0 {
         return Err("--reps must be at least 1".into());
     }

@@ -152,7 +152,12 @@ fn id_of(history: &[u32]) -> u32 {
 }
 
 /// The prompt text to tokenize: the chat template applied to a user message unless `raw` or the model has none.
-fn prompt_text(model: &Model, prompt: &str, system: Option<&str>, raw: bool) -> CliResult<String> {
+pub(crate) fn prompt_text(
+    model: &Model,
+    prompt: &str,
+    system: Option<&str>,
+    raw: bool,
+) -> CliResult<String> {
     if raw || model.chat_template().is_none() {
         return Ok(prompt.to_string());
     }

@@ -1,6 +1,7 @@
 //! `fulcrum`: pull, inspect, run, chat with, benchmark, evaluate and re-quantize GGUF models on the CPU.
 
 mod bench;
+mod bench_spec;
 mod chat;
 mod common;
 mod eval;

@@ -84,6 +84,8 @@ pub fn tokens_per_layer(alpha: f64, exit: usize, d: usize, n_layers: usize) -> f
 pub struct BatchTime {
     single: Option<f64>,
     per_extra: Option<f64>,
+    /// A larger batch timed before any single token was (a prompt), turned into a slope once one is.
+    early: Option<(usize, f64)>,
 }
 
 /// Weight of a new timing in the running estimates.
@@ -97,6 +99,11 @@ impl BatchTime {
         }
         if b == 1 {
             self.single = Some(blend(self.single, seconds));
+            if let Some((b, seconds)) = self.early.take() {
+                self.record(b, seconds);
+            }
+        } else if self.single.is_none() {
+            self.early = Some((b, seconds));
         } else if let Some(a) = self.single {
             let slope = ((seconds - a) / (b - 1) as f64).max(0.0);
             self.per_extra = Some(blend(self.per_extra, slope));
@@ -186,6 +193,8 @@ pub struct Controller {
     pub gamma_min: usize,
     pub units: CostUnits,
     pub timings: Timings,
+    /// A draft model's step as a fraction of a target step (the ratio of their weight bytes), until one is timed.
+    pub draft_ratio: Option<f64>,
 }
 
 impl Controller {
@@ -199,6 +208,7 @@ impl Controller {
             gamma_min: 0,
             units,
             timings: Timings::default(),
+            draft_ratio: None,
         }
     }
 
@@ -235,7 +245,14 @@ impl Controller {
                         d as f64 * (e as f64 * layer1 + head1) + e as f64 * layer1 + verify
                     }
                     Some(Arm::Lookup) => verify,
-                    Some(Arm::DraftModel) => d as f64 * t.draft_step.estimate(1)? + verify,
+                    Some(Arm::DraftModel) => {
+                        let plain = l as f64 * layer1 + head1;
+                        let step = t
+                            .draft_step
+                            .estimate(1)
+                            .or(self.draft_ratio.map(|r| r * plain))?;
+                        d as f64 * step + verify
+                    }
                 })
             }
         }
@@ -276,6 +293,23 @@ impl Controller {
             }
         }
         best.1
+    }
+
+    /// Whether `arm` could beat plain decoding at all, even if every draft were accepted (α = 1), with drafts of up
+    /// to `max_len` tokens; unknown costs count as "could". Arms that cannot are not worth their statistics.
+    pub fn can_pay(&self, arm: Arm, max_len: usize) -> bool {
+        self.could_pay(arm, max_len, 1.0)
+    }
+
+    /// Whether `arm` would beat plain decoding if its drafts were accepted at rate `alpha`; unknown costs: yes.
+    pub fn could_pay(&self, arm: Arm, max_len: usize, alpha: f64) -> bool {
+        let Some(plain_cost) = self.cost(None, 0) else {
+            return true;
+        };
+        (1..=max_len.min(self.gamma_max).max(1)).any(|d| {
+            self.cost(Some(arm), d)
+                .is_none_or(|cost| expected_tokens(alpha, d) / cost > 1.0 / plain_cost)
+        })
     }
 
     /// The expected speed-up of `choice` over plain decoding, by the controller's model.
@@ -384,6 +418,15 @@ mod tests {
         let choice = c.choose(8, |_| true);
         assert_eq!(choice.arm, Some(Arm::Lookup));
         assert!(c.expected_speedup(choice).unwrap() > 1.5);
+        assert!(c.can_pay(Arm::Lookup, 8));
+        // An exit at layer 23 of 24 cannot pay even if always right.
+        let mut exits = Controller::new(&[Arm::Exit(23)], 24, CostUnits::Seconds);
+        exits.timings.layer.record(5, 3e-3);
+        exits.timings.layer.record(1, 1e-3);
+        exits.timings.head.record(1, 2e-3);
+        exits.timings.head.record(5, 6e-3);
+        assert!(!exits.can_pay(Arm::Exit(23), 8));
+        assert!(exits.can_pay(Arm::Exit(4), 8));
         // Without lookup, the draft model still pays at α = 0.8 and a third of a target step per draft token.
         assert_eq!(c.choose(8, |a| a != Arm::Lookup).arm, Some(Arm::DraftModel));
     }

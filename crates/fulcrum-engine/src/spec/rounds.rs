@@ -7,6 +7,14 @@ use crate::sampler::Sampler;
 use fulcrum_core::{ModelError, Session};
 use std::time::Instant;
 
+/// The acceptance rate at which a draft model must be expected to pay before it is tried.
+const PROBE_ALPHA: f64 = 0.9;
+
+/// How far an exit's acceptance may rise before the next look, for deciding whether it is worth watching.
+const ALPHA_HEADROOM: f64 = 0.25;
+/// Rounds between looks at every exit that could pay.
+const REVIVE_EVERY: usize = 64;
+
 /// Work buffers of a [`Speculator`], reused across rounds.
 pub(super) struct Buffers {
     drafts: Vec<u32>,
@@ -18,6 +26,10 @@ pub(super) struct Buffers {
     exit_hidden: Vec<f32>,
     /// Per candidate exit, its hidden states of this round's positions, `(positions, d_model)`.
     shadow: Vec<Vec<f32>>,
+    /// Per candidate exit, whether it could pay at all (only those get shadow tokens).
+    live: Vec<bool>,
+    /// DEL's prompt initialisation, waiting for the first timings: hidden states per exit and their targets.
+    pending_init: Option<(Vec<Vec<f32>>, Vec<u32>)>,
     lookup: Vec<u32>,
     p: Vec<(u32, f32)>,
     residual: Vec<(u32, f32)>,
@@ -33,6 +45,8 @@ impl Buffers {
             confidences: Vec::new(),
             exit_hidden: Vec::new(),
             shadow: vec![Vec::new(); n_exits],
+            live: vec![true; n_exits],
+            pending_init: None,
             lookup: Vec::new(),
             p: Vec::new(),
             residual: Vec::new(),
@@ -67,25 +81,31 @@ impl Speculator {
         prompt: &[u32],
     ) -> Result<Vec<f32>, ModelError> {
         let window = self.options.init_window.min(prompt.len());
+        let started = Instant::now();
+        let n_layers = session.model.config.n_layers;
+        // A prompt that fits one batch times a large batch for the cost model (layers dominate its time).
+        let one_batch = prompt.len() > 1 && prompt.len() <= session.hidden_capacity();
+        let time_it = |controller: &mut super::Controller| {
+            if one_batch {
+                let per_layer = started.elapsed().as_secs_f64() / n_layers as f64;
+                controller.timings.layer.record(prompt.len(), per_layer);
+            }
+        };
         if self.exits.is_empty() || window < 2 {
-            return Ok(session.eval_last(prompt)?.to_vec());
+            let logits = session.eval_last(prompt)?.to_vec();
+            time_it(&mut self.controller);
+            return Ok(logits);
         }
         let mut captured = Vec::new();
         let logits = session
             .eval_last_capturing(prompt, &self.exits, window, &mut captured)?
             .to_vec();
+        time_it(&mut self.controller);
         let window = captured[0].len() / session.model.config.d_model;
-        // Rows 0..window-1 predict the prompt's last window-1 tokens.
-        let targets = &prompt[prompt.len() + 1 - window..];
-        let started = Instant::now();
-        let d = session.model.config.d_model;
-        let b = &mut self.buffers;
-        b.rows.clear();
-        for rows in &captured {
-            b.rows.extend_from_slice(&rows[..(window - 1) * d]);
-        }
-        self.learn_from_shadow(session, targets, window - 1)?;
-        self.stats.shadow_seconds += started.elapsed().as_secs_f64();
+        // Rows 0..window-1 predict the prompt's last window-1 tokens. Their shadow tokens are computed once the first
+        // round has timed the layers, and only for exits that could pay.
+        let targets = prompt[prompt.len() + 1 - window..].to_vec();
+        self.buffers.pending_init = Some((captured, targets));
         Ok(logits)
     }
 
@@ -115,6 +135,10 @@ impl Speculator {
         let lookup_wanted = matches!(self.mode, SpecMode::Lookup { .. } | SpecMode::Auto);
         if lookup_wanted {
             lookup::propose(history, max_len, &mut self.buffers.lookup);
+        }
+        self.update_live(max_len.max(1));
+        if self.round > 1 {
+            self.initialise_from_prompt(session)?;
         }
         let choice = self.choose(max_len);
         let shadow = self.is_shadow_round(choice);
@@ -150,6 +174,44 @@ impl Speculator {
         Ok(committed)
     }
 
+    /// Marks the candidate exits worth their shadow tokens: those that could pay if always right, and, once their
+    /// acceptance is known, would pay if it rose by [`ALPHA_HEADROOM`]. Every [`REVIVE_EVERY`] rounds all exits that
+    /// could pay are looked at again, for contexts where the model's early layers start to agree.
+    fn update_live(&mut self, max_len: usize) {
+        let revive = self.round % REVIVE_EVERY == 0;
+        for (live, &exit) in self.buffers.live.iter_mut().zip(&self.exits) {
+            let arm = Arm::Exit(exit);
+            let alpha = self.controller.acceptance(arm).and_then(|a| a.alpha());
+            let hopeful = match alpha {
+                Some(alpha) if !revive => {
+                    self.controller
+                        .could_pay(arm, max_len, (alpha + ALPHA_HEADROOM).min(1.0))
+                }
+                _ => true,
+            };
+            *live = hopeful && self.controller.can_pay(arm, max_len);
+        }
+    }
+
+    /// DEL's initialisation from the prompt's last tokens, for the exits still live.
+    fn initialise_from_prompt(&mut self, session: &mut Session) -> Result<(), ModelError> {
+        let Some((captured, targets)) = self.buffers.pending_init.take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let d = session.model.config.d_model;
+        let positions = targets.len();
+        self.buffers.rows.clear();
+        for (rows, &live) in captured.iter().zip(&self.buffers.live) {
+            if live {
+                self.buffers.rows.extend_from_slice(&rows[..positions * d]);
+            }
+        }
+        self.learn_from_shadow(session, &targets, positions)?;
+        self.stats.shadow_seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
     /// Whether this round computes shadow tokens: every `shadow_every` rounds while an exit drafts, four times
     /// less often while plain decoding wins (the statistics only need to notice when an exit starts to pay).
     fn is_shadow_round(&self, choice: Choice) -> bool {
@@ -157,7 +219,7 @@ impl Speculator {
             None => self.options.shadow_every * 4,
             Some(_) => self.options.shadow_every,
         };
-        !self.exits.is_empty() && every > 0 && self.round % every == 0
+        self.buffers.live.iter().any(|&l| l) && every > 0 && self.round % every == 0
     }
 
     fn choose(&mut self, max_len: usize) -> Choice {
@@ -184,7 +246,12 @@ impl Speculator {
                         .acceptance(Arm::DraftModel)
                         .and_then(|a| a.alpha())
                         .is_none();
-                    if runner.idle >= self.options.probe_every || (never && self.round > 1) {
+                    let due = runner.idle >= self.options.probe_every || (never && self.round > 1);
+                    // Probed only if it would pay at a high acceptance: a draft model also pays for its own prefill.
+                    let promising =
+                        self.controller
+                            .could_pay(Arm::DraftModel, max_len, PROBE_ALPHA);
+                    if due && promising {
                         return fixed(Arm::DraftModel, super::mode::DRAFT_GAMMA);
                     }
                 }
@@ -217,7 +284,7 @@ impl Speculator {
         let mut from = layers.start;
         if shadow {
             for (i, &exit) in self.exits.iter().enumerate() {
-                if exit > layers.start && exit < layers.end {
+                if self.buffers.live[i] && exit > layers.start && exit < layers.end {
                     session.run_layers(from..exit, start_pos, n)?;
                     self.buffers.shadow[i].extend_from_slice(session.hidden(n));
                     from = exit;
@@ -476,8 +543,11 @@ impl Speculator {
                 };
             }
             // The arm's own drafts, clipped at the first rejection (its position included).
-            let covered_by_shadow =
-                shadow && matches!(arm, Arm::Exit(e) if self.exits.contains(&e));
+            let live_exit = |e: usize| {
+                let i = self.exits.iter().position(|&x| x == e);
+                i.is_some_and(|i| b.live[i])
+            };
+            let covered_by_shadow = shadow && matches!(arm, Arm::Exit(e) if live_exit(e));
             if !covered_by_shadow {
                 b.outcomes.clear();
                 let judged = b
@@ -511,8 +581,10 @@ impl Speculator {
             let d = session.model.config.d_model;
             let positions = committed.len();
             b.rows.clear();
-            for rows in &b.shadow {
-                b.rows.extend_from_slice(&rows[..positions * d]);
+            for (rows, &live) in b.shadow.iter().zip(&b.live) {
+                if live {
+                    b.rows.extend_from_slice(&rows[..positions * d]);
+                }
             }
             self.learn_from_shadow(session, committed, positions)?;
             self.stats.shadow_rounds += 1;
@@ -541,11 +613,18 @@ impl Speculator {
         while done < total {
             let rows = (total - done).min(capacity);
             session.load_hidden(&self.buffers.rows[done * d..(done + rows) * d])?;
-            let logits = session.classify(rows);
+            let logits = session.classify_batch(rows);
             predictions.extend(logits.chunks_exact(vocab).map(argmax_confidence));
             done += rows;
         }
-        for (i, &exit) in self.exits.iter().enumerate() {
+        let live: Vec<usize> = self
+            .exits
+            .iter()
+            .zip(&self.buffers.live)
+            .filter(|(_, &l)| l)
+            .map(|(&e, _)| e)
+            .collect();
+        for (i, &exit) in live.iter().enumerate() {
             let b = &mut self.buffers;
             b.outcomes.clear();
             for (j, &(token, confidence)) in predictions[i * positions..(i + 1) * positions]
