@@ -280,10 +280,12 @@ pub fn run(args: Args) -> CliResult {
         s
     };
     let mut table = Vec::new();
-    println!(
-        "{:<28} {:<10} {:>9} {:>9} {:>10} {:>9}",
-        "mode", "set", "tok/s", "speed-up", "accepted", "lossless"
-    );
+    if !args.json {
+        println!(
+            "{:<28} {:<10} {:>9} {:>9} {:>10} {:>9}",
+            "mode", "set", "tok/s", "speed-up", "accepted", "lossless"
+        );
+    }
     for (mode, row) in modes.iter().zip(&runs) {
         for set in &sets {
             let pick: Vec<usize> = (0..prompts.len())

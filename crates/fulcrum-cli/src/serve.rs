@@ -57,6 +57,9 @@ pub struct Args {
     /// Requests queued before new ones get 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// Default speculation of requests that do not choose one ("spec" field): off or lookup[:γ].
+    #[arg(long, default_value = "off", value_parser = request::lookup_draft)]
+    spec: usize,
 }
 
 struct AppState {
@@ -65,6 +68,8 @@ struct AppState {
     template: ChatTemplate,
     engine: EngineHandle,
     kv_tokens: usize,
+    /// Prompt-lookup draft length of requests that do not choose.
+    lookup_draft: usize,
 }
 
 type AppResult = Result<Response, ApiError>;
@@ -176,6 +181,7 @@ pub fn run(args: Args) -> CliResult {
         name,
         engine,
         kv_tokens,
+        lookup_draft: args.spec,
     });
     let app = Router::new()
         .route("/health", get(health))
@@ -270,6 +276,18 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "counter",
             load(&m.requests_finished),
         ),
+        (
+            "spec_draft_tokens_total",
+            "Speculative (prompt-lookup) tokens drafted.",
+            "counter",
+            load(&m.spec_drafted),
+        ),
+        (
+            "spec_accepted_tokens_total",
+            "Speculative tokens the model accepted.",
+            "counter",
+            load(&m.spec_accepted),
+        ),
     ];
     for (name, help, kind, v) in series {
         gauge(name, help, kind, v);
@@ -354,6 +372,7 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
         sampler: req.sampler.clone(),
         logprobs: req.logprobs,
         stop_at_eog: true,
+        lookup_draft: req.lookup_draft.unwrap_or(state.lookup_draft),
     };
     let (id, events) = state.engine.submit(prompt, params).map_err(|e| match e {
         Rejected::QueueFull(_) => ApiError {

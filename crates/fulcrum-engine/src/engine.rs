@@ -6,7 +6,7 @@
 
 use crate::blocks::BlockPool;
 use crate::sampler::{log_softmax_at, top_logprobs, Sampler, SamplerConfig};
-use crate::scheduler::{Limits, Rejected, Scheduler, Step};
+use crate::scheduler::{Limits, Rejected, Scheduler, Step, Work};
 use fulcrum_core::model::Scratch;
 use fulcrum_core::{Model, Rounding, SeqSpan, ThreadPool};
 use std::collections::HashMap;
@@ -38,6 +38,8 @@ pub struct Params {
     pub logprobs: Option<usize>,
     /// Stop at the model's end-of-generation tokens.
     pub stop_at_eog: bool,
+    /// Prompt-lookup drafts of up to this many tokens per decode step (0: no speculation).
+    pub lookup_draft: usize,
 }
 
 /// Why generation ended.
@@ -86,6 +88,9 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub requests_finished: AtomicU64,
+    /// Speculative tokens drafted and accepted.
+    pub spec_drafted: AtomicU64,
+    pub spec_accepted: AtomicU64,
     /// Time to first token and between tokens, in seconds.
     pub ttft: Mutex<Histogram>,
     pub tbt: Mutex<Histogram>,
@@ -190,6 +195,8 @@ struct Request {
     events: SyncSender<Event>,
     submitted: Instant,
     last_token: Option<Instant>,
+    /// Tokens reported so far (an end-of-generation token is not).
+    emitted: usize,
 }
 
 /// Starts the engine thread over `model`.
@@ -347,6 +354,7 @@ impl Engine {
                                     events,
                                     submitted: Instant::now(),
                                     last_token: None,
+                                    emitted: 0,
                                 },
                             );
                         })
@@ -359,10 +367,14 @@ impl Engine {
     }
 
     fn iterate(&mut self) {
-        let Step { work, preempted: _ } = self.scheduler.schedule();
+        let Step {
+            mut work,
+            preempted: _,
+        } = self.scheduler.schedule();
         if work.is_empty() {
             return;
         }
+        self.add_drafts(&mut work);
         if let Some(n) = *INJECTED_PANIC {
             let hit = |id: &u64| {
                 self.requests
@@ -380,8 +392,9 @@ impl Engine {
         for w in &work {
             let seq = self.scheduler.get(w.id).expect("scheduled sequence exists");
             tokens.extend_from_slice(&seq.tokens[w.start..w.start + w.len]);
+            tokens.extend_from_slice(&w.draft);
             slots.push(
-                (0..w.start + w.len)
+                (0..w.start + w.rows())
                     .map(|p| (seq.table.blocks[p / bs] * bs + p % bs) as u32)
                     .collect(),
             );
@@ -393,12 +406,12 @@ impl Engine {
             .map(|(w, sl)| {
                 let span = SeqSpan {
                     start_row: row,
-                    len: w.len,
+                    len: w.rows(),
                     start_pos: w.start,
                     slots: Some(sl),
                     logits_from: if w.wants_logits { w.len - 1 } else { w.len },
                 };
-                row += w.len;
+                row += w.rows();
                 span
             })
             .collect();
@@ -426,66 +439,148 @@ impl Engine {
                 self.scheduler.commit(w, None);
                 continue;
             }
-            let l = &logits[logit_row * vocab..(logit_row + 1) * vocab];
-            logit_row += 1;
-            let Some(req) = self.requests.get_mut(&w.id) else {
+            let rows = 1 + w.draft.len();
+            let l = &logits[logit_row * vocab..(logit_row + rows) * vocab];
+            logit_row += rows;
+            let Some(committed) = self.verify(w, l) else {
                 continue;
             };
-            let seq = self.scheduler.get(w.id).expect("running");
-            let recent_from = seq
-                .tokens
-                .len()
-                .saturating_sub(req.params.sampler.repeat_last_n);
-            let token = req.sampler.sample(l, &seq.tokens[recent_from..]);
-            let generated = seq.generated() + 1;
-            let is_eog = req.params.stop_at_eog && self.model.tokenizer.is_eog(token);
-            let logprobs = req.params.logprobs.map(|n| TokenLogprobs {
-                logprob: log_softmax_at(l, &[token])[0],
-                top: top_logprobs(l, n),
-            });
-            let now = Instant::now();
-            match req.last_token {
-                None => self
-                    .metrics
-                    .ttft
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .observe((now - req.submitted).as_secs_f64()),
-                Some(t) => self
-                    .metrics
-                    .tbt
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .observe((now - t).as_secs_f64()),
+            let accepted = committed.len() - 1;
+            if w.draft.is_empty() {
+                self.scheduler.commit(w, committed.first().copied());
+            } else {
+                self.scheduler.commit_verified(w, accepted, &committed);
+                self.metrics
+                    .spec_drafted
+                    .fetch_add(w.draft.len() as u64, Ordering::Relaxed);
+                self.metrics
+                    .spec_accepted
+                    .fetch_add(accepted as u64, Ordering::Relaxed);
             }
-            req.last_token = Some(now);
-            if is_eog {
-                self.scheduler.commit(w, None);
-                self.finish(w.id, Some(FinishReason::Stop));
-                continue;
-            }
-            self.scheduler.commit(w, Some(token));
-            self.metrics
-                .generated_tokens
-                .fetch_add(1, Ordering::Relaxed);
-            let req = self.requests.get(&w.id).expect("present");
-            if req
-                .events
-                .try_send(Event::Token {
-                    id: token,
-                    logprobs,
-                })
-                .is_err()
-            {
-                // The client went away (or stopped reading): cancel at once.
-                self.finish(w.id, None);
-                continue;
-            }
-            let seq_len = self.scheduler.get(w.id).map_or(0, |s| s.tokens.len());
-            if generated >= req.params.max_tokens || seq_len >= self.config.max_seq_len {
-                self.finish(w.id, Some(FinishReason::Length));
+            for (i, &token) in committed.iter().enumerate() {
+                let row = &l[i * vocab..(i + 1) * vocab];
+                if !self.emit(w.id, token, row, i == 0) {
+                    break;
+                }
             }
         }
+    }
+
+    /// Prompt-lookup drafts for the decode steps of requests that ask for them, within the step's token budget.
+    fn add_drafts(&mut self, work: &mut [Work]) {
+        let mut left = self
+            .config
+            .limits
+            .token_budget
+            .saturating_sub(work.iter().map(Work::rows).sum());
+        let mut draft = Vec::new();
+        for w in work.iter_mut() {
+            let Some(req) = self.requests.get(&w.id) else {
+                continue;
+            };
+            let Some(seq) = self.scheduler.get(w.id) else {
+                continue;
+            };
+            let room = req.params.max_tokens.saturating_sub(seq.generated() + 1);
+            let len = req.params.lookup_draft.min(room).min(left);
+            if len == 0 || w.len != 1 || !w.wants_logits {
+                continue;
+            }
+            crate::spec::lookup::propose(&seq.tokens, len, &mut draft);
+            if self.scheduler.add_draft(w, std::mem::take(&mut draft)) {
+                left -= w.draft.len();
+            }
+        }
+    }
+
+    /// The tokens a step commits for `w` from its logits rows `l`: the sampled token, or, with a draft, the accepted
+    /// drafts and the target's own next token (greedy: the longest agreeing prefix; sampling: rejection sampling).
+    fn verify(&mut self, w: &Work, l: &[f32]) -> Option<Vec<u32>> {
+        let vocab = self.model.config.vocab_size;
+        let req = self.requests.get_mut(&w.id)?;
+        let seq = self.scheduler.get(w.id)?;
+        let keep = req.params.sampler.repeat_last_n;
+        let mut recent = seq.tokens[seq.tokens.len().saturating_sub(keep)..].to_vec();
+        if w.draft.is_empty() {
+            return Some(vec![req.sampler.sample(&l[..vocab], &recent)]);
+        }
+        let (mut p, mut residual) = (Vec::new(), Vec::new());
+        let mut committed = Vec::with_capacity(w.draft.len() + 1);
+        for (j, row) in l.chunks_exact(vocab).enumerate() {
+            req.sampler.distribution(row, &recent, &mut p);
+            let token = match w.draft.get(j) {
+                None => req.sampler.draw_from(&p),
+                Some(&d) => {
+                    match crate::spec::verify::check(&p, None, d, &mut req.sampler, &mut residual) {
+                        crate::spec::verify::Verdict::Accept => d,
+                        crate::spec::verify::Verdict::Replace(t) => {
+                            committed.push(t);
+                            break;
+                        }
+                    }
+                }
+            };
+            committed.push(token);
+            recent.push(token);
+        }
+        Some(committed)
+    }
+
+    /// Reports one committed `token` of request `id` (its logits `row`); `first` says whether it is the step's first
+    /// (the others arrive at the same moment). Returns false once the request has ended.
+    fn emit(&mut self, id: u64, token: u32, row: &[f32], first: bool) -> bool {
+        let Some(req) = self.requests.get_mut(&id) else {
+            return false;
+        };
+        let is_eog = req.params.stop_at_eog && self.model.tokenizer.is_eog(token);
+        let logprobs = req.params.logprobs.map(|n| TokenLogprobs {
+            logprob: log_softmax_at(row, &[token])[0],
+            top: top_logprobs(row, n),
+        });
+        let now = Instant::now();
+        match req.last_token {
+            None => self
+                .metrics
+                .ttft
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .observe((now - req.submitted).as_secs_f64()),
+            Some(t) => self
+                .metrics
+                .tbt
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .observe(if first { (now - t).as_secs_f64() } else { 0.0 }),
+        }
+        req.last_token = Some(now);
+        if is_eog {
+            self.finish(id, Some(FinishReason::Stop));
+            return false;
+        }
+        req.emitted += 1;
+        self.metrics
+            .generated_tokens
+            .fetch_add(1, Ordering::Relaxed);
+        if req
+            .events
+            .try_send(Event::Token {
+                id: token,
+                logprobs,
+            })
+            .is_err()
+        {
+            // The client went away (or stopped reading): cancel at once.
+            self.finish(id, None);
+            return false;
+        }
+        let seq_len = self.scheduler.get(id).map_or(0, |s| s.tokens.len());
+        let emitted = self.requests.get(&id).map_or(0, |r| r.emitted);
+        let max_tokens = self.requests.get(&id).map_or(0, |r| r.params.max_tokens);
+        if emitted >= max_tokens || seq_len >= self.config.max_seq_len {
+            self.finish(id, Some(FinishReason::Length));
+            return false;
+        }
+        true
     }
 
     /// Ends request `id`: reports `reason` (none for a cancellation) and frees its blocks.
@@ -496,7 +591,7 @@ impl Engine {
                 let _ = req.events.try_send(Event::Finished {
                     reason,
                     prompt_tokens: seq.prompt_len,
-                    completion_tokens: seq.generated(),
+                    completion_tokens: req.emitted,
                     cached_tokens: seq.cached,
                 });
             }

@@ -21,6 +21,8 @@ pub struct Sequence {
     /// Prompt tokens found in the prefix cache at the last admission.
     pub cached: usize,
     pub table: BlockTable,
+    /// Most tokens the sequence may hold (prompt and output).
+    pub max_len: usize,
 }
 
 impl Sequence {
@@ -31,13 +33,22 @@ impl Sequence {
 }
 
 /// One sequence's share of a step: compute `tokens[start..start + len]`; logits are wanted for the last of them when
-/// that completes the sequence's tokens.
+/// that completes the sequence's tokens. A decode step may carry speculative `draft` tokens after them, computed in
+/// the spare rows after the sequence and kept only as far as verification accepts them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Work {
     pub id: u64,
     pub start: usize,
     pub len: usize,
     pub wants_logits: bool,
+    pub draft: Vec<u32>,
+}
+
+impl Work {
+    /// Rows this work adds to the batch: its own tokens and its draft.
+    pub fn rows(&self) -> usize {
+        self.len + self.draft.len()
+    }
 }
 
 /// What to run in one iteration.
@@ -106,6 +117,7 @@ impl Scheduler {
         if self.waiting.len() >= self.limits.max_waiting {
             return Err(Rejected::QueueFull(self.waiting.len()));
         }
+        let max_len = max_len.max(prompt.len());
         self.waiting.push_back(Sequence {
             id,
             prompt_len: prompt.len(),
@@ -113,6 +125,7 @@ impl Scheduler {
             computed: 0,
             cached: 0,
             table: BlockTable::default(),
+            max_len,
         });
         Ok(())
     }
@@ -169,6 +182,7 @@ impl Scheduler {
                 start: seq.computed,
                 len: n,
                 wants_logits: want == seq.tokens.len(),
+                draft: Vec::new(),
             });
             budget -= n;
             i += 1;
@@ -200,6 +214,7 @@ impl Scheduler {
                 start: seq.computed,
                 len: n,
                 wants_logits: seq.computed + n == seq.tokens.len(),
+                draft: Vec::new(),
             });
             budget -= n;
             self.running.push(seq);
@@ -218,6 +233,45 @@ impl Scheduler {
         if let Some(token) = sampled {
             seq.tokens.push(token);
         }
+    }
+
+    /// Attaches `draft` to a decode `work` (one token, logits wanted) if the sequence's blocks can grow to hold it
+    /// without preempting anyone; returns whether it did. Drafts beyond the sequence's `max_len` are cut.
+    pub fn add_draft(&mut self, work: &mut Work, mut draft: Vec<u32>) -> bool {
+        if draft.is_empty() || work.len != 1 || !work.wants_logits || !work.draft.is_empty() {
+            return false;
+        }
+        let Some(seq) = self.running.iter_mut().find(|s| s.id == work.id) else {
+            return false;
+        };
+        draft.truncate(seq.max_len.saturating_sub(seq.tokens.len()));
+        if draft.is_empty()
+            || self
+                .pool
+                .grow(&mut seq.table, work.start + 1 + draft.len())
+                .is_err()
+        {
+            return false;
+        }
+        work.draft = draft;
+        true
+    }
+
+    /// Records a verified decode `work`: its token and the first `accepted` draft tokens are computed, and
+    /// `committed` (those drafts and the token the target chose after them) is appended. Rows of rejected drafts stay
+    /// in the sequence's blocks as spare rows, outside its computed length.
+    pub fn commit_verified(&mut self, work: &Work, accepted: usize, committed: &[u32]) {
+        let Some(seq) = self.running.iter_mut().find(|s| s.id == work.id) else {
+            return;
+        };
+        assert_eq!(seq.computed, work.start, "work committed out of order");
+        assert!(
+            accepted <= work.draft.len() && committed.len() == accepted + 1,
+            "verification commits the accepted drafts and one token"
+        );
+        seq.computed += work.len + accepted;
+        seq.tokens.extend_from_slice(committed);
+        self.pool.register(&seq.table, &seq.tokens, seq.computed);
     }
 
     /// Removes sequence `id` (finished, cancelled or disconnected) and frees its blocks; returns it if it was known.

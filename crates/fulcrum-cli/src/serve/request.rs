@@ -35,6 +35,20 @@ pub struct Request {
     pub include_usage: bool,
     /// Alternatives per token, if log-probabilities were asked for.
     pub logprobs: Option<usize>,
+    /// Speculation asked for (`"spec": "off" | "lookup[:γ]"`); `None`: the server's default.
+    pub lookup_draft: Option<usize>,
+}
+
+/// The prompt-lookup draft length of a `spec` value the server supports: `off` (0) or `lookup[:γ]`.
+pub fn lookup_draft(spec: &str) -> Result<usize, String> {
+    use fulcrum_engine::spec::SpecMode;
+    match spec.parse::<SpecMode>()? {
+        SpecMode::Off => Ok(0),
+        SpecMode::Lookup { gamma } => Ok(gamma),
+        other => Err(format!(
+            "speculation '{other}' is not served yet; the server supports 'off' and 'lookup[:γ]' (generate supports all)"
+        )),
+    }
 }
 
 fn number(body: &Value, key: &str) -> Result<Option<f64>, BadRequest> {
@@ -181,6 +195,16 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
     } else {
         count(&body, "logprobs", 5)?
     };
+    let lookup_draft = match body.get("spec") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(spec)) => Some(lookup_draft(spec).map_err(|e| bad("spec", e))?),
+        Some(_) => {
+            return Err(bad(
+                "spec",
+                "'spec' must be a string such as \"lookup\" or \"off\"",
+            ))
+        }
+    };
     Ok(Request {
         prompt,
         max_tokens,
@@ -197,6 +221,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
         stream,
         include_usage,
         logprobs,
+        lookup_draft,
     })
 }
 

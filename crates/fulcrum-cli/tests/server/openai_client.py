@@ -82,6 +82,28 @@ with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
     together = list(pool.map(lambda p: client.completions.create(prompt=p, max_tokens=16, **greedy).choices[0].text, prompts))
 check(together == alone, "concurrent greedy requests match their solo outputs")
 
+# Speculation (prompt lookup) is lossless: alone and concurrently, with and without logprobs, the same greedy text.
+lookup = dict(extra_body={"spec": "lookup:6"}, **greedy)
+counting_prompts = ["1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3, 4, 5,", "a b c d e f g a b c d e f g a b c"]
+plain = [client.completions.create(prompt=p, max_tokens=24, **greedy).choices[0].text for p in prompts + counting_prompts]
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    spec = list(pool.map(lambda p: client.completions.create(prompt=p, max_tokens=24, **lookup).choices[0].text,
+                         prompts + counting_prompts))
+check(spec == plain, "prompt-lookup speculation leaves greedy output unchanged")
+drafted = [l for l in urllib.request.urlopen(base + "/metrics").read().decode().splitlines()
+           if l.startswith("fulcrum_spec_accepted_tokens_total")]
+check(drafted and float(drafted[0].split()[-1]) > 0, "lookup drafts were accepted on repetitive text")
+lp_plain = client.completions.create(prompt=counting_prompts[0], max_tokens=8, logprobs=2, **greedy)
+lp_spec = client.completions.create(prompt=counting_prompts[0], max_tokens=8, logprobs=2, **lookup)
+check(lp_plain.choices[0].logprobs.token_logprobs == lp_spec.choices[0].logprobs.token_logprobs,
+      "speculation reports the same log-probabilities")
+check(lp_spec.usage.completion_tokens == lp_plain.usage.completion_tokens, "speculation counts the same usage")
+try:
+    client.completions.create(prompt="x", max_tokens=2, extra_body={"spec": "del"}, **greedy)
+    check(False, "unsupported speculation rejected")
+except openai.BadRequestError as e:
+    check("spec" in str(e), "an unsupported 'spec' is a 400 naming the field")
+
 # Prefix caching: a repeated long prompt reuses its blocks and gives the same text.
 system = "You are a careful assistant. " * 20
 msgs2 = [{"role": "system", "content": system}, {"role": "user", "content": "Say hi."}]

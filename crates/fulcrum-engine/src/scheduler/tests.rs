@@ -19,11 +19,32 @@ fn fake_sample(tokens: &[u32]) -> u32 {
         % 5
 }
 
-/// Runs requests `(prompt, new tokens)` to completion; returns each output and the number of preemptions.
-fn run(
+/// A fake drafter: the true continuation of `tokens` for up to `len` tokens, with every token whose running hash
+/// (seeded by `seed`) is divisible by 3 replaced by a wrong one.
+fn fake_draft(tokens: &[u32], len: usize, seed: u64) -> Vec<u32> {
+    let mut t = tokens.to_vec();
+    let mut draft = Vec::new();
+    for i in 0..len {
+        let right = fake_sample(&t);
+        let wrong = (seed
+            .wrapping_mul(0x9E37_79B9)
+            .wrapping_add(i as u64 * 7 + t.len() as u64))
+            % 3
+            == 0;
+        let token = if wrong { (right + 1) % 5 } else { right };
+        draft.push(token);
+        t.push(token);
+    }
+    draft
+}
+
+/// Runs requests `(prompt, new tokens)` to completion, with speculative drafts on decode steps if `drafting`;
+/// returns each output and the number of preemptions.
+fn run_with(
     sched: &mut Scheduler,
     requests: &[(Vec<u32>, usize)],
     budget: usize,
+    drafting: bool,
 ) -> (HashMap<u64, Vec<u32>>, usize) {
     let mut want: HashMap<u64, usize> = HashMap::new();
     for (id, (prompt, new)) in requests.iter().enumerate() {
@@ -37,9 +58,23 @@ fn run(
     while done.len() < requests.len() {
         steps += 1;
         assert!(steps < 10_000, "no progress");
-        let step = sched.schedule();
+        let mut step = sched.schedule();
         preemptions += step.preempted.len();
-        assert!(step.work.iter().map(|w| w.len).sum::<usize>() <= budget);
+        if drafting {
+            let mut left = budget - step.work.iter().map(Work::rows).sum::<usize>();
+            for w in &mut step.work {
+                let seq = sched.get(w.id).unwrap();
+                let len = (want[&w.id] - seq.generated())
+                    .saturating_sub(1)
+                    .min(left)
+                    .min(4);
+                let draft = fake_draft(&seq.tokens, len, steps as u64 + w.id);
+                if sched.add_draft(w, draft) {
+                    left -= w.draft.len();
+                }
+            }
+        }
+        assert!(step.work.iter().map(Work::rows).sum::<usize>() <= budget);
         assert!(sched.n_running() <= sched.limits.max_running);
         let mut seen = std::collections::HashSet::new();
         for w in &step.work {
@@ -47,11 +82,35 @@ fn run(
             let seq = sched.get(w.id).unwrap();
             assert_eq!(w.start, seq.computed);
             assert!(w.len > 0 && w.start + w.len <= seq.tokens.len());
-            assert!(seq.table.len >= w.start + w.len, "blocks for the work");
-            let sampled = w
-                .wants_logits
-                .then(|| fake_sample(&seq.tokens[..w.start + w.len]));
-            sched.commit(w, sampled);
+            assert!(seq.table.len >= w.start + w.rows(), "blocks for the work");
+            if w.draft.is_empty() {
+                let sampled = w
+                    .wants_logits
+                    .then(|| fake_sample(&seq.tokens[..w.start + w.len]));
+                sched.commit(w, sampled);
+            } else {
+                // Greedy verification: keep drafts while they are what the model says, then its own token.
+                let mut t = seq.tokens.clone();
+                let mut committed = Vec::new();
+                for &d in &w.draft {
+                    let right = fake_sample(&t);
+                    committed.push(right);
+                    t.push(right);
+                    if d != right {
+                        break;
+                    }
+                }
+                if committed.len() == w.draft.len() {
+                    committed.push(fake_sample(&t));
+                }
+                sched.commit_verified(w, committed.len() - 1, &committed);
+                let seq = sched.get(w.id).unwrap();
+                assert_eq!(
+                    seq.computed + 1,
+                    seq.tokens.len(),
+                    "only verified tokens are computed"
+                );
+            }
             let seq = sched.get(w.id).unwrap();
             if seq.generated() == want[&w.id] {
                 let seq = sched.remove(w.id).unwrap();
@@ -60,6 +119,14 @@ fn run(
         }
     }
     (done, preemptions)
+}
+
+fn run(
+    sched: &mut Scheduler,
+    requests: &[(Vec<u32>, usize)],
+    budget: usize,
+) -> (HashMap<u64, Vec<u32>>, usize) {
+    run_with(sched, requests, budget, false)
 }
 
 fn alone(prompt: &[u32], new: usize) -> Vec<u32> {
@@ -86,13 +153,15 @@ fn long_prompts_are_chunked_and_decodes_keep_running() {
                 id: 0,
                 start: 3,
                 len: 1,
-                wants_logits: true
+                wants_logits: true,
+                draft: Vec::new(),
             },
             Work {
                 id: 1,
                 start: 0,
                 len: 7,
-                wants_logits: false
+                wants_logits: false,
+                draft: Vec::new(),
             },
         ]
     );
@@ -164,4 +233,45 @@ proptest! {
         prop_assert_eq!(s.pool.n_free(), n_blocks);
         prop_assert_eq!(s.n_running() + s.n_waiting(), 0);
     }
+
+    /// The same with speculative drafts (some wrong) on decode steps: outputs unchanged, only verified tokens counted
+    /// as computed, every block back.
+    #[test]
+    fn speculative_drafts_change_no_output(
+        reqs in proptest::collection::vec((proptest::collection::vec(0u32..4, 1..30), 1usize..12), 1..8),
+        budget in 1usize..40,
+        max_running in 1usize..6,
+        n_blocks in 11usize..40,
+    ) {
+        let mut s = Scheduler::new(BlockPool::new(n_blocks, 4), limits(budget, max_running));
+        let (out, _) = run_with(&mut s, &reqs, budget, true);
+        for (id, (p, n)) in reqs.iter().enumerate() {
+            prop_assert_eq!(&out[&(id as u64)], &alone(p, *n));
+        }
+        prop_assert_eq!(s.pool.n_free(), n_blocks);
+    }
+}
+
+#[test]
+fn drafts_need_a_decode_step_and_free_blocks() {
+    // Three blocks of 4: request 1 keeps one, request 0 (6 prompt tokens) takes two.
+    let mut s = Scheduler::new(BlockPool::new(3, 4), limits(16, 2));
+    s.submit(1, vec![2; 3], 4).unwrap();
+    s.submit(0, vec![1; 6], 12).unwrap();
+    let mut step = s.schedule();
+    // A prefill chunk takes no draft.
+    assert!(!s.add_draft(&mut step.work[1], vec![1, 2]));
+    for w in &step.work {
+        s.commit(w, Some(3));
+    }
+    let step = s.schedule();
+    let mut work = step.work.iter().find(|w| w.id == 0).unwrap().clone();
+    // 7 tokens and a draft of 1 fit the two blocks; a draft of 2 would need a block nobody has.
+    assert!(!s.add_draft(&mut work.clone(), vec![1, 2]));
+    assert!(s.add_draft(&mut work, vec![1]));
+    assert_eq!(work.rows(), 2);
+    // The draft (wrong) is rejected: the sequence gains one token and computes only its verified one.
+    s.commit_verified(&work, 0, &[4]);
+    let seq = s.get(0).unwrap();
+    assert_eq!((seq.tokens.len(), seq.computed), (8, 7));
 }
