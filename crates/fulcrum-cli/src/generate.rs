@@ -328,6 +328,18 @@ pub fn run(args: Args) -> CliResult {
             gen_tps,
             result.finish_reason
         );
+        if let Some(spec) = &speculator {
+            let stats = spec.final_stats();
+            eprintln!(
+                "[speculation {}: {} rounds, {} of {} drafted tokens accepted ({:.2} per round), {} plain steps]",
+                spec.mode,
+                stats.rounds,
+                stats.accepted,
+                stats.drafted,
+                stats.mean_accepted(),
+                stats.plain_steps
+            );
+        }
     }
     Ok(())
 }
