@@ -33,6 +33,14 @@ pub struct Args {
     /// Prompts (and generated tokens of each) for the per-layer acceptance table of target and draft; 0 skips it.
     #[arg(long, default_value_t = 2)]
     layer_prompts: usize,
+    /// Modes to run, in order: any `--spec` value, or `static` (the grid's best early exit), `fsm` (γ±1 at its exit)
+    /// and `draft` (the draft model, 4 tokens). Plain decoding (`off`) is always run first, as the baseline.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lookup,lookup:8,draft,static,fsm,del,auto"
+    )]
+    modes: Vec<String>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -227,7 +235,8 @@ pub fn run(args: Args) -> CliResult {
         .flat_map(|&exit| [1, 3].map(|gamma| SpecMode::EarlyExit { exit, gamma }))
         .collect();
     let mut best_static = (f64::MAX, grid[0].clone());
-    for mode in &grid {
+    let needs_grid = args.modes.iter().any(|m| m == "static" || m == "fsm");
+    for mode in grid.iter().filter(|_| needs_grid) {
         let mut seconds = 0.0;
         for p in &dev {
             seconds += run_one(&target, &draft, mode, &p.ids, args.n_gen, threads)?.seconds;
@@ -245,15 +254,15 @@ pub fn run(args: Args) -> CliResult {
         _ => n_layers - 1,
     };
 
-    let modes: Vec<SpecMode> = vec![
-        SpecMode::Off,
-        "lookup".parse()?,
-        format!("draft:{},4", args.draft).parse()?,
-        best_static.1.clone(),
-        SpecMode::ExitFsm { exit: static_exit },
-        SpecMode::Del,
-        SpecMode::Auto,
-    ];
+    let mut modes = vec![SpecMode::Off];
+    for name in &args.modes {
+        modes.push(match name.as_str() {
+            "static" => best_static.1.clone(),
+            "fsm" => SpecMode::ExitFsm { exit: static_exit },
+            "draft" => format!("draft:{},4", args.draft).parse()?,
+            other => other.parse()?,
+        });
+    }
     // runs[mode][prompt]
     let mut runs: Vec<Vec<Run>> = Vec::new();
     for mode in &modes {

@@ -44,7 +44,7 @@ pub fn lookup_draft(spec: &str) -> Result<usize, String> {
     use fulcrum_engine::spec::SpecMode;
     match spec.parse::<SpecMode>()? {
         SpecMode::Off => Ok(0),
-        SpecMode::Lookup { gamma } => Ok(gamma),
+        SpecMode::Lookup { gamma } => Ok(gamma.unwrap_or(fulcrum_engine::spec::mode::LOOKUP_GAMMA)),
         other => Err(format!(
             "speculation '{other}' is not served yet; the server supports 'off' and 'lookup[:γ]' (generate supports all)"
         )),

@@ -12,6 +12,8 @@
 pub const OMEGA: f64 = 0.95;
 /// DEL's longest draft (γ_max).
 pub const GAMMA_MAX: usize = 18;
+/// Pseudo-count of mismatches added to α's denominator (Fulcrum's guard against acting on one or two matches).
+pub const ALPHA_PRIOR: f64 = 1.0;
 
 /// Decayed acceptance statistics of one arm.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -51,10 +53,12 @@ impl Acceptance {
         self.confidence_mismatched = omega * self.confidence_mismatched + cx;
     }
 
-    /// α, the decayed share of matched tokens; `None` before any data (DEL's NaN case).
+    /// α, the decayed share of matched tokens; `None` before any data (DEL's NaN case). One mismatch is assumed
+    /// beyond those seen ([`ALPHA_PRIOR`]), so that a few early matches cannot make the longest draft look certain;
+    /// with DEL's decay the prior weighs about 5 % once statistics are established.
     pub fn alpha(&self) -> Option<f64> {
         let total = self.matched + self.mismatched;
-        (total > 0.0).then(|| self.matched / total)
+        (total > 0.0).then(|| self.matched / (total + ALPHA_PRIOR))
     }
 
     /// τ: the midpoint of the mean confidences of matched and mismatched tokens; `None` until both were seen.
@@ -88,8 +92,9 @@ pub struct BatchTime {
     early: Option<(usize, f64)>,
 }
 
-/// Weight of a new timing in the running estimates.
-const TIME_DECAY: f64 = 0.8;
+/// Weight of the old estimate against a new timing: fast enough that one verification corrects a slope first
+/// taken from a prompt's batch (whose kernels differ).
+const TIME_DECAY: f64 = 0.5;
 
 impl BatchTime {
     /// Records that a batch of `b` took `seconds`.
@@ -390,7 +395,10 @@ mod tests {
         for _ in 0..50 {
             a.update(OMEGA, &[(true, 0.9)]);
         }
-        assert!(a.alpha().unwrap() > 0.99);
+        assert!(a.alpha().unwrap() > 0.9);
+        let mut one = Acceptance::default();
+        one.update(OMEGA, &[(true, 0.9)]);
+        assert_eq!(one.alpha(), Some(0.5), "one match is not certainty");
         for _ in 0..50 {
             a.update(OMEGA, &[(false, 0.2)]);
         }

@@ -3,7 +3,7 @@
 use super::controller::GAMMA_MAX;
 use std::str::FromStr;
 
-/// Default draft length of prompt lookup.
+/// Draft length of prompt lookup where it cannot adapt (the server).
 pub const LOOKUP_GAMMA: usize = 8;
 /// Default draft length of a draft model.
 pub const DRAFT_GAMMA: usize = 4;
@@ -13,8 +13,9 @@ pub const DRAFT_GAMMA: usize = 4;
 pub enum SpecMode {
     /// Plain decoding, one token per forward pass.
     Off,
-    /// Prompt lookup, up to `gamma` tokens per round.
-    Lookup { gamma: usize },
+    /// Prompt lookup: `gamma` tokens per round, or (`None`) as many as the controller expects to pay, none when
+    /// drafting does not pay.
+    Lookup { gamma: Option<usize> },
     /// A draft model (a name or a path), `gamma` tokens per round.
     Draft { model: String, gamma: usize },
     /// The target's first `exit` layers draft `gamma` tokens per round (LayerSkip's static setting).
@@ -42,7 +43,8 @@ impl std::fmt::Display for SpecMode {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
             SpecMode::Off => write!(f, "off"),
-            SpecMode::Lookup { gamma } => write!(f, "lookup:{gamma}"),
+            SpecMode::Lookup { gamma: None } => write!(f, "lookup"),
+            SpecMode::Lookup { gamma: Some(gamma) } => write!(f, "lookup:{gamma}"),
             SpecMode::Draft { model, gamma } => write!(f, "draft:{model},{gamma}"),
             SpecMode::EarlyExit { exit, gamma } => write!(f, "early-exit:{exit},{gamma}"),
             SpecMode::ExitFsm { exit } => write!(f, "exit-fsm:{exit}"),
@@ -86,11 +88,9 @@ impl FromStr for SpecMode {
             ("off", None) => SpecMode::Off,
             ("del", None) => SpecMode::Del,
             ("auto", None) => SpecMode::Auto,
-            ("lookup", None) => SpecMode::Lookup {
-                gamma: LOOKUP_GAMMA,
-            },
+            ("lookup", None) => SpecMode::Lookup { gamma: None },
             ("lookup", Some(g)) => SpecMode::Lookup {
-                gamma: parse_gamma(g)?,
+                gamma: Some(parse_gamma(g)?),
             },
             ("draft", Some(rest)) => {
                 // A path may hold commas; only a trailing ",<number>" is a length.
@@ -134,6 +134,7 @@ mod tests {
     fn parses_every_form_and_round_trips() {
         for s in [
             "off",
+            "lookup",
             "lookup:8",
             "draft:qwen2.5-coder-0.5b-instruct,4",
             "early-exit:8,4",
@@ -144,12 +145,6 @@ mod tests {
             let mode: SpecMode = s.parse().unwrap();
             assert_eq!(mode.to_string(), s);
         }
-        assert_eq!(
-            "lookup".parse::<SpecMode>().unwrap(),
-            SpecMode::Lookup {
-                gamma: LOOKUP_GAMMA
-            }
-        );
         assert_eq!(
             "draft:/m/a,b.gguf".parse::<SpecMode>().unwrap(),
             SpecMode::Draft {

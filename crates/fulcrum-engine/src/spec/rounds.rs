@@ -232,10 +232,20 @@ impl Speculator {
         };
         match &self.mode {
             SpecMode::Off => Choice::PLAIN,
-            SpecMode::Lookup { gamma } if !self.buffers.lookup.is_empty() => {
+            SpecMode::Lookup { .. } if self.buffers.lookup.is_empty() => Choice::PLAIN,
+            SpecMode::Lookup { gamma: Some(gamma) } => {
                 fixed(Arm::Lookup, (*gamma).min(self.buffers.lookup.len()))
             }
-            SpecMode::Lookup { .. } => Choice::PLAIN,
+            SpecMode::Lookup { gamma: None } => {
+                let len = self.buffers.lookup.len();
+                let choice = self
+                    .controller
+                    .choose(max_len.min(len), |arm| arm == Arm::Lookup);
+                Choice {
+                    draft_len: choice.draft_len.min(len),
+                    ..choice
+                }
+            }
             SpecMode::Draft { gamma, .. } => fixed(Arm::DraftModel, *gamma),
             SpecMode::EarlyExit { exit, gamma } => fixed(Arm::Exit(*exit), *gamma),
             SpecMode::ExitFsm { exit } => fixed(Arm::Exit(*exit), self.fsm_gamma),
