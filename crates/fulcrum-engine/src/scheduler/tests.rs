@@ -216,39 +216,24 @@ fn preemption_frees_blocks_and_recomputes() {
 }
 
 proptest! {
-    /// Whatever the mix of requests, budget and pool size: every request gets exactly the output it gets alone, no
-    /// step exceeds the budget, and every block comes back.
+    /// Whatever the mix of requests, budget and pool size, with or without speculative drafts (some wrong) on decode
+    /// steps: every request gets exactly the output it gets alone, no step exceeds the budget, only verified tokens
+    /// count as computed, and every block comes back.
     #[test]
     fn any_schedule_gives_each_request_its_own_output(
         reqs in proptest::collection::vec((proptest::collection::vec(0u32..4, 1..30), 1usize..12), 1..8),
         budget in 1usize..40,
         max_running in 1usize..6,
         n_blocks in 11usize..40,
+        drafting in any::<bool>(),
     ) {
         let mut s = Scheduler::new(BlockPool::new(n_blocks, 4), limits(budget, max_running));
-        let (out, _) = run(&mut s, &reqs, budget);
+        let (out, _) = run_with(&mut s, &reqs, budget, drafting);
         for (id, (p, n)) in reqs.iter().enumerate() {
             prop_assert_eq!(&out[&(id as u64)], &alone(p, *n));
         }
         prop_assert_eq!(s.pool.n_free(), n_blocks);
         prop_assert_eq!(s.n_running() + s.n_waiting(), 0);
-    }
-
-    /// The same with speculative drafts (some wrong) on decode steps: outputs unchanged, only verified tokens counted
-    /// as computed, every block back.
-    #[test]
-    fn speculative_drafts_change_no_output(
-        reqs in proptest::collection::vec((proptest::collection::vec(0u32..4, 1..30), 1usize..12), 1..8),
-        budget in 1usize..40,
-        max_running in 1usize..6,
-        n_blocks in 11usize..40,
-    ) {
-        let mut s = Scheduler::new(BlockPool::new(n_blocks, 4), limits(budget, max_running));
-        let (out, _) = run_with(&mut s, &reqs, budget, true);
-        for (id, (p, n)) in reqs.iter().enumerate() {
-            prop_assert_eq!(&out[&(id as u64)], &alone(p, *n));
-        }
-        prop_assert_eq!(s.pool.n_free(), n_blocks);
     }
 }
 

@@ -375,17 +375,7 @@ impl Speculator {
         let vocab = session.model.config.vocab_size;
         let logits = self.classify(session, n + 1);
         let b = &mut self.buffers;
-        let q = sampled_drafts.then_some(b.draft_dists.as_slice());
-        let k = accept(
-            logits,
-            vocab,
-            &b.drafts,
-            q,
-            sampler,
-            history,
-            &mut b.p,
-            &mut b.residual,
-        );
+        let k = accept(logits, vocab, b, sampled_drafts, sampler, history);
         session.set_len(pos + k + 1);
         Ok(())
     }
@@ -451,16 +441,7 @@ impl Speculator {
         }
         let logits = self.classify(session, n + 1);
         let b = &mut self.buffers;
-        let k = accept(
-            logits,
-            vocab,
-            &b.drafts,
-            None,
-            sampler,
-            history,
-            &mut b.p,
-            &mut b.residual,
-        );
+        let k = accept(logits, vocab, b, false, sampler, history);
         session.set_len(pos + k + 1);
         Ok(())
     }
@@ -649,33 +630,35 @@ impl Speculator {
     }
 }
 
-/// Walks the verification rows: keeps drafts while the target agrees (greedy) or while rejection sampling accepts
-/// them, then appends the target's own token. Appends every committed token to `history` and returns how many drafts
-/// were kept.
-#[allow(clippy::too_many_arguments)]
+/// Walks the verification rows: keeps the drafts in `b.drafts` while the target agrees (greedy) or while rejection
+/// sampling accepts them (against the draft model's distributions in `b.draft_dists` if `sampled_drafts`, else as
+/// deterministic proposals), then appends the target's own token. Appends every committed token to `history` and
+/// returns how many drafts were kept.
 fn accept(
     logits: &[f32],
     vocab: usize,
-    drafts: &[u32],
-    q: Option<&[Vec<(u32, f32)>]>,
+    b: &mut Buffers,
+    sampled_drafts: bool,
     sampler: &mut Sampler,
     history: &mut Vec<u32>,
-    p: &mut Vec<(u32, f32)>,
-    residual: &mut Vec<(u32, f32)>,
 ) -> usize {
+    let drafts = &b.drafts;
     for (j, row) in logits.chunks_exact(vocab).enumerate() {
-        sampler.distribution(row, history, p);
+        sampler.distribution(row, history, &mut b.p);
         if j == drafts.len() {
-            let bonus = if p.len() == 1 {
-                p[0].0
+            let bonus = if b.p.len() == 1 {
+                b.p[0].0
             } else {
-                sampler.draw_from(p)
+                sampler.draw_from(&b.p)
             };
             history.push(bonus);
             return j;
         }
-        let q_j = q.and_then(|q| q.get(j)).map(Vec::as_slice);
-        match verify::check(p, q_j, drafts[j], sampler, residual) {
+        let q_j = sampled_drafts
+            .then(|| b.draft_dists.get(j))
+            .flatten()
+            .map(Vec::as_slice);
+        match verify::check(&b.p, q_j, drafts[j], sampler, &mut b.residual) {
             Verdict::Accept => history.push(drafts[j]),
             Verdict::Replace(token) => {
                 history.push(token);
