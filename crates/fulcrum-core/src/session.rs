@@ -181,29 +181,6 @@ impl Session {
             .classify(&self.pool, 1, &mut self.scratch, Rounding::Reference))
     }
 
-    /// Evaluates `tokens` in one batch, every row rounded as if alone, and returns the logits of all of them,
-    /// `(tokens.len(), vocab)`: speculative verification, whose results must equal one-token decoding's.
-    pub fn eval_all(&mut self, tokens: &[u32]) -> Result<&[f32], ModelError> {
-        self.check_fits(tokens.len())?;
-        let span = SeqSpan {
-            start_row: 0,
-            len: tokens.len(),
-            start_pos: self.kv.len,
-            slots: None,
-            logits_from: 0,
-        };
-        let logits = self.model.forward_batch(
-            &self.pool,
-            tokens,
-            &[span],
-            &mut self.kv,
-            &mut self.scratch,
-            Rounding::BatchInvariant,
-        )?;
-        self.kv.len += tokens.len();
-        Ok(logits)
-    }
-
     /// Embeds `tokens` into the front of the residual stream, for [`Session::run_layers`].
     pub fn embed(&mut self, tokens: &[u32]) -> Result<(), ModelError> {
         self.model.embed(tokens, &mut self.scratch)
@@ -260,7 +237,8 @@ impl Session {
         )
     }
 
-    /// [`Session::classify`] with the batch's own rounding (faster for many rows): for statistics, not for decoding.
+    /// [`Session::classify`] rounded as llama.cpp rounds a batch of this size: for statistics (argmaxes of shadow
+    /// rows), never for decoding.
     pub fn classify_batch(&mut self, rows: usize) -> &[f32] {
         self.model
             .classify(&self.pool, rows, &mut self.scratch, Rounding::Reference)

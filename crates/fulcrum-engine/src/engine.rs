@@ -558,6 +558,11 @@ impl Engine {
             return false;
         }
         req.emitted += 1;
+        // Ends at the token limit or at the context: the length as of this token (a speculative step has already
+        // appended the tokens after it).
+        let prompt_len = self.scheduler.get(id).map_or(0, |s| s.prompt_len);
+        let full = req.emitted >= req.params.max_tokens
+            || prompt_len + req.emitted >= self.config.max_seq_len;
         self.metrics
             .generated_tokens
             .fetch_add(1, Ordering::Relaxed);
@@ -573,10 +578,7 @@ impl Engine {
             self.finish(id, None);
             return false;
         }
-        let seq_len = self.scheduler.get(id).map_or(0, |s| s.tokens.len());
-        let emitted = self.requests.get(&id).map_or(0, |r| r.emitted);
-        let max_tokens = self.requests.get(&id).map_or(0, |r| r.params.max_tokens);
-        if emitted >= max_tokens || seq_len >= self.config.max_seq_len {
+        if full {
             self.finish(id, Some(FinishReason::Length));
             return false;
         }

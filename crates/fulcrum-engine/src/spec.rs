@@ -175,27 +175,21 @@ impl Speculator {
         for &e in &exits {
             check_exit(e)?;
         }
-        let (arms, exits, units): (Vec<Arm>, Vec<usize>, CostUnits) = match &mode {
-            SpecMode::Off => (Vec::new(), Vec::new(), CostUnits::Seconds),
-            SpecMode::Lookup { .. } => (vec![Arm::Lookup], Vec::new(), CostUnits::Seconds),
-            SpecMode::Draft { .. } => (vec![Arm::DraftModel], Vec::new(), CostUnits::Seconds),
-            SpecMode::EarlyExit { exit, .. } | SpecMode::ExitFsm { exit } => (
-                vec![Arm::Exit(check_exit(*exit)?)],
-                Vec::new(),
-                CostUnits::Seconds,
-            ),
-            SpecMode::Del => (
-                exits.iter().map(|&e| Arm::Exit(e)).collect(),
-                exits,
-                CostUnits::Seconds,
-            ),
+        let (arms, exits): (Vec<Arm>, Vec<usize>) = match &mode {
+            SpecMode::Off => (Vec::new(), Vec::new()),
+            SpecMode::Lookup { .. } => (vec![Arm::Lookup], Vec::new()),
+            SpecMode::Draft { .. } => (vec![Arm::DraftModel], Vec::new()),
+            SpecMode::EarlyExit { exit, .. } | SpecMode::ExitFsm { exit } => {
+                (vec![Arm::Exit(check_exit(*exit)?)], Vec::new())
+            }
+            SpecMode::Del => (exits.iter().map(|&e| Arm::Exit(e)).collect(), exits),
             SpecMode::Auto => {
                 let mut arms: Vec<Arm> = exits.iter().map(|&e| Arm::Exit(e)).collect();
                 arms.push(Arm::Lookup);
                 if draft.is_some() {
                     arms.push(Arm::DraftModel);
                 }
-                (arms, exits, CostUnits::Seconds)
+                (arms, exits)
             }
         };
         let wants_draft = matches!(mode, SpecMode::Draft { .. });
@@ -229,7 +223,7 @@ impl Speculator {
             SpecMode::ExitFsm { .. } => 1,
             _ => 0,
         };
-        let mut controller = Controller::new(&arms, n_layers, units);
+        let mut controller = Controller::new(&arms, n_layers, CostUnits::Seconds);
         controller.gamma_min = options.gamma_min;
         if let Some(runner) = &draft {
             // Decoding reads every weight once per token, so step times scale with the files' sizes.

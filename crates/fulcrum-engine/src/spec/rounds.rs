@@ -198,18 +198,7 @@ impl Speculator {
         let Some((captured, targets)) = self.buffers.pending_init.take() else {
             return Ok(());
         };
-        let started = Instant::now();
-        let d = session.model.config.d_model;
-        let positions = targets.len();
-        self.buffers.rows.clear();
-        for (rows, &live) in captured.iter().zip(&self.buffers.live) {
-            if live {
-                self.buffers.rows.extend_from_slice(&rows[..positions * d]);
-            }
-        }
-        self.learn_from_shadow(session, &targets, positions)?;
-        self.stats.shadow_seconds += started.elapsed().as_secs_f64();
-        Ok(())
+        self.learn_from_shadow(session, &captured, &targets)
     }
 
     /// Whether this round computes shadow tokens: every `shadow_every` rounds while an exit drafts, four times
@@ -568,32 +557,35 @@ impl Speculator {
             self.controller.observe(Arm::Lookup, &b.outcomes);
         }
         if shadow {
-            let started = Instant::now();
-            let d = session.model.config.d_model;
-            let positions = committed.len();
-            b.rows.clear();
-            for (rows, &live) in b.shadow.iter().zip(&b.live) {
-                if live {
-                    b.rows.extend_from_slice(&rows[..positions * d]);
-                }
-            }
-            self.learn_from_shadow(session, committed, positions)?;
+            // Lent out and put back before any error returns: the rounds index it by exit.
+            let per_exit = std::mem::take(&mut self.buffers.shadow);
+            let learned = self.learn_from_shadow(session, &per_exit, committed);
+            self.buffers.shadow = per_exit;
+            learned?;
             self.stats.shadow_rounds += 1;
-            self.stats.shadow_seconds += started.elapsed().as_secs_f64();
         }
         Ok(())
     }
 
-    /// Classifies `buffers.rows` (per candidate exit, `positions` hidden states) and records, per exit, whether each
-    /// position's prediction matches `targets`.
+    /// Classifies the hidden states `per_exit` holds for the live candidate exits (the first `targets.len()` rows
+    /// of each) and records, per exit, whether each position's prediction matches `targets`; the time counts as
+    /// shadow time.
     fn learn_from_shadow(
         &mut self,
         session: &mut Session,
+        per_exit: &[Vec<f32>],
         targets: &[u32],
-        positions: usize,
     ) -> Result<(), ModelError> {
+        let started = Instant::now();
+        let positions = targets.len();
         let vocab = session.model.config.vocab_size;
         let d = session.model.config.d_model;
+        self.buffers.rows.clear();
+        for (rows, &live) in per_exit.iter().zip(&self.buffers.live) {
+            if live {
+                self.buffers.rows.extend_from_slice(&rows[..positions * d]);
+            }
+        }
         let total = self.buffers.rows.len() / d;
         if total == 0 {
             return Ok(());
@@ -626,6 +618,7 @@ impl Speculator {
             }
             self.controller.observe(Arm::Exit(exit), &b.outcomes);
         }
+        self.stats.shadow_seconds += started.elapsed().as_secs_f64();
         Ok(())
     }
 }
