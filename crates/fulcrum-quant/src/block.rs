@@ -14,7 +14,7 @@ pub unsafe trait ByteBlock: Sized {}
 pub fn cast<B: ByteBlock>(bytes: &[u8]) -> &[B] {
     let size = size_of::<B>();
     assert!(
-        bytes.len() % size == 0,
+        bytes.len().is_multiple_of(size),
         "{} bytes is not a whole number of {size}-byte blocks",
         bytes.len()
     );
@@ -26,7 +26,7 @@ pub fn cast<B: ByteBlock>(bytes: &[u8]) -> &[B] {
 pub fn cast_mut<B: ByteBlock>(bytes: &mut [u8]) -> &mut [B] {
     let size = size_of::<B>();
     assert!(
-        bytes.len() % size == 0,
+        bytes.len().is_multiple_of(size),
         "{} bytes is not a whole number of {size}-byte blocks",
         bytes.len()
     );

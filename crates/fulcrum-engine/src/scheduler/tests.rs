@@ -29,8 +29,7 @@ fn fake_draft(tokens: &[u32], len: usize, seed: u64) -> Vec<u32> {
         let wrong = (seed
             .wrapping_mul(0x9E37_79B9)
             .wrapping_add(i as u64 * 7 + t.len() as u64))
-            % 3
-            == 0;
+        .is_multiple_of(3);
         let token = if wrong { (right + 1) % 5 } else { right };
         draft.push(token);
         t.push(token);

@@ -178,7 +178,7 @@ impl Speculator {
     /// acceptance is known, would pay if it rose by [`ALPHA_HEADROOM`]. Every [`REVIVE_EVERY`] rounds all exits that
     /// could pay are looked at again, for contexts where the model's early layers start to agree.
     fn update_live(&mut self, max_len: usize) {
-        let revive = self.round % REVIVE_EVERY == 0;
+        let revive = self.round.is_multiple_of(REVIVE_EVERY);
         for (live, &exit) in self.buffers.live.iter_mut().zip(&self.exits) {
             let arm = Arm::Exit(exit);
             let alpha = self.controller.acceptance(arm).and_then(|a| a.alpha());
@@ -208,7 +208,7 @@ impl Speculator {
             None => self.options.shadow_every * 4,
             Some(_) => self.options.shadow_every,
         };
-        self.buffers.live.iter().any(|&l| l) && every > 0 && self.round % every == 0
+        self.buffers.live.iter().any(|&l| l) && every > 0 && self.round.is_multiple_of(every)
     }
 
     fn choose(&mut self, max_len: usize) -> Choice {

@@ -73,7 +73,7 @@ impl Raw {
 
     /// Zero bytes up to a multiple of `alignment`.
     pub fn pad(mut self, alignment: usize) -> Raw {
-        while self.0.len() % alignment != 0 {
+        while !self.0.len().is_multiple_of(alignment) {
             self.0.push(0);
         }
         self

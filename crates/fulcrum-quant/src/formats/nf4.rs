@@ -208,7 +208,7 @@ impl<'a> Row<'a> {
     pub fn new(row: &'a [u8]) -> Row<'a> {
         let blocks = row.len() / BLOCK_BYTES;
         assert!(
-            row.len() % BLOCK_BYTES == 0 && blocks >= MIN_BLOCKS,
+            row.len().is_multiple_of(BLOCK_BYTES) && blocks >= MIN_BLOCKS,
             "an NF4 row of {} bytes is not {MIN_BLOCKS} or more whole blocks",
             row.len()
         );
@@ -266,7 +266,9 @@ impl<'a> Row<'a> {
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
     let blocks = src.len() / BLOCK;
     assert!(
-        src.len() % BLOCK == 0 && blocks >= MIN_BLOCKS && dst.len() == blocks * BLOCK_BYTES,
+        src.len().is_multiple_of(BLOCK)
+            && blocks >= MIN_BLOCKS
+            && dst.len() == blocks * BLOCK_BYTES,
         "NF4 quantize: {} values into {} bytes",
         src.len(),
         dst.len()
