@@ -252,7 +252,7 @@ pub fn matmul(
     });
 }
 
-/// The kernel family chosen at start-up ("avx2+fma" or "scalar").
+/// The kernel family chosen at start-up ("scalar", or "avx2+fma" and any VNNI tiles).
 pub fn simd_level() -> &'static str {
     fulcrum_quant::simd_level()
 }

@@ -58,7 +58,7 @@ pub fn vec_dot_type(w: GgmlType) -> GgmlType {
 /// Bytes of a row of `n` elements of type `ty`, or an error if `n` is not a whole number of blocks.
 pub fn try_row_bytes(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
     let block = ty.block_size();
-    if n % block != 0 {
+    if !n.is_multiple_of(block) {
         return Err(QuantError::PartialBlock { ty, n, block });
     }
     Ok(n / block * ty.type_size())
@@ -183,7 +183,8 @@ pub fn vec_dot_in_batch(
     )
 }
 
-/// Which kernels [`vec_dot`] uses: `"avx2+fma"` or `"scalar"`.
+/// Which kernels [`vec_dot`] uses: `"scalar"`, or `"avx2+fma"` with `"+avx-vnni"` or `"+avx512-vnni"` where the tiles
+/// use VNNI dot products (`FULCRUM_NO_VNNI=1` turns those off).
 pub fn simd_level() -> &'static str {
     dispatch::table().level
 }

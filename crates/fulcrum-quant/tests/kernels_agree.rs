@@ -191,7 +191,7 @@ fn simd_is_used_where_available() {
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
     {
-        assert_eq!(fulcrum_quant::simd_level(), "avx2+fma");
+        assert!(fulcrum_quant::simd_level().starts_with("avx2+fma"));
         return;
     }
     let _ = forced;

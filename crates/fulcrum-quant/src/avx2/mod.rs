@@ -12,7 +12,7 @@ mod legacy;
 pub mod nf4;
 mod tiles;
 
-use crate::dispatch::Table;
+use crate::dispatch::{Table, TileFn};
 use crate::GgmlType;
 
 /// Whether this CPU can run these kernels.
@@ -63,6 +63,12 @@ tile_wrappers! {
     tile_q4_0 => tiles::tile_32::<tiles::Q4_0>,
     tile_q5_0 => tiles::tile_32::<tiles::Q5_0>,
     tile_q8_0 => tiles::tile_32::<tiles::Q8_0>,
+    tile_q4_0_avx_vnni => tiles::tile_32_avx_vnni::<tiles::Q4_0>,
+    tile_q5_0_avx_vnni => tiles::tile_32_avx_vnni::<tiles::Q5_0>,
+    tile_q8_0_avx_vnni => tiles::tile_32_avx_vnni::<tiles::Q8_0>,
+    tile_q4_0_avx512_vnni => tiles::tile_32_avx512_vnni::<tiles::Q4_0>,
+    tile_q5_0_avx512_vnni => tiles::tile_32_avx512_vnni::<tiles::Q5_0>,
+    tile_q8_0_avx512_vnni => tiles::tile_32_avx512_vnni::<tiles::Q8_0>,
     tile_q4_k => tiles::tile_q4_k,
     tile_q4_k_grouped => tiles::tile_q4_k_grouped,
     tile_q6_k => tiles::tile_q6_k,
@@ -126,10 +132,22 @@ pub fn install(table: &mut Table) {
         }
     }
     use crate::Order::{Grouped, Plain, Tiled};
-    let tiles: [(GgmlType, crate::Order, crate::dispatch::TileFn); 7] = [
-        (Q4_0, Plain, tile_q4_0),
-        (Q5_0, Plain, tile_q5_0),
-        (Q8_0, Plain, tile_q8_0),
+    // The tiles of the 32-element formats form the same exact integer lanes with whichever instructions the CPU has
+    // (the wrappers are sound: `Vnni::detect` confirmed the features).
+    let vnni = tiles::Vnni::detect();
+    let (q4_0, q5_0, q8_0): (TileFn, TileFn, TileFn) = match vnni {
+        tiles::Vnni::None => (tile_q4_0, tile_q5_0, tile_q8_0),
+        tiles::Vnni::Avx => (tile_q4_0_avx_vnni, tile_q5_0_avx_vnni, tile_q8_0_avx_vnni),
+        tiles::Vnni::Avx512 => (
+            tile_q4_0_avx512_vnni,
+            tile_q5_0_avx512_vnni,
+            tile_q8_0_avx512_vnni,
+        ),
+    };
+    let tiles: [(GgmlType, crate::Order, TileFn); 7] = [
+        (Q4_0, Plain, q4_0),
+        (Q5_0, Plain, q5_0),
+        (Q8_0, Plain, q8_0),
         (Q4_K, Plain, tile_q4_k),
         (Q4_K, Grouped, tile_q4_k_grouped),
         (Q6_K, Plain, tile_q6_k),
@@ -140,5 +158,9 @@ pub fn install(table: &mut Table) {
             kernels.tile[order as usize] = Some(tile);
         }
     }
-    table.level = "avx2+fma";
+    table.level = match vnni {
+        tiles::Vnni::None => "avx2+fma",
+        tiles::Vnni::Avx => "avx2+fma+avx-vnni",
+        tiles::Vnni::Avx512 => "avx2+fma+avx512-vnni",
+    };
 }

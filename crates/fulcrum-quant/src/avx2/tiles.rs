@@ -1,7 +1,7 @@
-//! Tile kernels: `R` weight rows × `T` activation rows per step, with one accumulator per output. Each weight block
-//! is unpacked once for the `T` activation rows and the `R × T` fused multiply-add chains run side by side, but each
-//! chain adds its blocks in the same order, with the same operations, as the single dot product in `legacy.rs` or
-//! `k_quants.rs`, so every output is bit-identical to it.
+//! Tile kernels: one weight row × several activation rows per step, with one accumulator per output. Each weight
+//! block is unpacked once for all the step's activation rows and their fused multiply-add chains run side by side,
+//! but each chain adds its blocks in the same order, with the same float operations, as the single dot product in
+//! `legacy.rs` or `k_quants.rs`, so every output is bit-identical to it.
 
 use super::helpers::{bits_to_bytes, half, hsum_f32, nibbles_32};
 use super::k_quants::{hsum_i32, min_sub, min_term, q6_codes};
@@ -9,31 +9,36 @@ use crate::block::{cast, ByteBlock};
 use crate::formats::{k_scales, q4_k::BlockQ4K, q6_k::BlockQ6K, q8_k::BlockQ8K};
 use std::arch::x86_64::*;
 
-/// Activation rows per step of the wide tiles.
-const T: usize = 3;
-/// Weight rows per step.
-const R: usize = 3;
+/// Activation rows per step of the 32-element tiles: each weight block is unpacked once for this many.
+const TG: usize = 8;
 /// How far ahead of the block being read the weight stream is prefetched, in bytes (measured: 20 % faster
 /// matrix-vector products than the hardware prefetcher alone on a 2-core EPYC).
 const PF: usize = 2048;
 
-/// A 32-element weight block dotted against Q8_0: an f16 scale at byte 0, and signed codes.
+/// A 32-element weight block dotted against Q8_0: an f16 scale at byte 0, then codes.
+///
+/// Formats whose codes are `u − OFFSET` for an unsigned `u` (Q4_0, Q5_0) hand out `u` and let the tile subtract
+/// `OFFSET · Σ y` per lane, precomputed once per activation row; signed formats (Q8_0, `OFFSET` = 0) use the sign
+/// trick. Either way each lane holds the same exact integer as the single dot product's.
 pub trait Block32 {
     /// Bytes per block.
     const SIZE: usize;
-    /// The 32 signed codes of the block at `p`.
+    /// What was added to every code to make it unsigned; 0 for signed codes.
+    const OFFSET: i8;
+    /// The 32 codes of the block at `p`: `code + OFFSET` as u8, or the signed codes when `OFFSET` is 0.
     unsafe fn codes(p: *const u8) -> __m256i;
 }
 
-/// Q8_0: the codes are stored as they are.
+/// Q8_0: signed codes, stored as they are.
 pub struct Q8_0;
-/// Q5_0: code − 16 from a nibble and a fifth bit.
+/// Q5_0: a nibble and a fifth bit make `code + 16`.
 pub struct Q5_0;
-/// Q4_0: nibble − 8.
+/// Q4_0: the nibble is `code + 8`.
 pub struct Q4_0;
 
 impl Block32 for Q8_0 {
     const SIZE: usize = 34;
+    const OFFSET: i8 = 0;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(p: *const u8) -> __m256i {
@@ -43,21 +48,23 @@ impl Block32 for Q8_0 {
 
 impl Block32 for Q5_0 {
     const SIZE: usize = 22;
+    const OFFSET: i8 = 16;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(p: *const u8) -> __m256i {
         let qh = u32::from_le_bytes(p.add(2).cast::<[u8; 4]>().read());
-        let high_clear = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
-        _mm256_or_si256(nibbles_32(p.add(6)), high_clear)
+        let high = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
+        _mm256_or_si256(nibbles_32(p.add(6)), high)
     }
 }
 
 impl Block32 for Q4_0 {
     const SIZE: usize = 18;
+    const OFFSET: i8 = 8;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(p: *const u8) -> __m256i {
-        _mm256_sub_epi8(nibbles_32(p.add(2)), _mm256_set1_epi8(8))
+        nibbles_32(p.add(2))
     }
 }
 
@@ -71,98 +78,234 @@ unsafe fn half_at(p: *const u8) -> f32 {
     half(p.cast::<[u8; 2]>().read())
 }
 
-/// `RR × TT` outputs of a 32-element format: weight rows at `w + r·ws`, activation rows at `a + t·as_`, `nb` blocks;
-/// `dy` holds the activation rows' block scales as f32, `nb` per row.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro_32<B: Block32, const RR: usize, const TT: usize>(
-    w: *const u8,
-    ws: usize,
-    a: *const u8,
-    as_: usize,
-    dy: *const f32,
-    nb: usize,
-    out: *mut f32,
-    ld: usize,
-) {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); TT]; RR];
-    for b in 0..nb {
-        let qy: [__m256i; TT] =
-            std::array::from_fn(|t| _mm256_loadu_si256(a.add(t * as_ + b * Q8_0_SIZE + 2).cast()));
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let p = w.add(r * ws + b * B::SIZE);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF).cast());
-            let dx = half_at(p);
-            let qx = B::codes(p);
-            let ax = _mm256_sign_epi8(qx, qx);
-            for t in 0..TT {
-                let sums =
-                    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(qy[t], qx)), ones);
-                let d = _mm256_set1_ps(dx * *dy.add(t * nb + b));
-                acc_r[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc_r[t]);
-            }
-        }
-    }
-    for (r, acc_r) in acc.iter().enumerate() {
-        for (t, &v) in acc_r.iter().enumerate() {
-            *out.add(t * ld + r) = hsum_f32(v);
-        }
-    }
+/// What a tile step precomputes per activation block, for the `TT` activation rows of the step: block `b` of row
+/// `t` is entry `b · TT + t`.
+struct Prepared {
+    /// `OFFSET · Σ y` over each lane's four codes (offset formats only).
+    correction: Vec<__m256i>,
+    /// The block scale as f32.
+    scale: Vec<f32>,
 }
 
 thread_local! {
-    /// Activation block scales widened to f32 once per tile step, shared by all its weight rows.
-    static SCALES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PREPARED: std::cell::RefCell<Prepared> =
+        const { std::cell::RefCell::new(Prepared { correction: Vec::new(), scale: Vec::new() }) };
 }
 
-/// A tile of any size for a 32-element format, walked in `R × T` steps.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C, and the buffers hold what `TileFn` promises (checked by `dot_tile`).
+/// Fills `p` for activation rows `a + t·as_`, `t < tt`, of `nb` blocks, for a format with codes offset by `offset`;
+/// with `negate`, the corrections are stored negated (the VNNI kernels start their sums from them).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile_32<B: Block32>(
-    w: &[u8],
-    rows: usize,
-    a: &[u8],
-    tokens: usize,
-    n: usize,
-    out: &mut [f32],
-    ld: usize,
+unsafe fn prepare(
+    p: &mut Prepared,
+    a: *const u8,
+    as_: usize,
+    tt: usize,
+    nb: usize,
+    offset: i8,
+    negate: bool,
 ) {
-    let nb = n / 32;
-    let (ws, as_) = (nb * B::SIZE, nb * Q8_0_SIZE);
-    assert!(w.len() >= rows * ws && a.len() >= tokens * as_);
-    assert!(out.len() >= (tokens - 1) * ld + rows);
-    SCALES.with_borrow_mut(|dy| {
-        dy.resize(T * nb, 0.0);
-        let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
-        let mut t = 0;
-        while t < tokens {
-            let step = if tokens - t >= T { T } else { 1 };
-            let (ap, op) = (a.add(t * as_), o.add(t * ld));
-            for (i, d) in dy[..step * nb].iter_mut().enumerate() {
-                *d = half_at(ap.add((i / nb) * as_ + (i % nb) * Q8_0_SIZE));
-            }
-            let dp = dy.as_ptr();
-            let mut r = 0;
-            while step == T && r + R <= rows {
-                micro_32::<B, R, T>(w.add(r * ws), ws, ap, as_, dp, nb, op.add(r), ld);
-                r += R;
-            }
-            while r < rows {
-                let (wp, op) = (w.add(r * ws), op.add(r));
-                if step == T {
-                    micro_32::<B, 1, T>(wp, ws, ap, as_, dp, nb, op, ld);
+    p.scale.resize(nb * tt, 0.0);
+    p.correction.resize(
+        if offset == 0 { 0 } else { nb * tt },
+        _mm256_setzero_si256(),
+    );
+    let (ones, off) = (_mm256_set1_epi16(1), _mm256_set1_epi8(offset));
+    for t in 0..tt {
+        for b in 0..nb {
+            let y = a.add(t * as_ + b * Q8_0_SIZE);
+            p.scale[b * tt + t] = half_at(y);
+            if offset != 0 {
+                let qy = _mm256_loadu_si256(y.add(2).cast());
+                let c = _mm256_madd_epi16(_mm256_maddubs_epi16(off, qy), ones);
+                p.correction[b * tt + t] = if negate {
+                    _mm256_sub_epi32(_mm256_setzero_si256(), c)
                 } else {
-                    micro_32::<B, 1, 1>(wp, ws, ap, as_, dp, nb, op, ld);
-                }
-                r += 1;
+                    c
+                };
             }
-            t += step;
         }
-    });
+    }
+}
+
+/// The exact i32 lanes (four products each) of a block: unsigned codes `u` against activations at `y`, less the
+/// prepared correction at `c`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn offset_lanes(u: __m256i, y: *const u8, c: *const __m256i) -> __m256i {
+    let products = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(u, _mm256_loadu_si256(y.cast())),
+        _mm256_set1_epi16(1),
+    );
+    _mm256_sub_epi32(products, *c)
+}
+
+/// [`offset_lanes`] with AVX-VNNI: one `vpdpbusd` adds the products to the negated correction.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn offset_lanes_avx_vnni(u: __m256i, y: *const u8, c: *const __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(*c, u, _mm256_loadu_si256(y.cast()))
+}
+
+/// [`offset_lanes_avx_vnni`] with AVX512-VNNI's 256-bit form (Zen 4 has it but not AVX-VNNI).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn offset_lanes_avx512_vnni(u: __m256i, y: *const u8, c: *const __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(*c, u, _mm256_loadu_si256(y.cast()))
+}
+
+/// The exact i32 lanes of a block of signed codes `x` (`ax` = |x|) against activations at `y`, by the sign trick.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn signed_lanes(x: __m256i, ax: __m256i, y: *const u8) -> __m256i {
+    let sy = _mm256_sign_epi8(_mm256_loadu_si256(y.cast()), x);
+    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+}
+
+/// [`signed_lanes`] with AVX-VNNI.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn signed_lanes_avx_vnni(x: __m256i, ax: __m256i, y: *const u8) -> __m256i {
+    let sy = _mm256_sign_epi8(_mm256_loadu_si256(y.cast()), x);
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, sy)
+}
+
+/// [`signed_lanes`] with AVX512-VNNI's 256-bit form.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn signed_lanes_avx512_vnni(x: __m256i, ax: __m256i, y: *const u8) -> __m256i {
+    let sy = _mm256_sign_epi8(_mm256_loadu_si256(y.cast()), x);
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
+}
+
+/// Defines a 32-element tile kernel and its row kernel for one instruction set: `$features` enabled, the lanes
+/// formed by `$offset_lanes` / `$signed_lanes`, corrections negated when `$negate`.
+macro_rules! tile_32_family {
+    ($(#[$doc:meta])* $tile:ident, $row:ident, $features:literal, $offset_lanes:ident, $signed_lanes:ident,
+     $negate:literal) => {
+        /// One weight row against `TT` activation rows (at `a + t·as_`), `nb` blocks, into `out[t·ld]`; `p`
+        /// prepared for those rows. Each output adds its blocks in order with `acc += (d_w·d_a) · float(lanes)`,
+        /// as the single dot product does.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $row<B: Block32, const TT: usize>(
+            w: *const u8,
+            a: *const u8,
+            as_: usize,
+            p: &Prepared,
+            nb: usize,
+            out: *mut f32,
+            ld: usize,
+        ) {
+            let mut acc = [_mm256_setzero_ps(); TT];
+            let (scale, correction) = (p.scale.as_ptr(), p.correction.as_ptr());
+            for b in 0..nb {
+                let x = w.add(b * B::SIZE);
+                _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add(PF).cast());
+                let dx = _mm256_set1_ps(half_at(x));
+                let qx = B::codes(x);
+                let ax = _mm256_sign_epi8(qx, qx);
+                for (t, acc_t) in acc.iter_mut().enumerate() {
+                    let y = a.add(t * as_ + b * Q8_0_SIZE + 2);
+                    let lanes = if B::OFFSET == 0 {
+                        $signed_lanes(qx, ax, y)
+                    } else {
+                        $offset_lanes(qx, y, correction.add(b * TT + t))
+                    };
+                    let d = _mm256_mul_ps(dx, _mm256_broadcast_ss(&*scale.add(b * TT + t)));
+                    *acc_t = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), *acc_t);
+                }
+            }
+            for (t, &v) in acc.iter().enumerate() {
+                *out.add(t * ld) = hsum_f32(v);
+            }
+        }
+
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU has the instruction set, and the buffers hold what `TileFn` promises (checked by `dot_tile`).
+        #[target_feature(enable = $features)]
+        pub unsafe fn $tile<B: Block32>(
+            w: &[u8],
+            rows: usize,
+            a: &[u8],
+            tokens: usize,
+            n: usize,
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            let nb = n / 32;
+            let (ws, as_) = (nb * B::SIZE, nb * Q8_0_SIZE);
+            assert!(w.len() >= rows * ws && a.len() >= tokens * as_);
+            assert!(out.len() >= (tokens - 1) * ld + rows);
+            PREPARED.with_borrow_mut(|p| {
+                let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+                let mut t = 0;
+                while t < tokens {
+                    let step = match tokens - t {
+                        left if left >= TG => TG,
+                        left if left >= 4 => 4,
+                        left if left >= 2 => 2,
+                        _ => 1,
+                    };
+                    let (ap, op) = (a.add(t * as_), o.add(t * ld));
+                    prepare(p, ap, as_, step, nb, B::OFFSET, $negate);
+                    for r in 0..rows {
+                        let (wp, op) = (w.add(r * ws), op.add(r));
+                        match step {
+                            TG => $row::<B, TG>(wp, ap, as_, p, nb, op, ld),
+                            4 => $row::<B, 4>(wp, ap, as_, p, nb, op, ld),
+                            2 => $row::<B, 2>(wp, ap, as_, p, nb, op, ld),
+                            _ => $row::<B, 1>(wp, ap, as_, p, nb, op, ld),
+                        }
+                    }
+                    t += step;
+                }
+            });
+        }
+    };
+}
+
+tile_32_family! {
+    /// A tile of any size for a 32-element format (AVX2): steps of [`TG`] activation rows (then 4, 2, 1 for the
+    /// rest), each walking every weight row.
+    tile_32, row_32, "avx2,fma,f16c", offset_lanes, signed_lanes, false
+}
+tile_32_family! {
+    /// [`tile_32`] with AVX-VNNI dot products.
+    tile_32_avx_vnni, row_32_avx_vnni, "avx2,fma,f16c,avxvnni", offset_lanes_avx_vnni,
+    signed_lanes_avx_vnni, true
+}
+tile_32_family! {
+    /// [`tile_32`] with AVX512-VNNI's 256-bit dot products.
+    tile_32_avx512_vnni, row_32_avx512_vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    offset_lanes_avx512_vnni, signed_lanes_avx512_vnni, true
+}
+
+/// Which dot-product instructions the 32-element tiles can use on this CPU (`FULCRUM_NO_VNNI=1` forces AVX2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vnni {
+    None,
+    Avx,
+    Avx512,
+}
+
+impl Vnni {
+    /// The best this CPU has.
+    pub fn detect() -> Vnni {
+        if std::env::var("FULCRUM_NO_VNNI").is_ok_and(|v| v == "1") {
+            Vnni::None
+        } else if is_x86_feature_detected!("avxvnni") {
+            Vnni::Avx
+        } else if is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512bw")
+        {
+            Vnni::Avx512
+        } else {
+            Vnni::None
+        }
+    }
 }
 
 /// Activation rows per step of the K-quant tiles (one weight row at a time: a super-block's codes are unpacked once
@@ -355,4 +498,91 @@ k_tiles! {
     tile_q6_k => q6_k_row, false;
     /// Q6_K tiles in `vec_dot_q6_k_tiled`'s order.
     tile_q6_k_tiled => q6_k_row, true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{quantize_row, row_bytes, vec_dot, GgmlType};
+
+    type Tile = unsafe fn(&[u8], usize, &[u8], usize, usize, &mut [f32], usize);
+
+    /// Every 32-element tile variant this CPU can run, per format.
+    fn variants(ty: GgmlType) -> Vec<(&'static str, Tile)> {
+        macro_rules! of {
+            ($b:ty) => {{
+                let mut v: Vec<(&'static str, Tile)> = vec![("avx2", tile_32::<$b>)];
+                if is_x86_feature_detected!("avxvnni") {
+                    v.push(("avx-vnni", tile_32_avx_vnni::<$b>));
+                }
+                if is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512bw")
+                {
+                    v.push(("avx512-vnni", tile_32_avx512_vnni::<$b>));
+                }
+                v
+            }};
+        }
+        match ty {
+            GgmlType::Q4_0 => of!(Q4_0),
+            GgmlType::Q5_0 => of!(Q5_0),
+            _ => of!(Q8_0),
+        }
+    }
+
+    /// Every variant's every output equals the single dot product bit for bit, for tile shapes that exercise each
+    /// step width (8, 4, 2, 1) and activations with extreme codes (±127, zeros).
+    #[test]
+    fn every_tile_variant_matches_single_dots() {
+        if !crate::avx2::available() {
+            return;
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+            for (rows, tokens, blocks) in [(5, 15, 3), (1, 1, 1), (16, 64, 28), (3, 7, 9)] {
+                let n = 32 * blocks;
+                let (ws, as_) = (row_bytes(ty, n), row_bytes(GgmlType::Q8_0, n));
+                let mut w = vec![0u8; rows * ws];
+                for row in w.chunks_exact_mut(ws) {
+                    let values: Vec<f32> = (0..n).map(|_| next()).collect();
+                    quantize_row(ty, &values, row);
+                }
+                let mut a = vec![0u8; tokens * as_];
+                for (t, row) in a.chunks_exact_mut(as_).enumerate() {
+                    let values: Vec<f32> = (0..n)
+                        .map(|i| match t % 3 {
+                            0 => next(),
+                            1 if i % 5 == 0 => 0.0,
+                            1 => next().signum(),
+                            _ => next() * 1e-3,
+                        })
+                        .collect();
+                    quantize_row(GgmlType::Q8_0, &values, row);
+                }
+                let ld = rows + 2;
+                for (name, tile) in variants(ty) {
+                    let mut out = vec![f32::NAN; tokens * ld];
+                    // SAFETY: `variants` lists only what the CPU supports; the buffers have the sizes asked for.
+                    unsafe { tile(&w, rows, &a, tokens, n, &mut out, ld) };
+                    for t in 0..tokens {
+                        for r in 0..rows {
+                            let single = vec_dot(ty, n, &w[r * ws..], &a[t * as_..]);
+                            assert_eq!(
+                                out[t * ld + r].to_bits(),
+                                single.to_bits(),
+                                "{ty} {name} {rows}x{tokens}x{blocks}: out[{t}][{r}]"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

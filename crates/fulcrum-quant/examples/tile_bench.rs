@@ -1,0 +1,140 @@
+//! Tile-kernel workbench (llm.c style): a `rows × cols` weight matrix against `tokens` activation rows, walked as
+//! `fulcrum_core::ops::matmul` walks it (16 weight rows × 64 tokens per tile), one thread. Checks every output
+//! against the single dot product it must equal bit for bit, then prints the median time and the achieved integer
+//! multiply-accumulates per second (GMAC/s) and weight GB/s.
+//!
+//! Usage: `cargo run --release -p fulcrum-quant --example tile_bench [rows] [cols] [tokens] [reps]`
+//! (default 896 896 64 7: one Qwen2.5-0.5B projection against a prefill chunk; `tokens` = 1 is decode).
+
+use fulcrum_quant::{
+    dot_tile, quantize_row, row_bytes, simd_level, vec_dot_in_batch, vec_dot_type, GgmlType, Order,
+};
+use std::time::{Duration, Instant};
+
+const ROW_BLOCK: usize = 16;
+const TOKEN_BLOCK: usize = 64;
+
+/// Seconds per call: the median of `reps` runs of repeated calls lasting at least `budget` each.
+fn median_time(reps: usize, budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            let mut calls = 0u32;
+            while calls == 0 || start.elapsed() < budget {
+                f();
+                calls += 1;
+            }
+            start.elapsed().as_secs_f64() / calls as f64
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[reps / 2]
+}
+
+fn quantized(ty: GgmlType, values: &[f32], cols: usize) -> Vec<u8> {
+    let stride = row_bytes(ty, cols);
+    let mut out = vec![0u8; values.len() / cols * stride];
+    for (src, dst) in values.chunks_exact(cols).zip(out.chunks_exact_mut(stride)) {
+        quantize_row(ty, src, dst);
+    }
+    out
+}
+
+/// `out[t * rows + r] = W[r] · x[t]` in matmul's tiles, each tile in the order of its batch.
+fn tiled(
+    ty: GgmlType,
+    cols: usize,
+    w: &[u8],
+    rows: usize,
+    acts: &[u8],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    let (w_bytes, a_bytes) = (row_bytes(ty, cols), row_bytes(vec_dot_type(ty), cols));
+    let mut tile = [0.0f32; ROW_BLOCK * TOKEN_BLOCK];
+    for r0 in (0..rows).step_by(ROW_BLOCK) {
+        let nr = ROW_BLOCK.min(rows - r0);
+        for t0 in (0..tokens).step_by(TOKEN_BLOCK) {
+            let nt = TOKEN_BLOCK.min(tokens - t0);
+            for (run, order) in Order::runs(ty, tokens, t0..t0 + nt) {
+                dot_tile(
+                    ty,
+                    cols,
+                    &w[r0 * w_bytes..(r0 + nr) * w_bytes],
+                    nr,
+                    &acts[run.start * a_bytes..],
+                    run.len(),
+                    order,
+                    &mut tile[(run.start - t0) * ROW_BLOCK..],
+                    ROW_BLOCK,
+                );
+            }
+            for t in 0..nt {
+                out[(t0 + t) * rows + r0..][..nr].copy_from_slice(&tile[t * ROW_BLOCK..][..nr]);
+            }
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let rows = args.first().copied().unwrap_or(896);
+    let cols = args.get(1).copied().unwrap_or(896);
+    let tokens = args.get(2).copied().unwrap_or(64);
+    let reps = args.get(3).copied().unwrap_or(7);
+    println!(
+        "tiles {rows} x {cols} against {tokens} tokens, one thread, kernels: {}",
+        simd_level()
+    );
+    println!("{:<6} {:>10} {:>10} {:>10}", "type", "ms", "GMAC/s", "GB/s");
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+    };
+    let weights_f32: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+    let x: Vec<f32> = (0..tokens * cols).map(|_| next()).collect();
+    for ty in [
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        if cols % ty.block_size() != 0 {
+            continue;
+        }
+        let w = quantized(ty, &weights_f32, cols);
+        let acts = quantized(vec_dot_type(ty), &x, cols);
+        let (w_bytes, a_bytes) = (row_bytes(ty, cols), row_bytes(vec_dot_type(ty), cols));
+        let mut out = vec![0.0f32; rows * tokens];
+        tiled(ty, cols, &w, rows, &acts, tokens, &mut out);
+        for t in 0..tokens {
+            for r in 0..rows {
+                let single =
+                    vec_dot_in_batch(ty, cols, &w[r * w_bytes..], &acts[t * a_bytes..], tokens, t);
+                assert_eq!(
+                    out[t * rows + r].to_bits(),
+                    single.to_bits(),
+                    "{ty}: out[{t}][{r}] differs from its single dot product"
+                );
+            }
+        }
+        let secs = median_time(reps, Duration::from_millis(200), || {
+            tiled(ty, cols, &w, rows, &acts, tokens, &mut out)
+        });
+        println!(
+            "{:<6} {:>10.3} {:>10.2} {:>10.2}",
+            ty.name(),
+            secs * 1e3,
+            (rows * cols * tokens) as f64 / secs / 1e9,
+            w.len() as f64 / secs / 1e9
+        );
+    }
+}
