@@ -8,6 +8,7 @@ use super::k_quants::{hsum_i32, min_sub, min_term, q6_codes};
 use crate::block::{cast, ByteBlock};
 use crate::formats::{k_scales, q4_k::BlockQ4K, q6_k::BlockQ6K, q8_k::BlockQ8K};
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// Activation rows per step of the 32-element tiles: each weight block is unpacked once for this many.
 const TG: usize = 8;
@@ -322,8 +323,24 @@ unsafe fn prefetch_block<W>(x: &W) {
     }
 }
 
-/// Walks a K-quant tile one weight row at a time, `TK` activation rows per step (then one at a time for the rest),
-/// with `row` computing one weight row against `TT` activation rows.
+/// Weight rows per step of the row-transposed K-quant kernels.
+const RK: usize = 8;
+/// Activation rows per step of the row-transposed K-quant kernels.
+const TR: usize = 4;
+
+/// `RK` weight rows against `TT` activation rows, written to `out[t·ld + r]`.
+type RowsFn<W, const TT: usize> = unsafe fn([&[W]; RK], [&[BlockQ8K]; TT], *mut f32, usize);
+
+/// The kernels of one K-quant order: one row against `TK` or 1 activation rows, and, where the order's float steps
+/// take exact integer totals, `RK` rows at once.
+struct KernelsK<W: 'static> {
+    wide: unsafe fn(&[W], [&[BlockQ8K]; TK]) -> [f32; TK],
+    narrow: unsafe fn(&[W], [&[BlockQ8K]; 1]) -> [f32; 1],
+    rows: Option<(RowsFn<W, TR>, RowsFn<W, 1>)>,
+}
+
+/// Walks a K-quant tile `TK` activation rows per step (then one at a time for the rest), `RK` weight rows at a
+/// time where the order allows it and one at a time otherwise.
 ///
 /// # Safety
 /// As [`tile_32`].
@@ -338,27 +355,188 @@ unsafe fn tile_k<W: ByteBlock>(
     n: usize,
     out: &mut [f32],
     ld: usize,
-    wide: unsafe fn(&[W], [&[BlockQ8K]; TK]) -> [f32; TK],
-    narrow: unsafe fn(&[W], [&[BlockQ8K]; 1]) -> [f32; 1],
+    k: &KernelsK<W>,
 ) {
     let nb = n / 256;
     let (ws, as_) = (nb * size_of::<W>(), nb * size_of::<BlockQ8K>());
     let act = |t: usize| cast::<BlockQ8K>(&a[t * as_..(t + 1) * as_]);
+    let row = |r: usize| cast::<W>(&w[r * ws..(r + 1) * ws]);
+    let grouped_rows = if k.rows.is_some() { rows - rows % RK } else { 0 };
+    if let Some((wide, narrow)) = k.rows {
+        let mut t = 0;
+        while t < tokens {
+            let step = if tokens - t >= TR { TR } else { 1 };
+            for r in (0..grouped_rows).step_by(RK) {
+                let x = std::array::from_fn(|i| row(r + i));
+                let o = out[t * ld + r..].as_mut_ptr();
+                if step == TR {
+                    wide(x, std::array::from_fn(|i| act(t + i)), o, ld);
+                } else {
+                    narrow(x, [act(t)], o, ld);
+                }
+            }
+            t += step;
+        }
+    }
     let mut t = 0;
     while t < tokens {
         let step = if tokens - t >= TK { TK } else { 1 };
-        for r in 0..rows {
-            let x = cast::<W>(&w[r * ws..(r + 1) * ws]);
+        for r in grouped_rows..rows {
             if step == TK {
-                let dots = wide(x, std::array::from_fn(|i| act(t + i)));
+                let dots = (k.wide)(row(r), std::array::from_fn(|i| act(t + i)));
                 for (i, v) in dots.into_iter().enumerate() {
                     out[(t + i) * ld + r] = v;
                 }
             } else {
-                out[t * ld + r] = narrow(x, [act(t)])[0];
+                out[t * ld + r] = (k.narrow)(row(r), [act(t)])[0];
             }
         }
         t += step;
+    }
+}
+
+/// Lane r = the exact sum of the eight lanes of `v[r]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn totals8(v: [__m256i; RK]) -> __m256i {
+    // Per 128-bit half: pairs, then quadruples, of each vector's lanes; then the two halves added.
+    let t0 = _mm256_hadd_epi32(v[0], v[1]);
+    let t1 = _mm256_hadd_epi32(v[2], v[3]);
+    let t2 = _mm256_hadd_epi32(v[4], v[5]);
+    let t3 = _mm256_hadd_epi32(v[6], v[7]);
+    let u0 = _mm256_hadd_epi32(t0, t1);
+    let u1 = _mm256_hadd_epi32(t2, t3);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(u0, u1),
+        _mm256_permute2x128_si256::<0x31>(u0, u1),
+    )
+}
+
+/// An f32 per row, from each row's block `b`.
+#[inline]
+fn per_row<W>(x: &[&[W]; RK], b: usize, f: impl Fn(&W) -> f32) -> [f32; RK] {
+    std::array::from_fn(|r| f(&x[r][b]))
+}
+
+/// `RK` Q4_K rows against `TT` activation rows, in the order of `vec_dot_q4_k_grouped` (`GROUPED`) or
+/// `vec_dot_q4_k`. Both take the float steps on exact integer totals (per sub-block pair or per super-block), so the
+/// totals of the `RK` rows are formed side by side, transposed into one vector (lane = row), and the float steps of
+/// all rows run as one vector operation each, lane by lane the single dot product's.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_rows<const TT: usize, const GROUPED: bool>(
+    x: [&[BlockQ4K]; RK],
+    ys: [&[BlockQ8K]; TT],
+    out: *mut f32,
+    ld: usize,
+) {
+    let low4 = _mm256_set1_epi8(0x0F);
+    let (mut acc, mut acc_min) = ([_mm256_setzero_ps(); TT], [_mm256_setzero_ps(); TT]);
+    for b in 0..ys[0].len() {
+        // sums[t][j][r]: row r's exact lanes of sub-block pair j (GROUPED) or of the whole super-block (j = 0),
+        // each written once below before it is read.
+        let mut sums = [[[MaybeUninit::<__m256i>::uninit(); RK]; 4]; TT];
+        // mins[j][r]: row r's minimums of sub-blocks 2j and 2j + 1 as two i16 halves.
+        let mut mins = [[0i32; RK]; 4];
+        for r in 0..RK {
+            let xb = &x[r][b];
+            prefetch_block(xb);
+            let (scale, min) = k_scales::unpack(&xb.scales);
+            let mut block = [_mm256_setzero_si256(); TT];
+            for j in 0..4 {
+                mins[j][r] = min[2 * j] as i32 | (min[2 * j + 1] as i32) << 16;
+                let bits = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * j).cast());
+                let low = _mm256_and_si256(bits, low4);
+                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), low4);
+                let s0 = _mm256_set1_epi16(scale[2 * j] as i16);
+                let s1 = _mm256_set1_epi16(scale[2 * j + 1] as i16);
+                for t in 0..TT {
+                    let q8 = ys[t][b].qs.as_ptr().add(64 * j);
+                    let pair = _mm256_add_epi32(
+                        _mm256_madd_epi16(s0, _mm256_maddubs_epi16(low, _mm256_loadu_si256(q8.cast()))),
+                        _mm256_madd_epi16(
+                            s1,
+                            _mm256_maddubs_epi16(high, _mm256_loadu_si256(q8.add(32).cast())),
+                        ),
+                    );
+                    if GROUPED {
+                        sums[t][j][r].write(pair);
+                    } else {
+                        block[t] = _mm256_add_epi32(block[t], pair);
+                    }
+                }
+            }
+            if !GROUPED {
+                for t in 0..TT {
+                    sums[t][0][r].write(block[t]);
+                }
+            }
+        }
+        // SAFETY: every slot read here was written above (pairs 0..4 when GROUPED, else pair 0).
+        let totals = |t: usize, j: usize| totals8(sums[t][j].map(|v| unsafe { v.assume_init() }));
+        let d = _mm256_loadu_ps(per_row(&x, b, |xb| half(xb.d)).as_ptr());
+        let dmin = _mm256_loadu_ps(per_row(&x, b, |xb| half(xb.dmin)).as_ptr());
+        for t in 0..TT {
+            let y = &ys[t][b];
+            let ys_scale = _mm256_set1_ps(y.scale());
+            let (d_t, dmin_t) = (_mm256_mul_ps(d, ys_scale), _mm256_mul_ps(dmin, ys_scale));
+            // min[s] · (bsum(2s) + bsum(2s + 1)) for the sub-blocks of pair j, both rows' terms in one madd.
+            let min_pair = |j: usize| {
+                let sub = |s: usize| (y.bsum(2 * s) as i32 + y.bsum(2 * s + 1) as i32) as i16;
+                let pair = sub(2 * j) as u16 as i32 | (sub(2 * j + 1) as i32) << 16;
+                _mm256_madd_epi16(
+                    _mm256_loadu_si256(mins[j].as_ptr().cast()),
+                    _mm256_set1_epi32(pair),
+                )
+            };
+            if GROUPED {
+                for j in 0..4 {
+                    let total = _mm256_cvtepi32_ps(totals(t, j));
+                    acc[t] = _mm256_fmadd_ps(total, d_t, acc[t]);
+                    acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_pair(j)), dmin_t, acc_min[t]);
+                }
+            } else {
+                let total = _mm256_cvtepi32_ps(totals(t, 0));
+                acc[t] = _mm256_fmadd_ps(total, d_t, acc[t]);
+                let min_sum = (1..4).fold(min_pair(0), |m, j| _mm256_add_epi32(m, min_pair(j)));
+                acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_sum), dmin_t, acc_min[t]);
+            }
+        }
+    }
+    for t in 0..TT {
+        _mm256_storeu_ps(out.add(t * ld), _mm256_sub_ps(acc[t], acc_min[t]));
+    }
+}
+
+/// `RK` Q6_K rows against `TT` activation rows in the order of `vec_dot_q6_k_tiled`: the exact per-super-block
+/// totals of the rows side by side, transposed into one vector, then `acc += (d_w · total) · d_a` for all rows at
+/// once, lane by lane the single dot product's.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_rows_tiled<const TT: usize>(
+    x: [&[BlockQ6K]; RK],
+    ys: [&[BlockQ8K]; TT],
+    out: *mut f32,
+    ld: usize,
+) {
+    let mut acc = [_mm256_setzero_ps(); TT];
+    for b in 0..ys[0].len() {
+        let mut sums = [[MaybeUninit::<__m256i>::uninit(); RK]; TT];
+        for r in 0..RK {
+            let xb = &x[r][b];
+            prefetch_block(xb);
+            q6_k_sums::<TT>(xb, std::array::from_fn(|t| &ys[t][b]), |t, v| {
+                sums[t][r].write(v);
+            });
+        }
+        let d = _mm256_loadu_ps(per_row(&x, b, |xb| half(xb.d)).as_ptr());
+        for t in 0..TT {
+            // SAFETY: q6_k_sums wrote every (t, r) above.
+            let total = totals8(sums[t].map(|v| unsafe { v.assume_init() }));
+            let total = _mm256_mul_ps(d, _mm256_cvtepi32_ps(total));
+            acc[t] = _mm256_fmadd_ps(total, _mm256_set1_ps(ys[t][b].scale()), acc[t]);
+        }
+    }
+    for (t, &v) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add(t * ld), v);
     }
 }
 
@@ -412,9 +590,46 @@ unsafe fn q4_k_row<const TT: usize, const GROUPED: bool>(
     std::array::from_fn(|t| acc[t] - acc_min[t])
 }
 
+/// The exact i32 lanes of one Q6_K super-block against `TT` activation blocks, handed to `put(t, lanes)`: scale ·
+/// code · activation per lane, less the bias of 32 per code, as `vec_dot_q6_k` forms them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_sums<const TT: usize>(
+    xb: &BlockQ6K,
+    ys: [&BlockQ8K; TT],
+    mut put: impl FnMut(usize, __m256i),
+) {
+    let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xb.scales.as_ptr().cast()));
+    let mut sumi: [__m256i; TT] = std::array::from_fn(|t| {
+        let bsums = _mm256_loadu_si256(ys[t].bsums.as_ptr().cast());
+        _mm256_sub_epi32(
+            _mm256_setzero_si256(),
+            _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, scales16)),
+        )
+    });
+    for n in 0..2 {
+        let codes = q6_codes(xb, n);
+        for (k, &code) in codes.iter().enumerate() {
+            let sub = 8 * n + 2 * k;
+            let scale = _mm256_set_m128i(
+                _mm_set1_epi16(xb.scales[sub + 1] as i16),
+                _mm_set1_epi16(xb.scales[sub] as i16),
+            );
+            for t in 0..TT {
+                let q8 = _mm256_loadu_si256(ys[t].qs.as_ptr().add(128 * n + 32 * k).cast());
+                let part = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(code, q8));
+                sumi[t] = _mm256_add_epi32(sumi[t], part);
+            }
+        }
+    }
+    for (t, &v) in sumi.iter().enumerate() {
+        put(t, v);
+    }
+}
+
 /// One Q6_K row against `TT` activation rows; `TILED` selects the order of `vec_dot_q6_k_tiled` (a scalar step per
 /// super-block) instead of `vec_dot_q6_k` (eight lanes, summed at the end). Both start from the same exact lane
-/// sums: scale · code · activation per lane, less the bias of 32 per code.
+/// sums ([`q6_k_sums`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k_row<const TT: usize, const TILED: bool>(
     x: &[BlockQ6K],
@@ -424,39 +639,16 @@ unsafe fn q6_k_row<const TT: usize, const TILED: bool>(
     let mut acc_tiled = [0.0f32; TT];
     for (b, xb) in x.iter().enumerate() {
         prefetch_block(xb);
-        let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(xb.scales.as_ptr().cast()));
-        let mut sumi: [__m256i; TT] = std::array::from_fn(|t| {
-            let bsums = _mm256_loadu_si256(ys[t][b].bsums.as_ptr().cast());
-            _mm256_sub_epi32(
-                _mm256_setzero_si256(),
-                _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, scales16)),
-            )
-        });
-        for n in 0..2 {
-            let codes = q6_codes(xb, n);
-            for (k, &code) in codes.iter().enumerate() {
-                let sub = 8 * n + 2 * k;
-                let scale = _mm256_set_m128i(
-                    _mm_set1_epi16(xb.scales[sub + 1] as i16),
-                    _mm_set1_epi16(xb.scales[sub] as i16),
-                );
-                for t in 0..TT {
-                    let q8 = _mm256_loadu_si256(ys[t][b].qs.as_ptr().add(128 * n + 32 * k).cast());
-                    let part = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(code, q8));
-                    sumi[t] = _mm256_add_epi32(sumi[t], part);
-                }
-            }
-        }
         let dx = half(xb.d);
-        for t in 0..TT {
+        q6_k_sums::<TT>(xb, std::array::from_fn(|t| &ys[t][b]), |t, sumi| {
             let ys_scale = ys[t][b].scale();
             if TILED {
-                acc_tiled[t] = (dx * hsum_i32(sumi[t]) as f32).mul_add(ys_scale, acc_tiled[t]);
+                acc_tiled[t] = (dx * hsum_i32(sumi) as f32).mul_add(ys_scale, acc_tiled[t]);
             } else {
                 let d = _mm256_set1_ps(ys_scale * dx);
-                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc[t]);
             }
-        }
+        });
     }
     std::array::from_fn(|t| {
         if TILED {
@@ -467,9 +659,9 @@ unsafe fn q6_k_row<const TT: usize, const TILED: bool>(
     })
 }
 
-/// Defines the K-quant tile entry points: `name => row kernel, order flag`.
+/// Defines the K-quant tile entry points: `name => row kernel, order flag, RK-row kernel or nothing`.
 macro_rules! k_tiles {
-    ($($(#[$doc:meta])* $name:ident => $row:ident, $variant:literal;)*) => {$(
+    ($($(#[$doc:meta])* $name:ident => $row:ident, $variant:literal, $rows:expr;)*) => {$(
         $(#[$doc])*
         ///
         /// # Safety
@@ -484,20 +676,25 @@ macro_rules! k_tiles {
             out: &mut [f32],
             ld: usize,
         ) {
-            tile_k(w, rows, a, tokens, n, out, ld, $row::<TK, $variant>, $row::<1, $variant>)
+            let kernels = KernelsK {
+                wide: $row::<TK, $variant>,
+                narrow: $row::<1, $variant>,
+                rows: $rows,
+            };
+            tile_k(w, rows, a, tokens, n, out, ld, &kernels)
         }
     )*};
 }
 
 k_tiles! {
     /// Q4_K tiles in `vec_dot_q4_k`'s order.
-    tile_q4_k => q4_k_row, false;
+    tile_q4_k => q4_k_row, false, Some((q4_k_rows::<TR, false>, q4_k_rows::<1, false>));
     /// Q4_K tiles in `vec_dot_q4_k_grouped`'s order.
-    tile_q4_k_grouped => q4_k_row, true;
-    /// Q6_K tiles in `vec_dot_q6_k`'s order.
-    tile_q6_k => q6_k_row, false;
+    tile_q4_k_grouped => q4_k_row, true, Some((q4_k_rows::<TR, true>, q4_k_rows::<1, true>));
+    /// Q6_K tiles in `vec_dot_q6_k`'s order (its float steps are per lane: one row at a time).
+    tile_q6_k => q6_k_row, false, None;
     /// Q6_K tiles in `vec_dot_q6_k_tiled`'s order.
-    tile_q6_k_tiled => q6_k_row, true;
+    tile_q6_k_tiled => q6_k_row, true, Some((q6_k_rows_tiled::<TR>, q6_k_rows_tiled::<1>));
 }
 
 #[cfg(test)]
