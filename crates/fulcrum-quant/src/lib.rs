@@ -184,7 +184,8 @@ pub fn vec_dot_in_batch(
 }
 
 /// Which kernels [`vec_dot`] uses: `"scalar"`, or `"avx2+fma"` with `"+avx-vnni"` or `"+avx512-vnni"` where the tiles
-/// use VNNI dot products (`FULCRUM_NO_VNNI=1` turns those off).
+/// use VNNI dot products (`FULCRUM_NO_VNNI=1` turns those off) or `"+avx512"` where they use 512-bit registers
+/// (`FULCRUM_NO_AVX512=1` turns that off).
 pub fn simd_level() -> &'static str {
     dispatch::table().level
 }

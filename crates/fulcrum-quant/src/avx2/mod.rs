@@ -69,6 +69,9 @@ tile_wrappers! {
     tile_q4_0_avx512_vnni => tiles::tile_32_avx512_vnni::<tiles::Q4_0>,
     tile_q5_0_avx512_vnni => tiles::tile_32_avx512_vnni::<tiles::Q5_0>,
     tile_q8_0_avx512_vnni => tiles::tile_32_avx512_vnni::<tiles::Q8_0>,
+    tile_q4_0_avx512 => tiles::tile_32_avx512::<tiles::Q4_0>,
+    tile_q5_0_avx512 => tiles::tile_32_avx512::<tiles::Q5_0>,
+    tile_q8_0_avx512 => tiles::tile_32_avx512::<tiles::Q8_0>,
     tile_q4_k => tiles::tile_q4_k,
     tile_q4_k_grouped => tiles::tile_q4_k_grouped,
     tile_q6_k => tiles::tile_q6_k,
@@ -133,16 +136,17 @@ pub fn install(table: &mut Table) {
     }
     use crate::Order::{Grouped, Plain, Tiled};
     // The tiles of the 32-element formats form the same exact integer lanes with whichever instructions the CPU has
-    // (the wrappers are sound: `Vnni::detect` confirmed the features).
-    let vnni = tiles::Vnni::detect();
-    let (q4_0, q5_0, q8_0): (TileFn, TileFn, TileFn) = match vnni {
-        tiles::Vnni::None => (tile_q4_0, tile_q5_0, tile_q8_0),
-        tiles::Vnni::Avx => (tile_q4_0_avx_vnni, tile_q5_0_avx_vnni, tile_q8_0_avx_vnni),
-        tiles::Vnni::Avx512 => (
+    // (the wrappers are sound: `Isa::detect` confirmed the features).
+    let isa = tiles::Isa::detect();
+    let (q4_0, q5_0, q8_0): (TileFn, TileFn, TileFn) = match isa {
+        tiles::Isa::Avx2 => (tile_q4_0, tile_q5_0, tile_q8_0),
+        tiles::Isa::AvxVnni => (tile_q4_0_avx_vnni, tile_q5_0_avx_vnni, tile_q8_0_avx_vnni),
+        tiles::Isa::Avx512Vnni => (
             tile_q4_0_avx512_vnni,
             tile_q5_0_avx512_vnni,
             tile_q8_0_avx512_vnni,
         ),
+        tiles::Isa::Avx512 => (tile_q4_0_avx512, tile_q5_0_avx512, tile_q8_0_avx512),
     };
     let tiles: [(GgmlType, crate::Order, TileFn); 7] = [
         (Q4_0, Plain, q4_0),
@@ -158,9 +162,10 @@ pub fn install(table: &mut Table) {
             kernels.tile[order as usize] = Some(tile);
         }
     }
-    table.level = match vnni {
-        tiles::Vnni::None => "avx2+fma",
-        tiles::Vnni::Avx => "avx2+fma+avx-vnni",
-        tiles::Vnni::Avx512 => "avx2+fma+avx512-vnni",
+    table.level = match isa {
+        tiles::Isa::Avx2 => "avx2+fma",
+        tiles::Isa::AvxVnni => "avx2+fma+avx-vnni",
+        tiles::Isa::Avx512Vnni => "avx2+fma+avx512-vnni",
+        tiles::Isa::Avx512 => "avx2+fma+avx512",
     };
 }
