@@ -70,6 +70,62 @@ fn exp_inline(x: f32) -> f32 {
     }
 }
 
+/// [`exp_approx`] of eight lanes at once, lane by lane the same bits (the scalar's branches become blends).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_approx_x8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let c = |bits: u32| _mm256_set1_ps(f(bits));
+    let shift = c(0x4b40_0000);
+    let z = _mm256_fmadd_ps(x, c(0x3fb8_aa3b), shift);
+    let n = _mm256_sub_ps(z, shift);
+    let sign = _mm256_set1_ps(-0.0);
+    let minus_n = _mm256_xor_ps(n, sign);
+    let b = _mm256_fmadd_ps(
+        minus_n,
+        c(0x35bf_be8e),
+        _mm256_fmadd_ps(minus_n, c(0x3f31_7200), x),
+    );
+    let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+    let k = _mm256_castsi256_ps(_mm256_add_epi32(
+        e,
+        _mm256_set1_epi32(1.0f32.to_bits() as i32),
+    ));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(
+            _mm256_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm256_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm256_mul_ps(c(0x3f7f_fff6), b),
+    );
+    let normal = _mm256_fmadd_ps(j, k, k);
+    let abs_n = _mm256_andnot_ps(sign, n);
+    let in_range = _mm256_cmp_ps::<_CMP_LE_OQ>(abs_n, _mm256_set1_ps(126.0));
+    if _mm256_movemask_ps(in_range) == 0xFF {
+        return normal;
+    }
+    let g = _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())),
+        _mm256_set1_epi32(0x8200_0000u32 as i32),
+    );
+    let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+    let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    let huge = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+    let outside = _mm256_blendv_ps(
+        _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1),
+        _mm256_mul_ps(s1, s1),
+        huge,
+    );
+    _mm256_blendv_ps(outside, normal, in_range)
+}
+
 #[inline(always)]
 fn swiglu_inline(gate: &mut [f32], up: &[f32]) {
     let whole = gate.len() / 8 * 8;
@@ -125,6 +181,52 @@ mod tests {
         assert_eq!(exp_approx(0.0), 1.0);
         assert_eq!(exp_approx(-200.0), 0.0);
         assert!(exp_approx(100.0).is_infinite());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp_approx_x8_matches_scalar_bit_for_bit() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let mut values: Vec<f32> = Vec::new();
+        let mut x = -260.0f32;
+        while x < 260.0 {
+            values.push(x);
+            x += 0.0371;
+        }
+        values.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            88.72,
+            -87.33,
+            -103.9,
+            126.5,
+        ]);
+        values.extend((0..4096).map(|i| f32::from_bits(0x3000_0000 + i * 0x0003_1f1f)));
+        for chunk in values.chunks(8) {
+            let mut lanes = [0.0f32; 8];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            let mut got = [0.0f32; 8];
+            // SAFETY: AVX2 and FMA were detected above.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm256_storeu_ps(
+                    got.as_mut_ptr(),
+                    exp_approx_x8(_mm256_loadu_ps(lanes.as_ptr())),
+                );
+            }
+            for (g, &l) in got.iter().zip(&lanes) {
+                let want = exp_approx(l);
+                assert!(
+                    g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan()),
+                    "exp_approx_x8({l}) = {g}, scalar {want}"
+                );
+            }
+        }
     }
 
     #[test]
