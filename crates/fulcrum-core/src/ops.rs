@@ -149,7 +149,7 @@ pub struct QuantBuffer {
     bytes: Vec<u8>,
 }
 
-/// Weight rows per tile of [`matmul`] (whole cache lines of output, and few enough to stay in L1 across tokens).
+/// Weight rows per unit of work of [`matmul`] (whole cache lines of output).
 const ROW_BLOCK: usize = 16;
 /// Input rows per tile of [`matmul`].
 const TOKEN_BLOCK: usize = 64;
@@ -157,7 +157,8 @@ const TOKEN_BLOCK: usize = 64;
 /// `out[t][r] = W[r] · x[t]` for `n` input rows `x` of `w.cols` floats; `out` holds `n` rows of `w.rows` floats.
 ///
 /// The inputs are first quantized to the weight type's activation format (as ggml does), then the pool's threads take
-/// bands of weight rows and walk each in tiles of [`ROW_BLOCK`] rows × [`TOKEN_BLOCK`] inputs.
+/// bands of weight rows (whole [`ROW_BLOCK`]s) and dot each band with [`TOKEN_BLOCK`] inputs at a time, straight into
+/// `out`.
 /// With `invariant`, each row rounds as it would alone (as llama.cpp rounds a batch of one); otherwise as llama.cpp
 /// rounds row `t` of a batch of `n`.
 #[allow(clippy::too_many_arguments)]
@@ -209,44 +210,30 @@ pub fn matmul(
     let units = rows.div_ceil(ROW_BLOCK);
     let band = (units / (8 * pool.n_threads())).max(1);
     let next = AtomicUsize::new(0);
-    pool.run(|_, _| {
-        let mut tile = [0.0f32; ROW_BLOCK * TOKEN_BLOCK];
-        loop {
-            let first = next.fetch_add(band, Ordering::Relaxed);
-            if first >= units {
-                break;
-            }
-            let (start, end) = (first * ROW_BLOCK, ((first + band) * ROW_BLOCK).min(rows));
-            for r0 in (start..end).step_by(ROW_BLOCK) {
-                let nr = ROW_BLOCK.min(end - r0);
-                let w_rows = &w_data[r0 * w.row_bytes..(r0 + nr) * w.row_bytes];
-                for t0 in (0..n).step_by(TOKEN_BLOCK) {
-                    let nt = TOKEN_BLOCK.min(n - t0);
-                    for (run, order) in fulcrum_quant::Order::runs(w.ty, batch, t0..t0 + nt) {
-                        let offset = run.start - t0;
-                        fulcrum_quant::dot_tile(
-                            w.ty,
-                            w.cols,
-                            w_rows,
-                            nr,
-                            &acts[run.start * act_row..],
-                            run.len(),
-                            order,
-                            &mut tile[offset * ROW_BLOCK..],
-                            ROW_BLOCK,
-                        );
-                    }
-                    for t in 0..nt {
-                        // SAFETY: rows r0..r0 + nr of every output row belong to this thread only.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                tile[t * ROW_BLOCK..].as_ptr(),
-                                out_ptr.ptr().add((t0 + t) * rows + r0),
-                                nr,
-                            )
-                        };
-                    }
-                }
+    pool.run(|_, _| loop {
+        let first = next.fetch_add(band, Ordering::Relaxed);
+        if first >= units {
+            break;
+        }
+        let (r0, end) = (first * ROW_BLOCK, ((first + band) * ROW_BLOCK).min(rows));
+        let w_rows = &w_data[r0 * w.row_bytes..end * w.row_bytes];
+        for t0 in (0..n).step_by(TOKEN_BLOCK) {
+            let nt = TOKEN_BLOCK.min(n - t0);
+            for (run, order) in fulcrum_quant::Order::runs(w.ty, batch, t0..t0 + nt) {
+                // SAFETY: rows r0..end of every output row belong to this thread only, and `out` holds n rows.
+                unsafe {
+                    fulcrum_quant::dot_tile_raw(
+                        w.ty,
+                        w.cols,
+                        w_rows,
+                        end - r0,
+                        &acts[run.start * act_row..],
+                        run.len(),
+                        order,
+                        out_ptr.ptr().add(run.start * rows + r0),
+                        rows,
+                    )
+                };
             }
         }
     });

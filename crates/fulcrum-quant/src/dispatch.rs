@@ -13,8 +13,12 @@ pub type DequantizeFn = fn(&[u8], &mut [f32]);
 pub type QuantizeFn = fn(&[f32], &mut [u8]);
 /// Dots `rows` consecutive weight rows (`w`) with `tokens` consecutive activation rows (`a`), all `n` elements long,
 /// into `out[t * ld + r]`; each output rounds exactly as the matching single dot product of its order.
+///
+/// # Safety
+/// `out` is valid for writes at `t * ld + r` for every `t < tokens`, `r < rows`, and nothing else accesses those
+/// elements meanwhile (other elements of the same buffer may be written by other threads).
 pub type TileFn =
-    fn(w: &[u8], rows: usize, a: &[u8], tokens: usize, n: usize, out: &mut [f32], ld: usize);
+    unsafe fn(w: &[u8], rows: usize, a: &[u8], tokens: usize, n: usize, out: *mut f32, ld: usize);
 
 /// The kernels of one type.
 #[derive(Clone, Copy)]

@@ -18,7 +18,7 @@ pub mod vecf32;
 mod avx2;
 
 pub use fulcrum_gguf::GgmlType;
-pub use tile::{dot_tile, Order};
+pub use tile::{dot_tile, dot_tile_raw, Order};
 
 /// Why a type or row length cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -64,12 +64,53 @@ pub fn dot_tile(
     if rows == 0 || tokens == 0 {
         return;
     }
+    assert!(
+        out.len() >= (tokens - 1) * ld + rows,
+        "tile output too short"
+    );
+    // SAFETY: `out` is borrowed exclusively and long enough for every (t, r).
+    unsafe {
+        dot_tile_raw(
+            w,
+            n,
+            w_rows,
+            rows,
+            acts,
+            tokens,
+            order,
+            out.as_mut_ptr(),
+            ld,
+        )
+    }
+}
+
+/// [`dot_tile`] into a raw output, for callers whose threads write disjoint elements of one buffer.
+///
+/// # Safety
+/// `out` is valid for writes at `t * ld + r` for every `t < tokens`, `r < rows`, and nothing else reads or writes
+/// those elements during the call.
+///
+/// # Panics
+/// As [`dot_tile`], except that the output's length cannot be checked.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dot_tile_raw(
+    w: GgmlType,
+    n: usize,
+    w_rows: &[u8],
+    rows: usize,
+    acts: &[u8],
+    tokens: usize,
+    order: Order,
+    out: *mut f32,
+    ld: usize,
+) {
+    if rows == 0 || tokens == 0 {
+        return;
+    }
     let (w_bytes, a_bytes) = (row_bytes(w, n), row_bytes(vec_dot_type(w), n));
     assert!(ld >= rows, "tile output stride {ld} < {rows} rows");
     assert!(
-        w_rows.len() >= rows * w_bytes
-            && acts.len() >= tokens * a_bytes
-            && out.len() >= (tokens - 1) * ld + rows,
+        w_rows.len() >= rows * w_bytes && acts.len() >= tokens * a_bytes,
         "tile buffers too short"
     );
     let k = kernels(w);
@@ -79,7 +120,7 @@ pub fn dot_tile(
     let dot = ordered_dot(w, order);
     for (t, act) in acts.chunks_exact(a_bytes).take(tokens).enumerate() {
         for (r, w_row) in w_rows.chunks_exact(w_bytes).take(rows).enumerate() {
-            out[t * ld + r] = dot(w_row, act);
+            *out.add(t * ld + r) = dot(w_row, act);
         }
     }
 }

@@ -52,8 +52,8 @@ wrappers! {
 /// Defines safe wrappers around target-feature tile kernels, like [`wrappers`].
 macro_rules! tile_wrappers {
     ($($name:ident => $kernel:path),* $(,)?) => {
-        $(fn $name(w: &[u8], rows: usize, a: &[u8], tokens: usize, n: usize, out: &mut [f32], ld: usize) {
-            // SAFETY: as in `wrappers`; `dot_tile` has checked the buffer sizes.
+        $(unsafe fn $name(w: &[u8], rows: usize, a: &[u8], tokens: usize, n: usize, out: *mut f32, ld: usize) {
+            // SAFETY: as in `wrappers` for the features; the caller keeps `TileFn`'s promise on `out`.
             unsafe { $kernel(w, rows, a, tokens, n, out, ld) }
         })*
     };

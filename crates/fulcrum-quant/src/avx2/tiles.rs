@@ -234,7 +234,7 @@ macro_rules! tile_32_family {
             a: &[u8],
             tokens: usize,
             n: usize,
-            out: &mut [f32],
+            out: *mut f32,
             ld: usize,
         ) {
             walk_32::<B>(w, rows, a, tokens, n, out, ld, TG, $negate, |tt, w, ws, ap, as_, p, nb, op| {
@@ -266,7 +266,7 @@ unsafe fn walk_32<B: Block32>(
     a: &[u8],
     tokens: usize,
     n: usize,
-    out: &mut [f32],
+    out: *mut f32,
     ld: usize,
     widest: usize,
     negate: bool,
@@ -275,9 +275,8 @@ unsafe fn walk_32<B: Block32>(
     let nb = n / 32;
     let (ws, as_) = (nb * B::SIZE, nb * Q8_0_SIZE);
     assert!(w.len() >= rows * ws && a.len() >= tokens * as_);
-    assert!(out.len() >= (tokens - 1) * ld + rows);
     PREPARED.with_borrow_mut(|p| {
-        let (w, a, o) = (w.as_ptr(), a.as_ptr(), out.as_mut_ptr());
+        let (w, a, o) = (w.as_ptr(), a.as_ptr(), out);
         let mut t = 0;
         while t < tokens {
             let step = match tokens - t {
@@ -377,7 +376,7 @@ pub unsafe fn tile_32_avx512<B: Block32>(
     a: &[u8],
     tokens: usize,
     n: usize,
-    out: &mut [f32],
+    out: *mut f32,
     ld: usize,
 ) {
     walk_32::<B>(
@@ -496,7 +495,7 @@ unsafe fn tile_k<W: ByteBlock>(
     a: &[u8],
     tokens: usize,
     n: usize,
-    out: &mut [f32],
+    out: *mut f32,
     ld: usize,
     k: &KernelsK<W>,
 ) {
@@ -515,7 +514,7 @@ unsafe fn tile_k<W: ByteBlock>(
             let step = if tokens - t >= TR { TR } else { 1 };
             for r in (0..grouped_rows).step_by(RK) {
                 let x = std::array::from_fn(|i| row(r + i));
-                let o = out[t * ld + r..].as_mut_ptr();
+                let o = out.add(t * ld + r);
                 if step == TR {
                     wide(x, std::array::from_fn(|i| act(t + i)), o, ld);
                 } else {
@@ -532,10 +531,10 @@ unsafe fn tile_k<W: ByteBlock>(
             if step == TK {
                 let dots = (k.wide)(row(r), std::array::from_fn(|i| act(t + i)));
                 for (i, v) in dots.into_iter().enumerate() {
-                    out[(t + i) * ld + r] = v;
+                    *out.add((t + i) * ld + r) = v;
                 }
             } else {
-                out[t * ld + r] = (k.narrow)(row(r), [act(t)])[0];
+                *out.add(t * ld + r) = (k.narrow)(row(r), [act(t)])[0];
             }
         }
         t += step;
@@ -824,7 +823,7 @@ macro_rules! k_tiles {
             a: &[u8],
             tokens: usize,
             n: usize,
-            out: &mut [f32],
+            out: *mut f32,
             ld: usize,
         ) {
             let kernels = KernelsK {
@@ -853,7 +852,7 @@ mod tests {
     use super::*;
     use crate::{quantize_row, row_bytes, vec_dot, GgmlType};
 
-    type Tile = unsafe fn(&[u8], usize, &[u8], usize, usize, &mut [f32], usize);
+    type Tile = unsafe fn(&[u8], usize, &[u8], usize, usize, *mut f32, usize);
 
     /// Every 32-element tile variant this CPU can run, per format.
     fn variants(ty: GgmlType) -> Vec<(&'static str, Tile)> {
@@ -922,7 +921,7 @@ mod tests {
                 for (name, tile) in variants(ty) {
                     let mut out = vec![f32::NAN; tokens * ld];
                     // SAFETY: `variants` lists only what the CPU supports; the buffers have the sizes asked for.
-                    unsafe { tile(&w, rows, &a, tokens, n, &mut out, ld) };
+                    unsafe { tile(&w, rows, &a, tokens, n, out.as_mut_ptr(), ld) };
                     for t in 0..tokens {
                         for r in 0..rows {
                             let single = vec_dot(ty, n, &w[r * ws..], &a[t * as_..]);
