@@ -304,14 +304,22 @@ impl Model {
         for l in layers {
             let lw = &w.layers[l];
             // Attention block.
-            ops::rms_norm(&s.x[..n * d], &lw.attn_norm, c.rms_eps, &mut s.xb[..n * d]);
+            let x = &s.x[..n * d];
+            ops::par_rows(pool, &mut s.xb[..n * d], d, |r0, out| {
+                ops::rms_norm(&x[r0 * d..][..out.len()], &lw.attn_norm, c.rms_eps, out)
+            });
             let xb = &s.xb[..n * d];
             if tr {
                 trace::tensor("attn_norm", Some(l), xb, n);
             }
-            self.matmul(pool, &lw.wq, xb, n, &mut s.q, &mut s.qbuf, invariant);
-            self.matmul(pool, &lw.wk, xb, n, &mut s.k, &mut s.qbuf, invariant);
-            self.matmul(pool, &lw.wv, xb, n, &mut s.v, &mut s.qbuf, invariant);
+            self.matmuls(
+                pool,
+                xb,
+                n,
+                [(&lw.wq, &mut s.q), (&lw.wk, &mut s.k), (&lw.wv, &mut s.v)],
+                &mut s.qbuf,
+                invariant,
+            );
             let (q, k, v) = (
                 &mut s.q[..n * c.q_dim()],
                 &mut s.k[..n * c.kv_dim()],
@@ -328,8 +336,12 @@ impl Model {
                 trace::tensor("Vcur", Some(l), v, n);
             }
             if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
-                ops::rms_norm_inplace(q, qn, c.rms_eps);
-                ops::rms_norm_inplace(k, kn, c.rms_eps);
+                ops::par_rows(pool, q, c.q_dim(), |_, q| {
+                    ops::rms_norm_inplace(q, qn, c.rms_eps)
+                });
+                ops::par_rows(pool, k, c.kv_dim(), |_, k| {
+                    ops::rms_norm_inplace(k, kn, c.rms_eps)
+                });
                 if tr {
                     trace::tensor("Qcur_normed", Some(l), q, n);
                     trace::tensor("Kcur_normed", Some(l), k, n);
@@ -350,10 +362,14 @@ impl Model {
                 factors: w.rope_freqs.as_deref(),
             };
             for span in spans {
-                for i in 0..span.len {
-                    let (t, pos) = (span.start_row + i, span.start_pos + i);
-                    rope.apply(&mut q[t * c.q_dim()..(t + 1) * c.q_dim()], pos);
-                    rope.apply(&mut k[t * c.kv_dim()..(t + 1) * c.kv_dim()], pos);
+                let rows = span.start_row..span.start_row + span.len;
+                for (x, width) in [(&mut *q, c.q_dim()), (&mut *k, c.kv_dim())] {
+                    let x = &mut x[rows.start * width..rows.end * width];
+                    ops::par_rows(pool, x, width, |r0, x| {
+                        for (i, row) in x.chunks_exact_mut(width).enumerate() {
+                            rope.apply(row, span.start_pos + r0 + i);
+                        }
+                    });
                 }
             }
             if tr {
@@ -443,22 +459,34 @@ impl Model {
             }
 
             // Feed-forward block.
-            ops::rms_norm(x, &lw.ffn_norm, c.rms_eps, &mut s.xb[..m * d]);
+            let x = &s.x[..m * d];
+            ops::par_rows(pool, &mut s.xb[..m * d], d, |r0, out| {
+                ops::rms_norm(&x[r0 * d..][..out.len()], &lw.ffn_norm, c.rms_eps, out)
+            });
             let xb = &s.xb[..m * d];
             if tr {
                 trace::tensor("ffn_norm", Some(l), xb, m);
             }
-            self.matmul(pool, &lw.w_gate, xb, m, &mut s.gate, &mut s.qbuf, invariant);
-            self.matmul(pool, &lw.w_up, xb, m, &mut s.up, &mut s.qbuf, invariant);
+            self.matmuls(
+                pool,
+                xb,
+                m,
+                [(&lw.w_gate, &mut s.gate), (&lw.w_up, &mut s.up)],
+                &mut s.qbuf,
+                invariant,
+            );
             let (gate, up) = (&mut s.gate[..m * c.d_ff], &s.up[..m * c.d_ff]);
             if tr {
                 trace::tensor("ffn_gate", Some(l), gate, m);
                 trace::tensor("ffn_up", Some(l), up, m);
             }
-            match c.activation {
-                Activation::Silu => ops::swiglu(gate, up, c.d_ff),
-                Activation::GeluTanh => ops::geglu(gate, up),
-            }
+            ops::par_rows(pool, gate, c.d_ff, |r0, gate| {
+                let up = &up[r0 * c.d_ff..][..gate.len()];
+                match c.activation {
+                    Activation::Silu => ops::swiglu(gate, up, c.d_ff),
+                    Activation::GeluTanh => ops::geglu(gate, up),
+                }
+            });
             if tr {
                 trace::tensor("ffn_geglu", Some(l), gate, m);
             }
@@ -541,6 +569,28 @@ impl Model {
         invariant: bool,
     ) {
         ops::matmul(pool, w, self.data(w), x, n, out, qbuf, invariant);
+    }
+
+    /// Several projections of the same input `x`, quantized once for each run of matrices that share an activation
+    /// format.
+    fn matmuls<const N: usize>(
+        &self,
+        pool: &ThreadPool,
+        x: &[f32],
+        n: usize,
+        projections: [(&Mat, &mut Vec<f32>); N],
+        qbuf: &mut QuantBuffer,
+        invariant: bool,
+    ) {
+        let mut quantized = None;
+        for (w, out) in projections {
+            let act_ty = fulcrum_quant::vec_dot_type(w.ty);
+            if quantized != Some(act_ty) {
+                ops::quantize_input(pool, x, n, w.cols, act_ty, qbuf);
+                quantized = Some(act_ty);
+            }
+            ops::matmul_quantized(pool, w, self.data(w), n, out, qbuf, invariant);
+        }
     }
 
     fn check_spans(

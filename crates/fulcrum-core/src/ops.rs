@@ -24,6 +24,29 @@ impl<T> SharedMut<T> {
     }
 }
 
+/// Calls `f(first_row, rows)` on disjoint runs of whole rows (of `width` floats) of `data`: on the pool's threads for
+/// batches of at least two rows per thread, else on the caller's.
+pub fn par_rows(
+    pool: &ThreadPool,
+    data: &mut [f32],
+    width: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let n = data.len() / width;
+    if n < 2 * pool.n_threads() {
+        return f(0, data);
+    }
+    let ptr = SharedMut(data.as_mut_ptr());
+    pool.run(|index, n_threads| {
+        let rows = split_range(n, index, n_threads);
+        // SAFETY: the runs of rows of the threads are disjoint and inside `data`.
+        let mine = unsafe {
+            std::slice::from_raw_parts_mut(ptr.ptr().add(rows.start * width), rows.len() * width)
+        };
+        f(rows.start, mine)
+    });
+}
+
 /// `out = x / rms(x) · weight`, one row of `weight.len()` at a time.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let d = weight.len();
@@ -143,10 +166,12 @@ fn gelu_table() -> &'static [f16] {
     })
 }
 
-/// Scratch for quantized activations of one matmul input.
+/// Scratch for quantized activations of one matmul input, and what it holds.
 #[derive(Default)]
 pub struct QuantBuffer {
     bytes: Vec<u8>,
+    /// The activation type, row length and row count of the input quantized last.
+    holds: Option<(fulcrum_quant::GgmlType, usize, usize)>,
 }
 
 /// Weight rows per unit of work of [`matmul`] (whole cache lines of output).
@@ -156,9 +181,8 @@ const TOKEN_BLOCK: usize = 64;
 
 /// `out[t][r] = W[r] · x[t]` for `n` input rows `x` of `w.cols` floats; `out` holds `n` rows of `w.rows` floats.
 ///
-/// The inputs are first quantized to the weight type's activation format (as ggml does), then the pool's threads take
-/// bands of weight rows (whole [`ROW_BLOCK`]s) and dot each band with [`TOKEN_BLOCK`] inputs at a time, straight into
-/// `out`.
+/// The inputs are first quantized to the weight type's activation format (as ggml does, [`quantize_input`]), then
+/// multiplied ([`matmul_quantized`]).
 /// With `invariant`, each row rounds as it would alone (as llama.cpp rounds a batch of one); otherwise as llama.cpp
 /// rounds row `t` of a batch of `n`.
 #[allow(clippy::too_many_arguments)]
@@ -172,18 +196,26 @@ pub fn matmul(
     qbuf: &mut QuantBuffer,
     invariant: bool,
 ) {
-    // Checked always: the threads below write through a raw pointer.
-    assert!(
-        x.len() == n * w.cols && out.len() >= n * w.rows,
-        "matmul shapes"
-    );
-    assert!(w_data.len() >= w.rows * w.row_bytes, "matmul weight bytes");
-    let act_ty = fulcrum_quant::vec_dot_type(w.ty);
-    let act_row = fulcrum_quant::row_bytes(act_ty, w.cols);
+    quantize_input(pool, x, n, w.cols, fulcrum_quant::vec_dot_type(w.ty), qbuf);
+    matmul_quantized(pool, w, w_data, n, out, qbuf, invariant);
+}
+
+/// Quantizes `n` rows of `cols` floats to `act_ty` into `qbuf`, the pool's threads taking rows for larger batches.
+pub fn quantize_input(
+    pool: &ThreadPool,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+    act_ty: fulcrum_quant::GgmlType,
+    qbuf: &mut QuantBuffer,
+) {
+    assert_eq!(x.len(), n * cols, "matmul input shape");
+    let act_row = fulcrum_quant::row_bytes(act_ty, cols);
     qbuf.bytes.resize(n * act_row, 0);
+    qbuf.holds = Some((act_ty, cols, n));
     if n < 2 * pool.n_threads() {
         for (src, dst) in x
-            .chunks_exact(w.cols)
+            .chunks_exact(cols)
             .zip(qbuf.bytes.chunks_exact_mut(act_row))
         {
             fulcrum_quant::quantize_row(act_ty, src, dst);
@@ -196,10 +228,35 @@ pub fn matmul(
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(q_ptr.ptr().add(t * act_row), act_row)
                 };
-                fulcrum_quant::quantize_row(act_ty, &x[t * w.cols..(t + 1) * w.cols], dst);
+                fulcrum_quant::quantize_row(act_ty, &x[t * cols..(t + 1) * cols], dst);
             }
         });
     }
+}
+
+/// `out[t][r] = W[r] · x[t]` for the `n` input rows last quantized into `qbuf` (by [`quantize_input`], to the
+/// weight type's activation format). The pool's threads take bands of weight rows (whole [`ROW_BLOCK`]s) and dot
+/// each band with [`TOKEN_BLOCK`] inputs at a time, straight into `out`.
+///
+/// # Panics
+/// If `qbuf` does not hold `n` rows of `w.cols` elements in `w`'s activation format.
+pub fn matmul_quantized(
+    pool: &ThreadPool,
+    w: &Mat,
+    w_data: &[u8],
+    n: usize,
+    out: &mut [f32],
+    qbuf: &QuantBuffer,
+    invariant: bool,
+) {
+    let act_ty = fulcrum_quant::vec_dot_type(w.ty);
+    // Checked always: the threads below write through a raw pointer.
+    assert!(
+        qbuf.holds == Some((act_ty, w.cols, n)) && out.len() >= n * w.rows,
+        "matmul shapes"
+    );
+    assert!(w_data.len() >= w.rows * w.row_bytes, "matmul weight bytes");
+    let act_row = fulcrum_quant::row_bytes(act_ty, w.cols);
     let acts = &qbuf.bytes;
     let out_ptr = SharedMut(out.as_mut_ptr());
     let rows = w.rows;
