@@ -571,8 +571,8 @@ impl Model {
         ops::matmul(pool, w, self.data(w), x, n, out, qbuf, invariant);
     }
 
-    /// Several projections of the same input `x`, quantized once for each run of matrices that share an activation
-    /// format.
+    /// Several projections of the same input `x`: quantized once for each run of matrices that share an activation
+    /// format, and each such run multiplied in one parallel step.
     fn matmuls<const N: usize>(
         &self,
         pool: &ThreadPool,
@@ -582,14 +582,18 @@ impl Model {
         qbuf: &mut QuantBuffer,
         invariant: bool,
     ) {
-        let mut quantized = None;
-        for (w, out) in projections {
-            let act_ty = fulcrum_quant::vec_dot_type(w.ty);
-            if quantized != Some(act_ty) {
-                ops::quantize_input(pool, x, n, w.cols, act_ty, qbuf);
-                quantized = Some(act_ty);
-            }
-            ops::matmul_quantized(pool, w, self.data(w), n, out, qbuf, invariant);
+        let mut jobs = projections.map(|(w, out)| (w, self.data(w), out.as_mut_slice()));
+        let act_ty = |i: usize, jobs: &[(&Mat, &[u8], &mut [f32])]| {
+            fulcrum_quant::vec_dot_type(jobs[i].0.ty)
+        };
+        let mut start = 0;
+        while start < N {
+            let end = (start..N)
+                .find(|&i| act_ty(i, &jobs) != act_ty(start, &jobs))
+                .unwrap_or(N);
+            ops::quantize_input(pool, x, n, jobs[start].0.cols, act_ty(start, &jobs), qbuf);
+            ops::matmuls_quantized(pool, &mut jobs[start..end], n, qbuf, invariant);
+            start = end;
         }
     }
 

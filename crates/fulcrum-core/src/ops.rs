@@ -174,6 +174,8 @@ pub struct QuantBuffer {
     holds: Option<(fulcrum_quant::GgmlType, usize, usize)>,
 }
 
+/// Matrices per parallel step of [`matmuls_quantized`] (q, k and v at most).
+const MAX_JOBS: usize = 4;
 /// Weight rows per unit of work of [`matmul`] (whole cache lines of output).
 const ROW_BLOCK: usize = 16;
 /// Input rows per tile of [`matmul`].
@@ -235,8 +237,7 @@ pub fn quantize_input(
 }
 
 /// `out[t][r] = W[r] · x[t]` for the `n` input rows last quantized into `qbuf` (by [`quantize_input`], to the
-/// weight type's activation format). The pool's threads take bands of weight rows (whole [`ROW_BLOCK`]s) and dot
-/// each band with [`TOKEN_BLOCK`] inputs at a time, straight into `out`.
+/// weight type's activation format).
 ///
 /// # Panics
 /// If `qbuf` does not hold `n` rows of `w.cols` elements in `w`'s activation format.
@@ -249,31 +250,82 @@ pub fn matmul_quantized(
     qbuf: &QuantBuffer,
     invariant: bool,
 ) {
-    let act_ty = fulcrum_quant::vec_dot_type(w.ty);
-    // Checked always: the threads below write through a raw pointer.
-    assert!(
-        qbuf.holds == Some((act_ty, w.cols, n)) && out.len() >= n * w.rows,
-        "matmul shapes"
-    );
-    assert!(w_data.len() >= w.rows * w.row_bytes, "matmul weight bytes");
-    let act_row = fulcrum_quant::row_bytes(act_ty, w.cols);
-    let acts = &qbuf.bytes;
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    let rows = w.rows;
-    let batch = if invariant { 1 } else { n };
+    matmuls_quantized(pool, &mut [(w, w_data, out)], n, qbuf, invariant)
+}
+
+/// [`matmul_quantized`] for several matrices `(W, its bytes, out)` of the same input, in one parallel step: the
+/// pool's threads take bands of weight rows (whole [`ROW_BLOCK`]s) of any of them and dot each band with
+/// [`TOKEN_BLOCK`] inputs at a time, straight into its `out`.
+///
+/// # Panics
+/// As [`matmul_quantized`], for each matrix.
+pub fn matmuls_quantized(
+    pool: &ThreadPool,
+    jobs: &mut [(&Mat, &[u8], &mut [f32])],
+    n: usize,
+    qbuf: &QuantBuffer,
+    invariant: bool,
+) {
     // Threads take bands of rows from a shared counter until none are left, so one slowed down (by another process,
     // say) leaves its share to the others instead of stalling the whole step. A band is an eighth of a thread's
-    // share: long enough to keep each weight stream sequential.
-    let units = rows.div_ceil(ROW_BLOCK);
-    let band = (units / (8 * pool.n_threads())).max(1);
+    // share of its matrix: long enough to keep each weight stream sequential.
+    struct Job<'a> {
+        w: &'a Mat,
+        data: &'a [u8],
+        out: SharedMut<f32>,
+        act_row: usize,
+        band: usize,
+        first_band: usize,
+    }
+    assert!(
+        jobs.len() <= MAX_JOBS,
+        "at most {MAX_JOBS} matrices per step"
+    );
+    let mut bands = 0;
+    let jobs: [Option<Job>; MAX_JOBS] = std::array::from_fn(|i| {
+        jobs.get_mut(i).map(|(w, data, out)| {
+            let act_ty = fulcrum_quant::vec_dot_type(w.ty);
+            // Checked always: the threads below write through a raw pointer.
+            assert!(
+                qbuf.holds == Some((act_ty, w.cols, n)) && out.len() >= n * w.rows,
+                "matmul shapes"
+            );
+            assert!(data.len() >= w.rows * w.row_bytes, "matmul weight bytes");
+            let units = w.rows.div_ceil(ROW_BLOCK);
+            let band = (units / (8 * pool.n_threads())).max(1);
+            let job = Job {
+                w,
+                data,
+                out: SharedMut(out.as_mut_ptr()),
+                act_row: fulcrum_quant::row_bytes(act_ty, w.cols),
+                band,
+                first_band: bands,
+            };
+            bands += units.div_ceil(band);
+            job
+        })
+    });
+    let acts = &qbuf.bytes;
+    let batch = if invariant { 1 } else { n };
     let next = AtomicUsize::new(0);
     pool.run(|_, _| loop {
-        let first = next.fetch_add(band, Ordering::Relaxed);
-        if first >= units {
+        let task = next.fetch_add(1, Ordering::Relaxed);
+        if task >= bands {
             break;
         }
-        let (r0, end) = (first * ROW_BLOCK, ((first + band) * ROW_BLOCK).min(rows));
-        let w_rows = &w_data[r0 * w.row_bytes..end * w.row_bytes];
+        let job = jobs
+            .iter()
+            .flatten()
+            .rev()
+            .find(|j| j.first_band <= task)
+            .expect("band 0 is a job's");
+        let (w, rows) = (job.w, job.w.rows);
+        let first = (task - job.first_band) * job.band;
+        let (r0, end) = (
+            first * ROW_BLOCK,
+            ((first + job.band) * ROW_BLOCK).min(rows),
+        );
+        let w_rows = &job.data[r0 * w.row_bytes..end * w.row_bytes];
         for t0 in (0..n).step_by(TOKEN_BLOCK) {
             let nt = TOKEN_BLOCK.min(n - t0);
             for (run, order) in fulcrum_quant::Order::runs(w.ty, batch, t0..t0 + nt) {
@@ -284,10 +336,10 @@ pub fn matmul_quantized(
                         w.cols,
                         w_rows,
                         end - r0,
-                        &acts[run.start * act_row..],
+                        &acts[run.start * job.act_row..],
                         run.len(),
                         order,
-                        out_ptr.ptr().add(run.start * rows + r0),
+                        job.out.ptr().add(run.start * rows + r0),
                         rows,
                     )
                 };
