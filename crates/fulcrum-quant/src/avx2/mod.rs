@@ -10,6 +10,7 @@ mod helpers;
 mod k_quants;
 mod legacy;
 pub mod nf4;
+mod quantize;
 mod tiles;
 
 use crate::dispatch::{Table, TileFn};
@@ -78,24 +79,19 @@ tile_wrappers! {
     tile_q6_k_tiled => tiles::tile_q6_k_tiled,
 }
 
-/// The scalar activation quantizers compiled for AVX2 (rounding inline instead of through libm's `rintf`): the same
-/// operations in the same order, so the same bytes.
+/// Defines safe wrappers around target-feature quantizers, like [`wrappers`].
 macro_rules! quantizer_wrappers {
-    ($($name:ident => $scalar:path),* $(,)?) => {
+    ($($name:ident => $kernel:path),* $(,)?) => {
         $(fn $name(src: &[f32], dst: &mut [u8]) {
-            #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn compiled(src: &[f32], dst: &mut [u8]) {
-                $scalar(src, dst)
-            }
-            // SAFETY: as in `wrappers`.
-            unsafe { compiled(src, dst) }
+            // SAFETY: as in `wrappers`; the callers pass whole blocks (`quantize_row` checks them).
+            unsafe { $kernel(src, dst) }
         })*
     };
 }
 
 quantizer_wrappers! {
-    quantize_q8_0 => crate::formats::q8_0::quantize,
-    quantize_q8_k => crate::formats::q8_k::quantize,
+    quantize_q8_0 => quantize::quantize_q8_0,
+    quantize_q8_k => quantize::quantize_q8_k,
 }
 
 /// Replaces the scalar dot products in `table` with these kernels. Call only when [`available`] is true.
