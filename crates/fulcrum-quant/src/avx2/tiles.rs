@@ -473,12 +473,20 @@ const TR: usize = 4;
 /// `RK` weight rows against `TT` activation rows, written to `out[t·ld + r]`.
 type RowsFn<W, const TT: usize> = unsafe fn([&[W]; RK], [&[BlockQ8K]; TT], *mut f32, usize);
 
+/// The `RK`-row kernels of one order for steps of `TR`, 3, 2 and 1 activation rows.
+struct RowsK<W: 'static> {
+    four: RowsFn<W, TR>,
+    three: RowsFn<W, 3>,
+    two: RowsFn<W, 2>,
+    one: RowsFn<W, 1>,
+}
+
 /// The kernels of one K-quant order: one row against `TK` or 1 activation rows, and, where the order's float steps
 /// take exact integer totals, `RK` rows at once.
 struct KernelsK<W: 'static> {
     wide: unsafe fn(&[W], [&[BlockQ8K]; TK]) -> [f32; TK],
     narrow: unsafe fn(&[W], [&[BlockQ8K]; 1]) -> [f32; 1],
-    rows: Option<(RowsFn<W, TR>, RowsFn<W, 1>)>,
+    rows: Option<RowsK<W>>,
 }
 
 /// Walks a K-quant tile `TK` activation rows per step (then one at a time for the rest), `RK` weight rows at a
@@ -508,17 +516,20 @@ unsafe fn tile_k<W: ByteBlock>(
     } else {
         0
     };
-    if let Some((wide, narrow)) = k.rows {
+    if let Some(kernels) = &k.rows {
+        // Up to TR activation rows per pass over the weights, so that a batch of 2 or 3 reads them once.
         let mut t = 0;
         while t < tokens {
-            let step = if tokens - t >= TR { TR } else { 1 };
+            let step = (tokens - t).min(TR);
+            let acts = |i: usize| act(t + i);
             for r in (0..grouped_rows).step_by(RK) {
                 let x = std::array::from_fn(|i| row(r + i));
                 let o = out.add(t * ld + r);
-                if step == TR {
-                    wide(x, std::array::from_fn(|i| act(t + i)), o, ld);
-                } else {
-                    narrow(x, [act(t)], o, ld);
+                match step {
+                    TR => (kernels.four)(x, std::array::from_fn(acts), o, ld),
+                    3 => (kernels.three)(x, std::array::from_fn(acts), o, ld),
+                    2 => (kernels.two)(x, std::array::from_fn(acts), o, ld),
+                    _ => (kernels.one)(x, std::array::from_fn(acts), o, ld),
                 }
             }
             t += step;
@@ -838,13 +849,28 @@ macro_rules! k_tiles {
 
 k_tiles! {
     /// Q4_K tiles in `vec_dot_q4_k`'s order.
-    tile_q4_k => q4_k_row, false, Some((q4_k_rows::<TR, false>, q4_k_rows::<1, false>));
+    tile_q4_k => q4_k_row, false, Some(RowsK {
+        four: q4_k_rows::<TR, false>,
+        three: q4_k_rows::<3, false>,
+        two: q4_k_rows::<2, false>,
+        one: q4_k_rows::<1, false>,
+    });
     /// Q4_K tiles in `vec_dot_q4_k_grouped`'s order.
-    tile_q4_k_grouped => q4_k_row, true, Some((q4_k_rows::<TR, true>, q4_k_rows::<1, true>));
+    tile_q4_k_grouped => q4_k_row, true, Some(RowsK {
+        four: q4_k_rows::<TR, true>,
+        three: q4_k_rows::<3, true>,
+        two: q4_k_rows::<2, true>,
+        one: q4_k_rows::<1, true>,
+    });
     /// Q6_K tiles in `vec_dot_q6_k`'s order (its float steps are per lane: one row at a time).
     tile_q6_k => q6_k_row, false, None;
     /// Q6_K tiles in `vec_dot_q6_k_tiled`'s order.
-    tile_q6_k_tiled => q6_k_row, true, Some((q6_k_rows_tiled::<TR>, q6_k_rows_tiled::<1>));
+    tile_q6_k_tiled => q6_k_row, true, Some(RowsK {
+        four: q6_k_rows_tiled::<TR>,
+        three: q6_k_rows_tiled::<3>,
+        two: q6_k_rows_tiled::<2>,
+        one: q6_k_rows_tiled::<1>,
+    });
 }
 
 #[cfg(test)]
