@@ -16,6 +16,7 @@ use clap::Args as ClapArgs;
 use fulcrum_core::Model;
 use fulcrum_engine::chat::ChatTemplate;
 use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Params};
+use fulcrum_engine::latency::TbtTarget;
 use fulcrum_engine::scheduler::{Limits, Rejected};
 use generation::{Chunk, TokenLogprob, Usage};
 use request::{BadRequest, Prompt};
@@ -45,9 +46,14 @@ pub struct Args {
     /// Longest sequence (prompt and output) per request; default: the model's context, capped at 8192.
     #[arg(long)]
     ctx: Option<usize>,
-    /// Tokens computed per iteration over all requests (prefill chunks and decodes together).
-    #[arg(long, default_value_t = 64)]
+    /// Most tokens computed per iteration over all requests (prefill chunks and decodes together).
+    #[arg(long, default_value_t = 256)]
     batch_tokens: usize,
+    /// Time-between-tokens target of iterations that carry decoding requests (DuetServe): prefill chunks are sized
+    /// by a latency model to stay within it. `auto` (twice the iteration without its prefill chunk), milliseconds
+    /// (`100`), a factor (`3x`), or `off` (every chunk as large as --batch-tokens).
+    #[arg(long, default_value = "auto", value_parser = tbt_target)]
+    tbt_target: Tbt,
     /// Requests running at once.
     #[arg(long, default_value_t = 16)]
     parallel: usize,
@@ -128,6 +134,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The `--tbt-target` setting: off, or a target.
+#[derive(Clone, Copy, Debug)]
+struct Tbt(Option<TbtTarget>);
+
+/// Parses `--tbt-target`: `off`, or a [`TbtTarget`].
+fn tbt_target(s: &str) -> Result<Tbt, String> {
+    match s {
+        "off" => Ok(Tbt(None)),
+        _ => s.parse().map(|t| Tbt(Some(t))),
+    }
+}
+
 /// Runs the server until the process is stopped.
 pub fn run(args: Args) -> CliResult {
     let threads = common::check_threads(args.threads)?;
@@ -167,6 +185,7 @@ pub fn run(args: Args) -> CliResult {
                 max_running: args.parallel,
                 max_waiting: args.queue,
             },
+            tbt_target: args.tbt_target.0,
         },
     );
     // A registry name as given; a path by its file name.
@@ -287,6 +306,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "Speculative tokens the model accepted.",
             "counter",
             load(&m.spec_accepted),
+        ),
+        (
+            "latency_model_correction",
+            "Measured over predicted iteration time of the latency model (0 with --tbt-target off).",
+            "gauge",
+            load(&m.latency_correction_ppm) / 1e6,
         ),
     ];
     for (name, help, kind, v) in series {

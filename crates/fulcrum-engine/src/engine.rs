@@ -5,8 +5,9 @@
 //! Forward passes use batch-invariant rounding, so a request's output does not depend on what it was batched with.
 
 use crate::blocks::BlockPool;
+use crate::latency::{LatencyModel, Machine, ModelCost, SloBudget, TbtTarget};
 use crate::sampler::{log_softmax_at, top_logprobs, Sampler, SamplerConfig};
-use crate::scheduler::{Limits, Rejected, Scheduler, Step, Work};
+use crate::scheduler::{Limits, Rejected, Scheduler, Shape, Step, Work};
 use fulcrum_core::model::Scratch;
 use fulcrum_core::{Model, Rounding, SeqSpan, ThreadPool};
 use std::collections::HashMap;
@@ -27,6 +28,9 @@ pub struct EngineConfig {
     /// Longest sequence (prompt and output), at most the model's context.
     pub max_seq_len: usize,
     pub limits: Limits,
+    /// DuetServe's latency-aware prefill budget: prefill chunks are sized so that steps carrying decoding sequences
+    /// stay within this time-between-tokens target (`None`: every chunk as large as `limits.token_budget`).
+    pub tbt_target: Option<TbtTarget>,
 }
 
 /// What a request asks for.
@@ -91,6 +95,8 @@ pub struct Metrics {
     /// Speculative tokens drafted and accepted.
     pub spec_drafted: AtomicU64,
     pub spec_accepted: AtomicU64,
+    /// The latency model's measured-to-predicted ratio × 10⁶ (0 without a model).
+    pub latency_correction_ppm: AtomicU64,
     /// Time to first token and between tokens, in seconds.
     pub ttft: Mutex<Histogram>,
     pub tbt: Mutex<Histogram>,
@@ -254,6 +260,8 @@ struct Engine {
     scheduler: Scheduler,
     requests: HashMap<u64, Request>,
     metrics: Arc<Metrics>,
+    /// The step-time model and its target, when the latency-aware budget is on.
+    latency: Option<(LatencyModel, TbtTarget)>,
 }
 
 impl Engine {
@@ -269,7 +277,7 @@ impl Engine {
         );
         let mut blocks = BlockPool::new(n_blocks, config.block_size);
         blocks.prefix_caching = config.prefix_caching;
-        Engine {
+        let mut engine = Engine {
             scheduler: Scheduler::new(blocks, config.limits),
             model,
             config,
@@ -278,7 +286,67 @@ impl Engine {
             scratch,
             requests: HashMap::new(),
             metrics,
+            latency: None,
+        };
+        if let Some(target) = config.tbt_target {
+            let model = engine.calibrate();
+            engine.latency = Some((model, target));
         }
+        engine
+    }
+
+    /// Measures this machine's speeds on the model (DuetServe's profiler): a single decoded token, which reads the
+    /// weights, and a prompt chunk of the token budget (64 at most), which computes, both written to cache rows no
+    /// sequence owns yet. The first step only pages the weights in and is not counted.
+    fn calibrate(&mut self) -> LatencyModel {
+        let cost = ModelCost::of(&self.model);
+        let chunk = (self.config.limits.token_budget.min(64))
+            .min(self.kv.n_ctx)
+            .min(self.config.max_seq_len);
+        let mut timed = |n: usize| {
+            let slots: Vec<u32> = (0..n as u32).collect();
+            let span = SeqSpan {
+                start_row: 0,
+                len: n,
+                start_pos: 0,
+                slots: Some(&slots),
+                logits_from: n - 1,
+            };
+            let tokens = vec![0u32; n];
+            let start = Instant::now();
+            let ok = self
+                .model
+                .forward_batch(
+                    &self.pool,
+                    &tokens,
+                    &[span],
+                    &mut self.kv,
+                    &mut self.scratch,
+                    Rounding::BatchInvariant,
+                )
+                .is_ok();
+            ok.then(|| start.elapsed().as_secs_f64())
+        };
+        let _ = timed(1);
+        let one = (0..3)
+            .filter_map(|_| timed(1))
+            .fold(f64::INFINITY, f64::min);
+        let machine = match (one.is_finite(), timed(chunk)) {
+            (true, Some(t)) => Machine::fit(&cost, one, chunk, t),
+            // Cannot happen for a loaded model; a rough machine keeps the budget working.
+            _ => Machine {
+                bandwidth: 10e9,
+                flops: 50e9,
+                overhead: 1e-3,
+            },
+        };
+        eprintln!(
+            "latency model: weights stream at {:.1} GB/s, matmuls run at {:.1} GFLOP/s; one decode step ≈ {:.0} ms",
+            machine.bandwidth / 1e9,
+            machine.flops / 1e9,
+            one * 1e3
+        );
+        LatencyModel::new(cost, machine)
     }
 
     fn run(mut self, commands: Receiver<Command>) {
@@ -370,7 +438,14 @@ impl Engine {
         let Step {
             mut work,
             preempted: _,
-        } = self.scheduler.schedule();
+        } = match &self.latency {
+            Some((model, target)) => self.scheduler.schedule_with(&SloBudget {
+                model,
+                target: *target,
+                min_chunk: self.config.block_size,
+            }),
+            None => self.scheduler.schedule(),
+        };
         if work.is_empty() {
             return;
         }
@@ -415,6 +490,7 @@ impl Engine {
                 span
             })
             .collect();
+        let started = Instant::now();
         let logits = match self.model.forward_batch(
             &self.pool,
             &tokens,
@@ -423,7 +499,23 @@ impl Engine {
             &mut self.scratch,
             Rounding::BatchInvariant,
         ) {
-            Ok(l) => l.to_vec(),
+            Ok(l) => {
+                if let Some((model, _)) = &mut self.latency {
+                    let shapes: Vec<Shape> = work
+                        .iter()
+                        .map(|w| Shape {
+                            new_tokens: w.rows(),
+                            context: w.start,
+                            logits: w.wants_logits,
+                        })
+                        .collect();
+                    model.observe(&shapes, started.elapsed().as_secs_f64());
+                    self.metrics
+                        .latency_correction_ppm
+                        .store((model.correction * 1e6) as u64, Ordering::Relaxed);
+                }
+                l.to_vec()
+            }
             Err(_) => {
                 // Cannot happen for batches the scheduler built; fail the requests rather than the engine.
                 for w in &work {

@@ -4,6 +4,7 @@
 pub mod blocks;
 pub mod chat;
 pub mod engine;
+pub mod latency;
 pub mod models;
 pub mod sampler;
 pub mod scheduler;

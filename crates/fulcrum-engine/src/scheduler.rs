@@ -59,6 +59,34 @@ pub struct Step {
     pub preempted: Vec<u64>,
 }
 
+/// The size of one sequence's share of a step, as a latency model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Tokens computed in the step.
+    pub new_tokens: usize,
+    /// Tokens already in the cache before them.
+    pub context: usize,
+    /// Whether the step produces logits for it (a decoding sequence, or the end of a prompt).
+    pub logits: bool,
+}
+
+/// How many prompt tokens a step may take for a sequence, given the work already planned for it: the policy seam of
+/// DuetServe's latency-aware budget ([`crate::latency::SloBudget`]).
+pub trait PrefillBudget {
+    /// Most of the `wanted` prompt tokens (of a sequence with `context` tokens cached) to add to a step already
+    /// holding `planned`; 0 leaves the sequence for a later step.
+    fn allow(&self, planned: &[Shape], context: usize, wanted: usize) -> usize;
+}
+
+/// The plain token budget: every prefill chunk as large as the step's budget allows.
+pub struct Unlimited;
+
+impl PrefillBudget for Unlimited {
+    fn allow(&self, _planned: &[Shape], _context: usize, wanted: usize) -> usize {
+        wanted
+    }
+}
+
 /// Why a request cannot be queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejected {
@@ -148,14 +176,24 @@ impl Scheduler {
             .find(|s| s.id == id)
     }
 
-    /// Plans the next step.
+    /// Plans the next step with every prefill chunk as large as the token budget allows.
     pub fn schedule(&mut self) -> Step {
+        self.schedule_with(&Unlimited)
+    }
+
+    /// Plans the next step, sizing each prefill chunk with `prefill` (decoding sequences come first in a step, so
+    /// the policy sees them before any chunk).
+    pub fn schedule_with(&mut self, prefill: &dyn PrefillBudget) -> Step {
         let mut step = Step::default();
         let mut budget = self.limits.token_budget;
+        let mut shapes: Vec<Shape> = Vec::new();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let seq = &self.running[i];
-            let n = (seq.tokens.len() - seq.computed).min(budget);
+            let mut n = (seq.tokens.len() - seq.computed).min(budget);
+            if n > 1 {
+                n = prefill.allow(&shapes, seq.computed, n).min(n);
+            }
             if n == 0 {
                 i += 1;
                 continue;
@@ -184,6 +222,11 @@ impl Scheduler {
                 wants_logits: want == seq.tokens.len(),
                 draft: Vec::new(),
             });
+            shapes.push(Shape {
+                new_tokens: n,
+                context: seq.computed,
+                logits: want == seq.tokens.len(),
+            });
             budget -= n;
             i += 1;
         }
@@ -201,8 +244,11 @@ impl Scheduler {
                 seq.computed = cached;
                 seq.cached = cached;
             }
-            let n = (seq.tokens.len() - seq.computed).min(budget);
-            if self.pool.grow(&mut seq.table, seq.computed + n).is_err() {
+            let mut n = (seq.tokens.len() - seq.computed).min(budget);
+            if n > 1 {
+                n = prefill.allow(&shapes, seq.computed, n).min(n);
+            }
+            if n == 0 || self.pool.grow(&mut seq.table, seq.computed + n).is_err() {
                 // Give the shared prefix back until blocks free up.
                 self.pool.release(&mut seq.table);
                 seq.computed = 0;
@@ -215,6 +261,11 @@ impl Scheduler {
                 len: n,
                 wants_logits: seq.computed + n == seq.tokens.len(),
                 draft: Vec::new(),
+            });
+            shapes.push(Shape {
+                new_tokens: n,
+                context: seq.computed,
+                logits: seq.computed + n == seq.tokens.len(),
             });
             budget -= n;
             self.running.push(seq);

@@ -259,3 +259,75 @@ fn drafts_need_a_decode_step_and_free_blocks() {
     let seq = s.get(0).unwrap();
     assert_eq!((seq.tokens.len(), seq.computed), (8, 7));
 }
+
+/// A budget that grants each step's first prompt chunk at most `cap` tokens while any decode is planned, and no
+/// further chunk in that step.
+struct CapWhileDecoding {
+    cap: usize,
+}
+
+impl PrefillBudget for CapWhileDecoding {
+    fn allow(&self, planned: &[Shape], _context: usize, wanted: usize) -> usize {
+        let decoding = planned.iter().any(|s| s.new_tokens == 1 && s.logits);
+        let chunked = planned.iter().any(|s| s.new_tokens > 1);
+        match (decoding, chunked) {
+            (false, _) => wanted,
+            (true, false) => wanted.min(self.cap),
+            (true, true) => 0,
+        }
+    }
+}
+
+#[test]
+fn a_prefill_budget_caps_chunks_while_sequences_decode_and_prompts_still_finish() {
+    let mut sched = Scheduler::new(BlockPool::new(64, 16), limits(256, 8));
+    sched.submit(0, vec![1; 10], 200).unwrap();
+    let budget = CapWhileDecoding { cap: 24 };
+    // Alone, the first prompt is computed in one chunk.
+    let step = sched.schedule_with(&budget);
+    assert_eq!(step.work.len(), 1);
+    assert_eq!(step.work[0].len, 10);
+    sched.commit(&step.work[0], Some(3));
+    // Two long prompts arrive while it decodes: the first gets a capped chunk, the second waits.
+    sched.submit(1, vec![2; 100], 120).unwrap();
+    sched.submit(2, vec![3; 100], 120).unwrap();
+    let mut chunk_steps = 0;
+    for _ in 0..100 {
+        let step = sched.schedule_with(&budget);
+        let decodes = step
+            .work
+            .iter()
+            .filter(|w| w.len == 1 && w.wants_logits)
+            .count();
+        let chunks: Vec<usize> = step
+            .work
+            .iter()
+            .filter(|w| w.len > 1)
+            .map(|w| w.len)
+            .collect();
+        if decodes > 0 {
+            assert!(
+                chunks.len() <= 1 && chunks.iter().all(|&n| n <= 24),
+                "{:?}",
+                step.work
+            );
+        }
+        chunk_steps += !chunks.is_empty() as usize;
+        for w in &step.work {
+            let seq = sched.get(w.id).unwrap();
+            let sampled = (w.start + w.len == seq.tokens.len()).then_some(5);
+            sched.commit(w, sampled);
+        }
+        if [1, 2]
+            .iter()
+            .all(|&id| sched.get(id).is_some_and(|s| s.computed >= 100))
+        {
+            break;
+        }
+    }
+    assert!([1, 2]
+        .iter()
+        .all(|&id| sched.get(id).is_some_and(|s| s.computed >= 100)));
+    // 200 prompt tokens in chunks of at most 24 while sequence 0 decodes.
+    assert!(chunk_steps >= 200 / 24, "{chunk_steps}");
+}
