@@ -3,6 +3,8 @@
 //!
 //! Usage: `cargo run --release -p fulcrum-quant --example kernel_bench [rows] [cols]` (default 4096 × 4096).
 
+mod common;
+
 use fulcrum_quant::{quantize_row, row_bytes, scalar, simd_level, vec_dot, vec_dot_type, GgmlType};
 use std::time::{Duration, Instant};
 
@@ -60,14 +62,7 @@ fn main() {
         "type", "MiB", "scalar ms", "fast ms", "scalar GB/s", "fast GB/s", "speedup", "max rel err"
     );
 
-    // Deterministic pseudo-random data (an LCG is enough for a benchmark).
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-    };
+    let mut next = common::uniform();
     let weights_f32: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
     let x: Vec<f32> = (0..cols).map(|_| next()).collect();
 

@@ -5,42 +5,18 @@
 //!
 //! Usage: `cargo run --release -p fulcrum-quant --example nf4_bench [rows] [cols] [reps]` (default 4096 4096 7).
 
-use fulcrum_quant::nf4::{branchy_dot, Nf4Dot, Nf4DotFn};
-use fulcrum_quant::{quantize_row, row_bytes, scalar, vec_dot, GgmlType};
-use std::time::{Duration, Instant};
+mod common;
 
-/// Seconds per call: the median of `reps` runs of repeated calls lasting at least `budget` each.
-fn median_time(reps: usize, budget: Duration, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            let mut calls = 0u32;
-            while calls == 0 || start.elapsed() < budget {
-                f();
-                calls += 1;
-            }
-            start.elapsed().as_secs_f64() / calls as f64
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[reps / 2]
-}
+use common::{median_time, quantized};
+use fulcrum_quant::nf4::{branchy_dot, Nf4Dot, Nf4DotFn};
+use fulcrum_quant::{row_bytes, scalar, vec_dot, GgmlType};
+use std::time::Duration;
 
 /// One matrix–vector product, row by row.
 fn matvec(dot: &dyn Fn(&[u8], &[u8]) -> f32, stride: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     for (y, row) in out.iter_mut().zip(w.chunks_exact(stride)) {
         *y = dot(row, act);
     }
-}
-
-fn quantized(ty: GgmlType, values: &[f32], cols: usize) -> Vec<u8> {
-    let stride = row_bytes(ty, cols);
-    let mut out = vec![0u8; values.len() / cols * stride];
-    for (src, dst) in values.chunks_exact(cols).zip(out.chunks_exact_mut(stride)) {
-        quantize_row(ty, src, dst);
-    }
-    out
 }
 
 fn max_rel_err(reference: &[f32], other: &[f32]) -> f32 {

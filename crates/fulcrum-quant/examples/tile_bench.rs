@@ -1,45 +1,21 @@
-//! Tile-kernel workbench (llm.c style): a `rows × cols` weight matrix against `tokens` activation rows, walked as
-//! `fulcrum_core::ops::matmul` walks it (16 weight rows × 64 tokens per tile), one thread. Checks every output
+//! Tile-kernel workbench (llm.c style): a `rows × cols` weight matrix against `tokens` activation rows, in tiles of
+//! 16 weight rows × 64 tokens, one thread. Checks every output
 //! against the single dot product it must equal bit for bit, then prints the median time and the achieved integer
 //! multiply-accumulates per second (GMAC/s) and weight GB/s.
 //!
 //! Usage: `cargo run --release -p fulcrum-quant --example tile_bench [rows] [cols] [tokens] [reps]`
 //! (default 896 896 64 7: one Qwen2.5-0.5B projection against a prefill chunk; `tokens` = 1 is decode).
 
+mod common;
+
+use common::{median_time, quantized, uniform};
 use fulcrum_quant::{
-    dot_tile, quantize_row, row_bytes, simd_level, vec_dot_in_batch, vec_dot_type, GgmlType, Order,
+    dot_tile, row_bytes, simd_level, vec_dot_in_batch, vec_dot_type, GgmlType, Order,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ROW_BLOCK: usize = 16;
 const TOKEN_BLOCK: usize = 64;
-
-/// Seconds per call: the median of `reps` runs of repeated calls lasting at least `budget` each.
-fn median_time(reps: usize, budget: Duration, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut times: Vec<f64> = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            let mut calls = 0u32;
-            while calls == 0 || start.elapsed() < budget {
-                f();
-                calls += 1;
-            }
-            start.elapsed().as_secs_f64() / calls as f64
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[reps / 2]
-}
-
-fn quantized(ty: GgmlType, values: &[f32], cols: usize) -> Vec<u8> {
-    let stride = row_bytes(ty, cols);
-    let mut out = vec![0u8; values.len() / cols * stride];
-    for (src, dst) in values.chunks_exact(cols).zip(out.chunks_exact_mut(stride)) {
-        quantize_row(ty, src, dst);
-    }
-    out
-}
 
 /// `out[t * rows + r] = W[r] · x[t]` in matmul's tiles, each tile in the order of its batch.
 fn tiled(
@@ -91,13 +67,7 @@ fn main() {
         simd_level()
     );
     println!("{:<6} {:>10} {:>10} {:>10}", "type", "ms", "GMAC/s", "GB/s");
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-    };
+    let mut next = uniform();
     let weights_f32: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
     let x: Vec<f32> = (0..tokens * cols).map(|_| next()).collect();
     for ty in [

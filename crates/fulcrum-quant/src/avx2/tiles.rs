@@ -180,6 +180,19 @@ unsafe fn signed_lanes_avx512_vnni(x: __m256i, ax: __m256i, y: *const u8) -> __m
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
 }
 
+/// Calls `$kernel::<B, TT>(args)` with the step width `$tt` as the const `TT` (the widths `walk_32` hands out).
+macro_rules! by_step {
+    ($tt:expr, $kernel:ident::<$b:ty>($($arg:expr),* $(,)?)) => {
+        match $tt {
+            TG512 => $kernel::<$b, TG512>($($arg),*),
+            TG => $kernel::<$b, TG>($($arg),*),
+            4 => $kernel::<$b, 4>($($arg),*),
+            2 => $kernel::<$b, 2>($($arg),*),
+            _ => $kernel::<$b, 1>($($arg),*),
+        }
+    };
+}
+
 /// Defines a 32-element tile kernel and its row kernel for one instruction set: `$features` enabled, the lanes
 /// formed by `$offset_lanes` / `$signed_lanes`, corrections negated when `$negate`.
 macro_rules! tile_32_family {
@@ -240,12 +253,7 @@ macro_rules! tile_32_family {
             walk_32::<B>(w, rows, a, tokens, n, out, ld, TG, $negate, |tt, w, ws, ap, as_, p, nb, op| {
                 for r in 0..rows {
                     let (wp, op) = (w.add(r * ws), op.add(r));
-                    match tt {
-                        TG => $row::<B, TG>(wp, ap, as_, p, nb, op, ld),
-                        4 => $row::<B, 4>(wp, ap, as_, p, nb, op, ld),
-                        2 => $row::<B, 2>(wp, ap, as_, p, nb, op, ld),
-                        _ => $row::<B, 1>(wp, ap, as_, p, nb, op, ld),
-                    }
+                    by_step!(tt, $row::<B>(wp, ap, as_, p, nb, op, ld))
                 }
             })
         }
@@ -392,24 +400,12 @@ pub unsafe fn tile_32_avx512<B: Block32>(
         |tt, w, ws, ap, as_, p, nb, op| {
             for r in (0..rows - rows % 2).step_by(2) {
                 let (wp, op) = (w.add(r * ws), op.add(r));
-                match tt {
-                    TG512 => rows2_32_avx512::<B, TG512>(wp, ws, ap, as_, p, nb, op, ld),
-                    TG => rows2_32_avx512::<B, TG>(wp, ws, ap, as_, p, nb, op, ld),
-                    4 => rows2_32_avx512::<B, 4>(wp, ws, ap, as_, p, nb, op, ld),
-                    2 => rows2_32_avx512::<B, 2>(wp, ws, ap, as_, p, nb, op, ld),
-                    _ => rows2_32_avx512::<B, 1>(wp, ws, ap, as_, p, nb, op, ld),
-                }
+                by_step!(tt, rows2_32_avx512::<B>(wp, ws, ap, as_, p, nb, op, ld))
             }
             if rows % 2 == 1 {
                 let r = rows - 1;
                 let (wp, op) = (w.add(r * ws), op.add(r));
-                match tt {
-                    TG512 => row_32_avx512_vnni::<B, TG512>(wp, ap, as_, p, nb, op, ld),
-                    TG => row_32_avx512_vnni::<B, TG>(wp, ap, as_, p, nb, op, ld),
-                    4 => row_32_avx512_vnni::<B, 4>(wp, ap, as_, p, nb, op, ld),
-                    2 => row_32_avx512_vnni::<B, 2>(wp, ap, as_, p, nb, op, ld),
-                    _ => row_32_avx512_vnni::<B, 1>(wp, ap, as_, p, nb, op, ld),
-                }
+                by_step!(tt, row_32_avx512_vnni::<B>(wp, ap, as_, p, nb, op, ld))
             }
         },
     )
