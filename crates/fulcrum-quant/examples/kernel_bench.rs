@@ -6,7 +6,7 @@
 mod common;
 
 use fulcrum_quant::{quantize_row, row_bytes, scalar, simd_level, vec_dot, vec_dot_type, GgmlType};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TYPES: [GgmlType; 12] = [
     GgmlType::F32,
@@ -31,18 +31,6 @@ fn matvec(dot: Dot, ty: GgmlType, cols: usize, weights: &[u8], act: &[u8], out: 
     for (y, row) in out.iter_mut().zip(weights.chunks_exact(stride)) {
         *y = dot(ty, cols, row, act);
     }
-}
-
-/// Seconds per call, from repeated calls lasting at least `budget` (after one warm-up).
-fn time(budget: Duration, mut f: impl FnMut()) -> f64 {
-    f();
-    let start = Instant::now();
-    let mut calls = 0u32;
-    while calls == 0 || start.elapsed() < budget {
-        f();
-        calls += 1;
-    }
-    start.elapsed().as_secs_f64() / calls as f64
 }
 
 fn main() {
@@ -82,10 +70,10 @@ fn main() {
         let mut reference = vec![0.0f32; rows];
         let mut fast = vec![0.0f32; rows];
         let budget = Duration::from_millis(300);
-        let t_scalar = time(budget, || {
+        let t_scalar = common::median_time(1, budget, || {
             matvec(scalar::vec_dot, ty, cols, &weights, &act, &mut reference)
         });
-        let t_fast = time(budget, || {
+        let t_fast = common::median_time(1, budget, || {
             matvec(vec_dot, ty, cols, &weights, &act, &mut fast)
         });
 
