@@ -3,8 +3,9 @@
 //! against the single dot product it must equal bit for bit, then prints the median time and the achieved integer
 //! multiply-accumulates per second (GMAC/s) and weight GB/s.
 //!
-//! Usage: `cargo run --release -p fulcrum-quant --example tile_bench [rows] [cols] [tokens] [reps]`
-//! (default 896 896 64 7: one Qwen2.5-0.5B projection against a prefill chunk; `tokens` = 1 is decode).
+//! Usage: `cargo run --release -p fulcrum-quant --example tile_bench [rows] [cols] [tokens] [reps] [batch]`
+//! (default 896 896 64 7: one Qwen2.5-0.5B projection against a prefill chunk; `tokens` = 1 is decode). `batch` is
+//! the batch whose rounding the tokens take (default `tokens`; 1 is serving's batch-invariant rounding).
 
 mod common;
 
@@ -18,6 +19,7 @@ const ROW_BLOCK: usize = 16;
 const TOKEN_BLOCK: usize = 64;
 
 /// `out[t * rows + r] = W[r] · x[t]` in matmul's tiles, each tile in the order of its batch.
+#[allow(clippy::too_many_arguments)]
 fn tiled(
     ty: GgmlType,
     cols: usize,
@@ -25,6 +27,7 @@ fn tiled(
     rows: usize,
     acts: &[u8],
     tokens: usize,
+    batch: usize,
     out: &mut [f32],
 ) {
     let (w_bytes, a_bytes) = (row_bytes(ty, cols), row_bytes(vec_dot_type(ty), cols));
@@ -33,7 +36,7 @@ fn tiled(
         let nr = ROW_BLOCK.min(rows - r0);
         for t0 in (0..tokens).step_by(TOKEN_BLOCK) {
             let nt = TOKEN_BLOCK.min(tokens - t0);
-            for (run, order) in Order::runs(ty, tokens, t0..t0 + nt) {
+            for (run, order) in Order::runs(ty, batch, t0..t0 + nt) {
                 dot_tile(
                     ty,
                     cols,
@@ -62,6 +65,7 @@ fn main() {
     let cols = args.get(1).copied().unwrap_or(896);
     let tokens = args.get(2).copied().unwrap_or(64);
     let reps = args.get(3).copied().unwrap_or(7);
+    let batch = args.get(4).copied().unwrap_or(tokens);
     println!(
         "tiles {rows} x {cols} against {tokens} tokens, one thread, kernels: {}",
         simd_level()
@@ -84,11 +88,11 @@ fn main() {
         let acts = quantized(vec_dot_type(ty), &x, cols);
         let (w_bytes, a_bytes) = (row_bytes(ty, cols), row_bytes(vec_dot_type(ty), cols));
         let mut out = vec![0.0f32; rows * tokens];
-        tiled(ty, cols, &w, rows, &acts, tokens, &mut out);
+        tiled(ty, cols, &w, rows, &acts, tokens, batch, &mut out);
         for t in 0..tokens {
             for r in 0..rows {
                 let single =
-                    vec_dot_in_batch(ty, cols, &w[r * w_bytes..], &acts[t * a_bytes..], tokens, t);
+                    vec_dot_in_batch(ty, cols, &w[r * w_bytes..], &acts[t * a_bytes..], batch, t);
                 assert_eq!(
                     out[t * rows + r].to_bits(),
                     single.to_bits(),
@@ -97,7 +101,7 @@ fn main() {
             }
         }
         let secs = median_time(reps, Duration::from_millis(200), || {
-            tiled(ty, cols, &w, rows, &acts, tokens, &mut out)
+            tiled(ty, cols, &w, rows, &acts, tokens, batch, &mut out)
         });
         println!(
             "{:<6} {:>10.3} {:>10.2} {:>10.2}",

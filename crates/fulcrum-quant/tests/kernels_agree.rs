@@ -112,7 +112,8 @@ fn check_tile(seed: u64, blocks: usize, rows: usize, tokens: usize) -> Result<()
         let (w_all, a_all) = (w_rows.concat(), acts.concat());
         let a_bytes = a_all.len() / tokens;
         let ld = rows + 3;
-        for (batch, first) in [(tokens, 0), (tokens + 5, 3), (tokens + 9, 9)] {
+        // Batch 1: every token rounded as a batch of one, as serving and speculative verification take them.
+        for (batch, first) in [(tokens, 0), (tokens + 5, 3), (tokens + 9, 9), (1, 0)] {
             let mut out = vec![f32::NAN; tokens * ld];
             for (run, order) in Order::runs(ty, batch, first..first + tokens) {
                 let (t0, len) = (run.start - first, run.len());
