@@ -15,7 +15,7 @@ const DV: usize = 32;
 
 /// f32 scratch per thread for head widths `hd` (keys) and `hdv` (values).
 pub fn scratch_len(hd: usize, hdv: usize) -> usize {
-    TILE * hd + TILE * hdv + hd * LANES + TILE * LANES + TILE * hdv + 2 * TILE
+    TILE * hd + TILE * hdv + hd * TILE + TILE * LANES + TILE * hdv + 2 * TILE
 }
 
 /// Whether [`Block::run_avx2`] handles these head widths.
@@ -33,7 +33,7 @@ impl Block<'_> {
         let (kv_dim, kv_dim_v) = (s.n_kv_heads * hd, s.n_kv_heads * hdv);
         let (keys, rest) = scratch.split_at_mut(TILE * hd); // (TILE, hd)
         let (values, rest) = rest.split_at_mut(TILE * hdv); // (TILE, hdv)
-        let (queries, rest) = rest.split_at_mut(hd * LANES); // (hd, LANES): one group's query rows, transposed
+        let (queries, rest) = rest.split_at_mut(hd * TILE); // (groups, hd, LANES): each group's query rows, transposed
         let (probs, rest) = rest.split_at_mut(TILE * LANES); // (TILE, LANES): scores, then their exps
         let n_rows = self.rows.len();
         let (acc, rest) = rest.split_at_mut(TILE * hdv); // (rows, hdv)
@@ -42,6 +42,20 @@ impl Block<'_> {
         max.fill(f32::NEG_INFINITY);
         sum.fill(0.0);
         let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+        // Each group of LANES query rows, transposed once for all tiles (absent rows as zeros).
+        for r0 in (0..n_rows).step_by(LANES) {
+            let group = &mut queries[r0 * hd..(r0 + LANES) * hd];
+            for dk in 0..hd {
+                for l in 0..LANES {
+                    group[dk * LANES + l] = if r0 + l < n_rows {
+                        let t = self.rows.start + r0 + l;
+                        self.q[t * s.n_heads * hd + self.h * hd + dk]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
 
         let last_pos = self.start_pos + self.rows.end - 1;
         for tile in (0..=last_pos).step_by(TILE) {
@@ -68,17 +82,7 @@ impl Block<'_> {
                 }
                 let (first, end) = (load_i32(&first), load_i32(&end));
                 let active_mask = _mm256_castsi256_ps(load_i32(&active));
-                for dk in 0..hd {
-                    for l in 0..LANES {
-                        queries[dk * LANES + l] = if l < lanes {
-                            let t = self.rows.start + r0 + l;
-                            self.q[t * s.n_heads * hd + self.h * hd + dk]
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-                self.scores(keys, queries, probs, hd);
+                self.scores(keys, &queries[r0 * hd..(r0 + LANES) * hd], probs, hd);
 
                 // Mask and scale, then the tile maximum.
                 let mut tile_max = neg_inf;
