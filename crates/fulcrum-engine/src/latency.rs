@@ -122,9 +122,14 @@ impl LatencyModel {
 
     /// The roofline time of a step of `work`, before correction.
     pub fn roofline(&self, work: &[Shape]) -> f64 {
+        self.roofline_of(work.iter().copied())
+    }
+
+    /// [`LatencyModel::roofline`] of the shapes `work` yields (so that callers can add or filter without copying).
+    fn roofline_of(&self, work: impl Iterator<Item = Shape> + Clone) -> f64 {
         let m = &self.machine;
-        let tokens: usize = work.iter().map(|s| s.new_tokens).sum();
-        let logits = work.iter().filter(|s| s.logits).count().max(1);
+        let tokens: usize = work.clone().map(|s| s.new_tokens).sum();
+        let logits = work.clone().filter(|s| s.logits).count().max(1);
         // The matmuls: weights streamed once, against the step's tokens.
         let compute = (self.cost.layer_flops * tokens as f64
             + self.cost.logit_flops * logits as f64)
@@ -132,9 +137,8 @@ impl LatencyModel {
         let linear = compute.max(self.cost.weight_bytes / m.bandwidth);
         // Attention, per request: its cached keys and values read, or its scores computed, whichever is longer.
         let attention: f64 = work
-            .iter()
             .map(|s| {
-                let (bytes, flops) = self.cost.attention(s);
+                let (bytes, flops) = self.cost.attention(&s);
                 (bytes / m.bandwidth).max(flops / m.flops)
             })
             .sum();
@@ -143,7 +147,12 @@ impl LatencyModel {
 
     /// The predicted seconds of a step of `work`.
     pub fn predict(&self, work: &[Shape]) -> f64 {
-        self.correction * self.roofline(work)
+        self.predict_of(work.iter().copied())
+    }
+
+    /// [`LatencyModel::predict`] of the shapes `work` yields.
+    fn predict_of(&self, work: impl Iterator<Item = Shape> + Clone) -> f64 {
+        self.correction * self.roofline_of(work)
     }
 
     /// Folds a step's measured `seconds` into the correction (decay 0.9; one wild step moves it at most ×1.5).
@@ -215,22 +224,20 @@ impl PrefillBudget for SloBudget<'_> {
             TbtTarget::Seconds(s) => s,
             // Relative to the step's decoding sequences alone, not to chunks granted before this one.
             TbtTarget::Relative(k) => {
-                let decoding: Vec<Shape> = planned
-                    .iter()
-                    .copied()
-                    .filter(|s| s.new_tokens == 1)
-                    .collect();
-                k * self.model.predict(&decoding)
+                let decoding = planned.iter().copied().filter(|s| s.new_tokens == 1);
+                k * self.model.predict_of(decoding)
             }
         };
         let with = |n: usize| {
-            let mut work = planned.to_vec();
-            work.push(Shape {
+            let chunk = Shape {
                 new_tokens: n,
                 context,
                 logits: false,
-            });
-            self.model.predict(&work)
+            };
+            self.model.correction
+                * self
+                    .model
+                    .roofline_of(planned.iter().copied().chain([chunk]))
         };
         // The step time grows with the chunk: the largest chunk within the limit, by bisection.
         let first_chunk = !planned.iter().any(|s| s.new_tokens > 1);
