@@ -159,7 +159,7 @@ pub fn run(args: Args) -> CliResult {
         return Err("--ctx, --batch-tokens and --parallel must be positive".into());
     }
     let block_size = 16;
-    let bytes_per_token = c.n_layers * (c.kv_dim() + c.kv_dim_v()) * 2;
+    let bytes_per_token = c.n_layers * c.kv_row_bytes();
     let kv_tokens = (args.kv_memory << 20) / bytes_per_token / block_size * block_size;
     if kv_tokens < max_seq_len {
         return Err(format!(

@@ -263,6 +263,11 @@ impl Config {
         self.n_kv_heads * self.head_dim_v
     }
 
+    /// Bytes the KV cache holds per position and layer (f16 keys and values).
+    pub fn kv_row_bytes(&self) -> usize {
+        (self.kv_dim() + self.kv_dim_v()) * std::mem::size_of::<half::f16>()
+    }
+
     /// Width of all query heads together.
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim

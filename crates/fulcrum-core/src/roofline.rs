@@ -37,12 +37,7 @@ pub fn weight_bytes_per_token(w: &Weights) -> u64 {
     let layers: u64 = w
         .layers
         .iter()
-        .map(|l| {
-            [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                .into_iter()
-                .map(mat_bytes)
-                .sum::<u64>()
-        })
+        .map(|l| l.matrices().into_iter().map(mat_bytes).sum::<u64>())
         .sum();
     layers + mat_bytes(&w.output) + w.token_embd.row_bytes as u64
 }
@@ -50,7 +45,7 @@ pub fn weight_bytes_per_token(w: &Weights) -> u64 {
 /// KV bytes read by the token at position `pos` (stored before attention, so it attends to itself): per layer, the
 /// key and value rows of the positions it sees, fewer on sliding-window layers.
 pub fn kv_bytes_at(c: &Config, pos: usize) -> u64 {
-    let row_bytes = ((c.kv_dim() + c.kv_dim_v()) * std::mem::size_of::<half::f16>()) as u64;
+    let row_bytes = c.kv_row_bytes() as u64;
     (0..c.n_layers)
         .map(|layer| {
             let shape = AttentionShape {

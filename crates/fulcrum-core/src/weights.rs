@@ -50,6 +50,21 @@ pub struct LayerWeights {
     pub post_ffn_norm: Option<Vec<f32>>,
 }
 
+impl LayerWeights {
+    /// The layer's matmul matrices: q, k, v, output, gate, up, down.
+    pub fn matrices(&self) -> [&Mat; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+}
+
 /// All weights of a model.
 pub struct Weights {
     /// (vocab, d_model)

@@ -501,14 +501,7 @@ impl Engine {
         ) {
             Ok(l) => {
                 if let Some((model, _)) = &mut self.latency {
-                    let shapes: Vec<Shape> = work
-                        .iter()
-                        .map(|w| Shape {
-                            new_tokens: w.rows(),
-                            context: w.start,
-                            logits: w.wants_logits,
-                        })
-                        .collect();
+                    let shapes: Vec<Shape> = work.iter().map(Work::shape).collect();
                     model.observe(&shapes, started.elapsed().as_secs_f64());
                     self.metrics
                         .latency_correction_ppm

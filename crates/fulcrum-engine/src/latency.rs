@@ -37,12 +37,7 @@ impl ModelCost {
         let layer_params: usize = w
             .layers
             .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|m| m.rows * m.cols)
-                    .sum::<usize>()
-            })
+            .map(|l| l.matrices().iter().map(|m| m.rows * m.cols).sum::<usize>())
             .sum();
         let windowed_layers = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();
         ModelCost {
@@ -50,8 +45,7 @@ impl ModelCost {
             layer_flops: 2.0 * layer_params as f64,
             logit_flops: 2.0 * (w.output.rows * w.output.cols) as f64,
             pair_flops: (2 * c.n_heads * (c.head_dim + c.head_dim_v)) as f64,
-            // The cache holds f16 keys and values.
-            kv_row_bytes: ((c.kv_dim() + c.kv_dim_v()) * 2) as f64,
+            kv_row_bytes: c.kv_row_bytes() as f64,
             full_layers: c.n_layers - windowed_layers,
             windowed_layers,
             window: c.sliding_window.unwrap_or(usize::MAX),

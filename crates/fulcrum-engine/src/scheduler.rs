@@ -49,6 +49,15 @@ impl Work {
     pub fn rows(&self) -> usize {
         self.len + self.draft.len()
     }
+
+    /// Its size, as a latency model sees it.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            new_tokens: self.rows(),
+            context: self.start,
+            logits: self.wants_logits,
+        }
+    }
 }
 
 /// What to run in one iteration.
@@ -215,18 +224,15 @@ impl Scheduler {
                 break;
             }
             let seq = &self.running[i];
-            step.work.push(Work {
+            let work = Work {
                 id: seq.id,
                 start: seq.computed,
                 len: n,
                 wants_logits: want == seq.tokens.len(),
                 draft: Vec::new(),
-            });
-            shapes.push(Shape {
-                new_tokens: n,
-                context: seq.computed,
-                logits: want == seq.tokens.len(),
-            });
+            };
+            shapes.push(work.shape());
+            step.work.push(work);
             budget -= n;
             i += 1;
         }
@@ -255,18 +261,15 @@ impl Scheduler {
                 break;
             }
             let seq = self.waiting.pop_front().expect("front exists");
-            step.work.push(Work {
+            let work = Work {
                 id: seq.id,
                 start: seq.computed,
                 len: n,
                 wants_logits: seq.computed + n == seq.tokens.len(),
                 draft: Vec::new(),
-            });
-            shapes.push(Shape {
-                new_tokens: n,
-                context: seq.computed,
-                logits: seq.computed + n == seq.tokens.len(),
-            });
+            };
+            shapes.push(work.shape());
+            step.work.push(work);
             budget -= n;
             self.running.push(seq);
         }
