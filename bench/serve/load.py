@@ -4,6 +4,7 @@ concurrency levels, and the shared-prefix workload's TTFT. Standard library only
 
 usage: load.py URL [--concurrency 1,4,8] [--requests-per-client 3] [--prompt-tokens 100] [--max-tokens 128]
                [--shared-prefix]    # a ~1,000-token system prompt with varied questions
+               [--ban-tokens 151643,151645]   # logit_bias -100 on these ids: every answer runs to --max-tokens
 """
 import argparse
 import json
@@ -46,7 +47,7 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
-def run_level(url, concurrency, per_client, messages_for, max_tokens):
+def run_level(url, concurrency, per_client, messages_for, max_tokens, ban_tokens=()):
     ttfts, tbts, tokens = [], [], 0
     lock = threading.Lock()
 
@@ -55,6 +56,8 @@ def run_level(url, concurrency, per_client, messages_for, max_tokens):
         for r in range(per_client):
             body = {"messages": messages_for(k * per_client + r), "max_tokens": max_tokens, "temperature": 0,
                     "stream": True, "stream_options": {"include_usage": True}, "model": "default"}
+            if ban_tokens:
+                body["logit_bias"] = {str(t): -100 for t in ban_tokens}
             ttft, arrivals, n = stream_one(url, body)
             with lock:
                 ttfts.append(ttft)
@@ -68,7 +71,7 @@ def run_level(url, concurrency, per_client, messages_for, max_tokens):
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"concurrency": concurrency, "output_tokens_per_s": tokens / wall,
+    return {"concurrency": concurrency, "output_tokens": tokens, "output_tokens_per_s": tokens / wall,
             "ttft_median_ms": 1e3 * statistics.median(ttfts), "ttft_p99_ms": 1e3 * percentile(ttfts, 99),
             "tbt_median_ms": 1e3 * statistics.median(tbts), "tbt_p99_ms": 1e3 * percentile(tbts, 99)}
 
@@ -90,10 +93,13 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=100)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--shared-prefix", action="store_true")
+    ap.add_argument("--ban-tokens", default="", help="comma-separated token ids given logit_bias -100 (the model's "
+                    "end-of-generation tokens make every answer run to --max-tokens)")
     a = ap.parse_args()
     messages_for = workload(a.shared_prefix, a.prompt_tokens)
     for c in map(int, a.concurrency.split(",")):
-        print(json.dumps(run_level(a.url, c, a.requests_per_client, messages_for, a.max_tokens)), flush=True)
+        print(json.dumps(run_level(a.url, c, a.requests_per_client, messages_for, a.max_tokens,
+                                   [int(t) for t in a.ban_tokens.split(",") if t.strip()])), flush=True)
 
 
 if __name__ == "__main__":

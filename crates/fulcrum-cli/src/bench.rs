@@ -30,6 +30,10 @@ pub struct Args {
     /// Buffer of the streaming-read bandwidth test run after a generation test, in MiB (0 skips it).
     #[arg(long, default_value_t = 512)]
     bandwidth_mib: usize,
+    /// Run the prompt-processing test with every row rounded as if alone, as serving and speculative verification
+    /// do (slower than llama.cpp's batch rounding, which `pp` otherwise follows).
+    #[arg(long)]
+    invariant: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -156,6 +160,7 @@ pub fn run(args: Args) -> CliResult {
     let batch = args.n_prompt.max(args.depth).clamp(1, 512);
     let mut session = Session::new(model.clone(), n_ctx, check_threads(args.threads)?, batch)?;
     let threads = session.pool.n_threads();
+    let n_layers = model.config.n_layers;
     let mut stream = TokenStream(42, vocab);
     let depth_tokens: Vec<u32> = (0..args.depth).map(|_| stream.next()).collect();
     // The depth is evaluated once; later tests rewind to it (llama-bench restores a saved state the same way).
@@ -183,13 +188,25 @@ pub fn run(args: Args) -> CliResult {
         for rep in 0..=args.reps {
             prepare(&mut session)?;
             let started = Instant::now();
-            session.eval_last(&tokens)?;
+            if args.invariant {
+                let start = session.len();
+                for chunk in tokens.chunks(batch) {
+                    session.embed(chunk)?;
+                    session.run_layers(0..n_layers, session.len(), chunk.len())?;
+                    session.set_len(session.len() + chunk.len());
+                }
+                debug_assert_eq!(session.len(), start + tokens.len());
+                session.classify(1);
+            } else {
+                session.eval_last(&tokens)?;
+            }
             let rate = tokens.len() as f64 / started.elapsed().as_secs_f64();
             if rep > 0 {
                 rates.push(rate); // repetition 0 warms caches and pages in the weights
             }
         }
-        results.push((format!("pp{}{suffix}", args.n_prompt), rates));
+        let rounding = if args.invariant { " invariant" } else { "" };
+        results.push((format!("pp{}{suffix}{rounding}", args.n_prompt), rates));
     }
     if args.n_gen > 0 {
         let mut rates = Vec::new();

@@ -73,6 +73,7 @@ impl SamplingArgs {
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
             seed,
+            logit_bias: Vec::new(),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -55,6 +55,7 @@ pub fn run(args: Args) -> CliResult {
             "tokens": tok.vocab_size(),
             "bos": tok.bos(),
             "eos": tok.eos(),
+            "end_of_generation": tok.eog_ids(),
             "add_bos": tok.add_bos(),
         },
         "chat_template": template,

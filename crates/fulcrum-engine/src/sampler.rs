@@ -1,4 +1,4 @@
-//! Token sampling: repetition penalty, top-k, top-p, min-p, temperature, then a seeded draw.
+//! Token sampling: logit bias, repetition penalty, top-k, top-p, min-p, temperature, then a seeded draw.
 //!
 //! The chain and its order follow llama.cpp's default sampler chain (penalties → top-k → top-p →
 //! min-p → temperature → dist), so the same settings keep the same candidate sets. The random
@@ -51,6 +51,8 @@ pub struct SamplerConfig {
     pub repeat_last_n: usize,
     /// Seed of the random generator.
     pub seed: u64,
+    /// `(token, bias)` pairs added to the logits before anything else (OpenAI's `logit_bias`; -100 bans a token).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplerConfig {
@@ -64,6 +66,7 @@ impl Default for SamplerConfig {
             repeat_penalty: 1.0,
             repeat_last_n: 64,
             seed: DEFAULT_SEED,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -102,6 +105,9 @@ impl SamplerConfig {
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad("min_p", self.min_p, "in [0, 1] (0 = off)");
+        }
+        if let Some(&(_, b)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            return bad("logit_bias", b, "finite numbers (-100 bans a token)");
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
             return bad(
@@ -286,6 +292,12 @@ impl Sampler {
                     logit.min(f32::MAX)
                 },
             }));
+        // Candidates are in id order here, so a token id indexes its candidate.
+        for &(id, bias) in &self.config.logit_bias {
+            if let Some(candidate) = self.candidates.get_mut(id as usize) {
+                candidate.logit = (candidate.logit + bias).min(f32::MAX);
+            }
+        }
     }
 
     /// llama.cpp's rule: each distinct token of the last `repeat_last_n` has its logit divided

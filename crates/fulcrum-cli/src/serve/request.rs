@@ -195,6 +195,29 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
     } else {
         count(&body, "logprobs", 5)?
     };
+    let logit_bias = match body.get("logit_bias") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(map)) => {
+            let message = "'logit_bias' maps token ids to numbers from -100 to 100";
+            let mut biases = Vec::with_capacity(map.len());
+            for (token, bias) in map {
+                let id = token
+                    .parse::<u32>()
+                    .map_err(|_| bad("logit_bias", message))?;
+                match bias.as_f64() {
+                    Some(b) if (-100.0..=100.0).contains(&b) => biases.push((id, b as f32)),
+                    _ => return Err(bad("logit_bias", message)),
+                }
+            }
+            biases
+        }
+        Some(_) => {
+            return Err(bad(
+                "logit_bias",
+                "'logit_bias' must be an object mapping token ids to numbers",
+            ))
+        }
+    };
     let lookup_draft = match body.get("spec") {
         None | Some(Value::Null) => None,
         Some(Value::String(spec)) => Some(lookup_draft(spec).map_err(|e| bad("spec", e))?),
@@ -216,6 +239,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
             repeat_penalty: 1.0,
             repeat_last_n: 64,
             seed,
+            logit_bias,
         },
         stop,
         stream,
@@ -256,6 +280,9 @@ mod tests {
             (br#"{"prompt":"hi","stop":["a","b","c","d","e"]}"#, "stop"),
             (br#"{"prompt":"hi","max_tokens":-1}"#, "max_tokens"),
             (br#"{"prompt":3}"#, "prompt"),
+            (br#"{"prompt":"hi","logit_bias":{"x":1}}"#, "logit_bias"),
+            (br#"{"prompt":"hi","logit_bias":{"7":-101}}"#, "logit_bias"),
+            (br#"{"prompt":"hi","logit_bias":[1]}"#, "logit_bias"),
         ] {
             let e = parse(body, false).err().expect("rejected");
             assert_eq!(e.param.as_deref(), Some(param));
@@ -268,5 +295,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(chat.logprobs, Some(2));
+        let biased = parse(br#"{"prompt":"hi","logit_bias":{"151645":-100}}"#, false).unwrap();
+        assert_eq!(biased.sampler.logit_bias, [(151645, -100.0)]);
     }
 }

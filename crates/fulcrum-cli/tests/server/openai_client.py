@@ -55,6 +55,16 @@ check(abs(content[0].top_logprobs[0].logprob - content[0].logprob) < 1e-4, "gree
 clp = client.completions.create(prompt="Hello", max_tokens=3, logprobs=2, **greedy)
 check(len(clp.choices[0].logprobs.token_logprobs) == 3, "completion logprobs")
 
+# logit_bias: banning Qwen's end tokens (<|endoftext|>, <|im_end|>) makes a one-word answer run to max_tokens.
+short = [{"role": "user", "content": "Reply with one word: hello."}]
+ended = client.chat.completions.create(messages=short, max_tokens=24, **greedy)
+check(ended.choices[0].finish_reason == "stop", "a one-word answer ends by itself")
+banned = client.chat.completions.create(messages=short, max_tokens=24, logit_bias={"151643": -100, "151645": -100},
+                                        **greedy)
+check(banned.choices[0].finish_reason == "length" and banned.usage.completion_tokens == 24,
+      "logit_bias -100 bans the end tokens")
+check(banned.choices[0].message.content.startswith(ended.choices[0].message.content), "the bias changes nothing else")
+
 # Errors.
 for kwargs, what in [(dict(n=2), "n=2"), (dict(temperature=7), "temperature 7")]:
     try:

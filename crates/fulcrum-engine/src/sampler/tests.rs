@@ -14,6 +14,7 @@ fn plain(seed: u64) -> SamplerConfig {
         repeat_penalty: 1.0,
         repeat_last_n: 64,
         seed,
+        logit_bias: Vec::new(),
     }
 }
 
@@ -390,4 +391,38 @@ fn large_vocabulary_is_fast_enough() {
         // Generous bound so a loaded CI machine never flakes; typical is well under 2 ms.
         assert!(per_call.as_millis() < 20, "{config:?}: {per_call:?}");
     }
+}
+
+#[test]
+fn logit_bias_bans_and_forces_tokens() {
+    let logits = [1.0, 5.0, 3.0, 4.9];
+    let banned = SamplerConfig {
+        logit_bias: vec![(1, -100.0)],
+        ..SamplerConfig::greedy()
+    };
+    assert_eq!(sampler(banned.clone()).sample(&logits, &[]), 3);
+    let mut reach = reachable(
+        SamplerConfig {
+            temperature: 1.0,
+            ..banned
+        },
+        &logits,
+        &[],
+    );
+    reach.retain(|&t| t == 1);
+    assert!(reach.is_empty(), "a -100 bias never draws the token");
+    let forced = SamplerConfig {
+        logit_bias: vec![(0, 100.0), (99, 100.0)],
+        ..SamplerConfig::greedy()
+    };
+    assert_eq!(
+        sampler(forced).sample(&logits, &[]),
+        0,
+        "ids past the vocabulary are ignored"
+    );
+    let bad = SamplerConfig {
+        logit_bias: vec![(0, f32::NAN)],
+        ..SamplerConfig::greedy()
+    };
+    assert!(bad.validate().is_err());
 }
