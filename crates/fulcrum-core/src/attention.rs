@@ -5,9 +5,8 @@ mod tiled;
 use crate::kv::LayerKv;
 use crate::ops::SharedMut;
 use crate::threads::{split_range, ThreadPool};
-use fulcrum_quant::f16vec;
+use fulcrum_quant::f16vec::{self, LANES};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 
 /// Shapes and arithmetic of one attention call.
 pub struct AttentionShape {
@@ -58,11 +57,13 @@ impl KvView<'_> {
     }
 }
 
-/// Work buffers of [`attention`]: per thread, the query row in f16 and the f16 output accumulator, and the f32 tiles
-/// of the path for large batches.
+/// Work buffers of [`attention`]: per thread, up to [`LANES`] rounded query rows and f16 output accumulators, and the
+/// f32 tiles of the path for large batches.
 pub struct AttentionScratch {
-    /// (n_threads, head_dim + head_dim_v)
-    per_thread: Vec<f16>,
+    /// (n_threads, LANES · head_dim_v) the f16 output accumulators
+    acc: Vec<f16>,
+    /// (n_threads, LANES · head_dim) the query rows rounded to f16, as f32
+    q_rounded: Vec<f32>,
     /// (n_threads, tiled::scratch_len)
     tiles: Vec<f32>,
     n_ctx: usize,
@@ -83,7 +84,8 @@ impl AttentionScratch {
         n_threads: usize,
     ) -> AttentionScratch {
         AttentionScratch {
-            per_thread: vec![f16::ZERO; n_threads * (head_dim + kv_dim_v)],
+            acc: vec![f16::ZERO; n_threads * LANES * kv_dim_v],
+            q_rounded: vec![0.0; n_threads * LANES * head_dim],
             tiles: vec![0.0; n_threads * tiled::scratch_len(head_dim, kv_dim_v)],
             n_ctx,
         }
@@ -125,9 +127,9 @@ pub fn attention(
             ),
         "attention: cache size"
     );
-    let per_thread = hd + hdv;
     assert!(
-        scratch.per_thread.len() >= pool.n_threads() * per_thread,
+        scratch.acc.len() >= pool.n_threads() * LANES * hdv
+            && scratch.q_rounded.len() >= pool.n_threads() * LANES * hd,
         "attention: scratch threads"
     );
     assert!(
@@ -138,48 +140,72 @@ pub fn attention(
     if n >= tiled::TILE && !online_only {
         return tiled::attention(pool, s, kv, q, n, start_pos, out, &mut scratch.tiles);
     }
+    // Work items: a token's query heads that share a kv head, up to LANES at a time, in more chunks where there are
+    // fewer items than threads (a decoded token of a model with one kv head).
+    let min_chunks = group.div_ceil(LANES);
+    let wanted = pool.n_threads().div_ceil(n * s.n_kv_heads);
+    let lanes = group.div_ceil(wanted.clamp(min_chunks, group));
+    let chunks = group.div_ceil(lanes);
     let out_ptr = SharedMut(out.as_mut_ptr());
-    let thread_ptr = SharedMut(scratch.per_thread.as_mut_ptr());
+    let acc_ptr = SharedMut(scratch.acc.as_mut_ptr());
+    let qf_ptr = SharedMut(scratch.q_rounded.as_mut_ptr());
     pool.run(|index, n_threads| {
-        // SAFETY: each thread uses its own scratch slice.
-        let mine = unsafe {
-            std::slice::from_raw_parts_mut(thread_ptr.ptr().add(index * per_thread), per_thread)
+        // SAFETY: each thread uses its own scratch slices.
+        let (acc, qf) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(acc_ptr.ptr().add(index * LANES * hdv), LANES * hdv),
+                std::slice::from_raw_parts_mut(qf_ptr.ptr().add(index * LANES * hd), LANES * hd),
+            )
         };
-        let (q16, acc) = mine.split_at_mut(hd);
-        for item in split_range(n * s.n_heads, index, n_threads) {
-            let (t, h) = (item / s.n_heads, item % s.n_heads);
+        let mut sums = [0f32; LANES];
+        for item in split_range(n * s.n_kv_heads * chunks, index, n_threads) {
+            let (t, g, c) = (
+                item / (s.n_kv_heads * chunks),
+                item / chunks % s.n_kv_heads,
+                item % chunks,
+            );
+            let first_head = g * group + c * lanes;
+            let count = lanes.min((g + 1) * group - first_head);
             let pos = start_pos + t;
-            let first = s.visible(pos).start;
-            let g = h / group;
-            q16.convert_from_f32_slice(&q[t * s.n_heads * hd + h * hd..][..hd]);
-            acc.fill(f16::ZERO);
-            let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-            for p in first..=pos {
-                let score = f16vec::dot(kv.k(p, g, hd, kv_dim), q16) * s.scale;
-                let weight = if score > max {
-                    // A new maximum: rescale what has accumulated so far by exp(old - new).
-                    let shrink = (max - score).exp();
-                    max = score;
-                    f16vec::scale(acc, shrink);
-                    sum = sum.mul_add(shrink, 1.0);
-                    1.0
-                } else {
-                    let w = (score - max).exp();
-                    sum += w;
-                    w
-                };
-                f16vec::mad(acc, kv.v(p, g, hdv, kv_dim_v), weight);
+            let queries = &q[t * s.n_heads * hd + first_head * hd..][..count * hd];
+            // Rounded to f16 as llama.cpp rounds the query, and kept as f32 (exactly the same values).
+            for (r, &x) in qf.iter_mut().zip(queries) {
+                *r = f16::from_f32(x).to_f32();
             }
-            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-            // SAFETY: (t, h) is written by this thread only.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(
-                    out_ptr.ptr().add(t * s.n_heads * hdv + h * hdv),
-                    hdv,
-                )
+            acc[..count * hdv].fill(f16::ZERO);
+            let head = f16vec::Head {
+                keys: &kv.kv.k,
+                values: &kv.kv.v,
+                k_stride: kv_dim,
+                k_off: g * hd,
+                v_stride: kv_dim_v,
+                v_off: g * hdv,
+                slots: kv.slots,
             };
-            for (d, a) in dst.iter_mut().zip(acc.iter()) {
-                *d = a.to_f32() * inv;
+            f16vec::attend(
+                &qf[..count * hd],
+                count,
+                &head,
+                s.visible(pos),
+                s.scale,
+                acc,
+                hdv,
+                &mut sums,
+            );
+            for (l, &sum) in sums.iter().enumerate().take(count) {
+                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+                // SAFETY: (t, head) is written by this thread only.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out_ptr
+                            .ptr()
+                            .add(t * s.n_heads * hdv + (first_head + l) * hdv),
+                        hdv,
+                    )
+                };
+                for (d, a) in dst.iter_mut().zip(&acc[l * hdv..][..hdv]) {
+                    *d = a.to_f32() * inv;
+                }
             }
         }
     });

@@ -4,6 +4,7 @@
 //! give identical bits.
 
 use half::f16;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// Elements per step of the vector loops: four accumulators of eight lanes.
@@ -28,10 +29,129 @@ pub fn scale(y: &mut [f16], v: f32) {
     (kernels().scale)(y, v)
 }
 
+/// One head's keys and values in an f16 cache: position `p` lives in row `slots[p]` (row `p` without slots); the head's
+/// keys start `k_off` elements into a key row of `k_stride`, its values `v_off` into a value row of `v_stride`.
+#[derive(Clone, Copy)]
+pub struct Head<'a> {
+    pub keys: &'a [f16],
+    pub values: &'a [f16],
+    pub k_stride: usize,
+    pub k_off: usize,
+    pub v_stride: usize,
+    pub v_off: usize,
+    pub slots: Option<&'a [u32]>,
+}
+
+impl Head<'_> {
+    #[inline(always)]
+    fn row(&self, p: usize) -> usize {
+        self.slots.map_or(p, |s| s[p] as usize)
+    }
+
+    /// Keys of position `p` (`hd` elements).
+    #[inline(always)]
+    pub fn k(&self, p: usize, hd: usize) -> &[f16] {
+        &self.keys[self.row(p) * self.k_stride + self.k_off..][..hd]
+    }
+
+    /// Values of position `p` (`hdv` elements).
+    #[inline(always)]
+    pub fn v(&self, p: usize, hdv: usize) -> &[f16] {
+        &self.values[self.row(p) * self.v_stride + self.v_off..][..hdv]
+    }
+}
+
+/// Most queries [`attend`] takes at once.
+pub const LANES: usize = 8;
+
+/// Online-softmax attention of `lanes` (1 to [`LANES`]) queries that share `head`, over `positions`, each exactly as
+/// llama.cpp's CPU flash attention computes one query: `q` holds `lanes` rows of f16 values (as f32), a score is
+/// [`dot`]`(k, q) · scale` and its weight the C library's `expf` of its distance to the running maximum (both f32), and
+/// the weighted values accumulate in `acc` (`lanes` rows of f16, zeroed by the caller), rescaled with [`scale`]
+/// when the maximum grows. Writes each query's sum of weights to `sums`.
+///
+/// # Panics
+/// If a position's row is outside the cache, or `q`, `acc` or `sums` is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    lanes: usize,
+    head: &Head,
+    positions: Range<usize>,
+    scale: f32,
+    acc: &mut [f16],
+    hdv: usize,
+    sums: &mut [f32],
+) {
+    assert!(
+        (1..=LANES).contains(&lanes)
+            && q.len().is_multiple_of(lanes)
+            && acc.len() >= lanes * hdv
+            && sums.len() >= lanes,
+        "f16 attend shapes"
+    );
+    (kernels().attend)(q, lanes, head, positions, scale, acc, hdv, sums)
+}
+
 /// The scalar reference kernels (public for the property tests that compare them with the SIMD ones).
 pub mod scalar {
-    use super::STEP;
+    use super::{Head, STEP};
     use half::f16;
+    use std::ops::Range;
+
+    /// See [`super::attend`]: one query after the other.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(
+        q: &[f32],
+        lanes: usize,
+        head: &Head,
+        positions: Range<usize>,
+        scale_by: f32,
+        acc: &mut [f16],
+        hdv: usize,
+        sums: &mut [f32],
+    ) {
+        let hd = q.len() / lanes;
+        for l in 0..lanes {
+            sums[l] = attend_one(
+                &q[l * hd..][..hd],
+                head,
+                positions.clone(),
+                scale_by,
+                &mut acc[l * hdv..][..hdv],
+            );
+        }
+    }
+
+    /// One query of [`super::attend`]; returns its sum of weights.
+    pub fn attend_one(
+        q: &[f32],
+        head: &Head,
+        positions: Range<usize>,
+        scale_by: f32,
+        acc: &mut [f16],
+    ) -> f32 {
+        let q16: Vec<f16> = q.iter().map(|&x| f16::from_f32(x)).collect();
+        let hdv = acc.len();
+        let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+        for p in positions {
+            let score = dot(head.k(p, q.len()), &q16) * scale_by;
+            let weight = if score > max {
+                // A new maximum: rescale what has accumulated so far by exp(old - new).
+                let shrink = (max - score).exp();
+                max = score;
+                scale(acc, shrink);
+                sum = sum.mul_add(shrink, 1.0);
+                1.0
+            } else {
+                let w = (score - max).exp();
+                sum += w;
+                w
+            };
+            mad(acc, head.v(p, hdv), weight);
+        }
+        sum
+    }
 
     /// See [`super::dot`].
     pub fn dot(x: &[f16], y: &[f16]) -> f32 {
@@ -74,6 +194,7 @@ pub mod scalar {
 }
 
 struct Kernels {
+    attend: AttendFn,
     dot: fn(&[f16], &[f16]) -> f32,
     mad: fn(&mut [f16], &[f16], f32),
     scale: fn(&mut [f16], f32),
@@ -85,12 +206,18 @@ fn kernels() -> &'static Kernels {
         #[cfg(target_arch = "x86_64")]
         if crate::dispatch::simd() {
             return Kernels {
+                attend: if crate::expf::matches_libm() {
+                    crate::avx2::f16vec::attend
+                } else {
+                    scalar::attend
+                },
                 dot: crate::avx2::f16vec::dot,
                 mad: crate::avx2::f16vec::mad,
                 scale: crate::avx2::f16vec::scale,
             };
         }
         Kernels {
+            attend: scalar::attend,
             dot: scalar::dot,
             mad: scalar::mad,
             scale: scalar::scale,
@@ -98,12 +225,23 @@ fn kernels() -> &'static Kernels {
     })
 }
 
+/// Signature of [`attend`].
+pub type AttendFn = fn(&[f32], usize, &Head, Range<usize>, f32, &mut [f16], usize, &mut [f32]);
 /// Signature of [`dot`].
 pub type DotFn = fn(&[f16], &[f16]) -> f32;
 /// Signature of [`mad`].
 pub type MadFn = fn(&mut [f16], &[f16], f32);
 /// Signature of [`scale`].
 pub type ScaleFn = fn(&mut [f16], f32);
+
+/// The AVX2 [`attend`] when this CPU has it, for tests that compare it with [`scalar::attend`].
+pub fn simd_attend() -> Option<AttendFn> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() && crate::expf::matches_libm() {
+        return Some(crate::avx2::f16vec::attend);
+    }
+    None
+}
 
 /// The AVX2 kernels when this CPU has them, for tests that compare them with [`scalar`].
 pub fn simd_kernels() -> Option<(DotFn, MadFn, ScaleFn)> {
@@ -147,6 +285,47 @@ mod tests {
             prop_assert_eq!(&a, &b);
             scale(&mut a, v);
             scalar::scale(&mut b, v);
+            prop_assert_eq!(a, b);
+        }
+
+        /// The fused AVX2 attention gives the scalar reference's bits: contiguous and paged rows, any length.
+        #[test]
+        fn simd_attend_matches_scalar(
+            seed in any::<u64>(),
+            len in 1usize..200,
+            lanes in 1usize..=LANES,
+            hd in prop_oneof![Just(32usize), Just(64), Just(128), Just(40)],
+            paged in any::<bool>(),
+            spread in 0.1f32..30.0,
+        ) {
+            let Some(attend_simd) = simd_attend() else { return Ok(()) };
+            let mut state = seed | 1;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            };
+            let (stride, off, rows) = (hd * 2 + 8, hd + 3, len + 5);
+            let keys: Vec<f16> = (0..rows * stride).map(|_| f16::from_f32(next() * spread)).collect();
+            let values: Vec<f16> = (0..rows * stride).map(|_| f16::from_f32(next() * 4.0)).collect();
+            let slots: Vec<u32> = (0..len as u32).map(|p| (p * 7 + 3) % rows as u32).collect();
+            let head = Head {
+                keys: &keys,
+                values: &values,
+                k_stride: stride,
+                k_off: off,
+                v_stride: stride,
+                v_off: off - 3,
+                slots: paged.then_some(&slots[..]),
+            };
+            let q: Vec<f32> = (0..lanes * hd).map(|_| f16::from_f32(next()).to_f32()).collect();
+            let start = (seed % 5) as usize % len;
+            let (mut a, mut b) = (vec![f16::ZERO; lanes * hd], vec![f16::ZERO; lanes * hd]);
+            let (mut sa, mut sb) = ([0f32; LANES], [0f32; LANES]);
+            attend_simd(&q, lanes, &head, start..len, 0.125, &mut a, hd, &mut sa);
+            scalar::attend(&q, lanes, &head, start..len, 0.125, &mut b, hd, &mut sb);
+            prop_assert_eq!(sa.map(f32::to_bits), sb.map(f32::to_bits));
             prop_assert_eq!(a, b);
         }
 

@@ -7,6 +7,7 @@
 
 mod block;
 mod dispatch;
+pub mod expf;
 pub mod f16vec;
 pub mod formats;
 mod fp;

@@ -1,7 +1,112 @@
 //! AVX2 kernels of [`crate::f16vec`]; see there for the arithmetic they reproduce.
 
+use crate::f16vec::Head;
 use half::f16;
 use std::arch::x86_64::*;
+use std::ops::Range;
+
+/// Safe entry (see [`dot`]); rows are bounds-checked as they are read. Only installed where
+/// [`crate::expf::matches_libm`] holds.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    lanes: usize,
+    head: &Head,
+    positions: Range<usize>,
+    scale: f32,
+    acc: &mut [f16],
+    hdv: usize,
+    sums: &mut [f32],
+) {
+    // SAFETY: see [`dot`]; the shapes were checked by `f16vec::attend`.
+    unsafe { attend_avx2(q, lanes, head, positions, scale, acc, hdv, sums) }
+}
+
+/// [`crate::f16vec::scalar::attend`] for up to eight queries side by side, one per lane of the softmax state: each
+/// key's eight dot products are reduced together (a transposed form of ggml's lane order), their weights come from one
+/// [`crate::expf::expf_x8`], and each key's values are loaded once for all queries.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_avx2(
+    q: &[f32],
+    lanes: usize,
+    head: &Head,
+    positions: Range<usize>,
+    scale_by: f32,
+    acc: &mut [f16],
+    hdv: usize,
+    sums: &mut [f32],
+) {
+    let hd = q.len() / lanes;
+    if !hd.is_multiple_of(32) || !hdv.is_multiple_of(8) {
+        return crate::f16vec::scalar::attend(q, lanes, head, positions, scale_by, acc, hdv, sums);
+    }
+    let (pq, pacc) = (q.as_ptr(), acc.as_mut_ptr());
+    let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut sum = _mm256_setzero_ps();
+    let one = _mm256_set1_ps(1.0);
+    let scale = _mm256_set1_ps(scale_by);
+    let mut w = [0f32; 8];
+    let mut shrink = [0f32; 8];
+    for p in positions {
+        let k = head.k(p, hd).as_ptr();
+        // Each query's four accumulators, folded as ggml folds them: (0 + 2) + (1 + 3).
+        let mut folded = [_mm256_setzero_ps(); 8];
+        for (l, f) in folded.iter_mut().enumerate().take(lanes) {
+            let ql = pq.add(l * hd);
+            let mut d = [_mm256_setzero_ps(); 4];
+            for base in (0..hd).step_by(32) {
+                for (j, a) in d.iter_mut().enumerate() {
+                    let o = base + 8 * j;
+                    *a = _mm256_fmadd_ps(load(k.add(o)), _mm256_loadu_ps(ql.add(o)), *a);
+                }
+            }
+            *f = _mm256_add_ps(_mm256_add_ps(d[0], d[2]), _mm256_add_ps(d[1], d[3]));
+        }
+        // Lanes i and i + 4 of every query summed (lower half: queries 0-3, upper: 4-7), then pairwise, then again:
+        // per query ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)), as ggml's horizontal sum.
+        let mut u = [_mm256_setzero_ps(); 4];
+        for (i, ui) in u.iter_mut().enumerate() {
+            let (a, b) = (folded[i], folded[i + 4]);
+            *ui = _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(a, b),
+                _mm256_permute2f128_ps::<0x31>(a, b),
+            );
+        }
+        let dots = _mm256_hadd_ps(_mm256_hadd_ps(u[0], u[1]), _mm256_hadd_ps(u[2], u[3]));
+        let score = _mm256_mul_ps(dots, scale);
+        // A new maximum: weight 1, and what has accumulated shrinks by exp(old - new); otherwise the weight is
+        // exp(score - max).
+        let grows = _mm256_cmp_ps::<_CMP_GT_OQ>(score, max);
+        let arg = _mm256_blendv_ps(_mm256_sub_ps(score, max), _mm256_sub_ps(max, score), grows);
+        let e = crate::expf::expf_x8(arg);
+        sum = _mm256_blendv_ps(_mm256_add_ps(sum, e), _mm256_fmadd_ps(sum, e, one), grows);
+        max = _mm256_blendv_ps(max, score, grows);
+        _mm256_storeu_ps(w.as_mut_ptr(), _mm256_blendv_ps(e, one, grows));
+        let rescale = _mm256_movemask_ps(grows) & ((1 << lanes) - 1);
+        if rescale != 0 {
+            _mm256_storeu_ps(shrink.as_mut_ptr(), _mm256_blendv_ps(one, e, grows));
+        }
+        let v = head.v(p, hdv).as_ptr();
+        for o in (0..hdv).step_by(8) {
+            let vo = load(v.add(o));
+            for l in 0..lanes {
+                let a = pacc.add(l * hdv + o);
+                let mut old = load(a);
+                if rescale & (1 << l) != 0 {
+                    // Stored and reloaded as f16 in between, as `vec_scale_f16` then `vec_mad_f16` do.
+                    old = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(
+                        _mm256_mul_ps(old, _mm256_set1_ps(shrink[l])),
+                    ));
+                }
+                store(a, _mm256_fmadd_ps(vo, _mm256_set1_ps(w[l]), old));
+            }
+        }
+    }
+    let mut all = [0f32; 8];
+    _mm256_storeu_ps(all.as_mut_ptr(), sum);
+    sums[..lanes].copy_from_slice(&all[..lanes]);
+}
 
 /// Safe entry: only handed out after `available()` confirmed AVX2, FMA and F16C.
 pub fn dot(x: &[f16], y: &[f16]) -> f32 {
