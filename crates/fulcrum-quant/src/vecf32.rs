@@ -126,6 +126,7 @@ pub unsafe fn exp_approx_x8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::
     _mm256_blendv_ps(outside, normal, in_range)
 }
 
+/// The scalar form (and the tail, under eight elements, of [`swiglu_fma`]).
 #[inline(always)]
 fn swiglu_inline(gate: &mut [f32], up: &[f32]) {
     let whole = gate.len() / 8 * 8;
@@ -137,10 +138,22 @@ fn swiglu_inline(gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// [`swiglu_inline`] with the whole groups of eight in explicit vectors (the scalar form's range branch keeps the
+/// compiler from vectorising it).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn swiglu_fma(gate: &mut [f32], up: &[f32]) {
-    swiglu_inline(gate, up)
+    use std::arch::x86_64::*;
+    let whole = gate.len().min(up.len()) / 8 * 8;
+    let (pg, pu) = (gate.as_mut_ptr(), up.as_ptr());
+    let one = _mm256_set1_ps(1.0);
+    for o in (0..whole).step_by(8) {
+        let g = _mm256_loadu_ps(pg.add(o));
+        let e = exp_approx_x8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        let silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(pg.add(o), _mm256_mul_ps(silu, _mm256_loadu_ps(pu.add(o))));
+    }
+    swiglu_inline(&mut gate[whole..], &up[whole..]);
 }
 
 struct Kernels {
@@ -237,6 +250,17 @@ mod tests {
         swiglu_row(&mut a, &up);
         swiglu_row_scalar(&mut b, &up);
         assert_eq!(a, b);
+        // Far outside the polynomial's range too (exp(-g) over- or underflows), with tails of every length.
+        let wide: Vec<f32> = (0..203).map(|i| (i as f32 * 0.917).sin() * 260.0).collect();
+        for len in [0, 1, 7, 8, 9, 64, 203] {
+            let (mut c, mut d) = (wide[..len].to_vec(), wide[..len].to_vec());
+            swiglu_row(&mut c, &up[..len]);
+            swiglu_row_scalar(&mut d, &up[..len]);
+            assert_eq!(
+                c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                d.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
         for ((g, y), u) in gate.iter().zip(&a).zip(&up) {
             let want = *g as f64 / (1.0 + (-*g as f64).exp()) * *u as f64;
             assert!((*y as f64 - want).abs() < 1e-5 * (1.0 + want.abs()));
