@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use clap::Args as ClapArgs;
 use fulcrum_core::Model;
 use fulcrum_engine::chat::ChatTemplate;
-use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Params};
+use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Params, Speculation};
 use fulcrum_engine::latency::TbtTarget;
 use fulcrum_engine::scheduler::{Limits, Rejected};
 use generation::{Chunk, TokenLogprob, Usage};
@@ -63,9 +63,9 @@ pub struct Args {
     /// Requests queued before new ones get 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
-    /// Default speculation of requests that do not choose one ("spec" field): off or lookup[:γ].
-    #[arg(long, default_value = "off", value_parser = request::lookup_draft)]
-    spec: usize,
+    /// Default speculation of requests that do not choose one ("spec" field): off, lookup[:γ] or early-exit:E,γ.
+    #[arg(long, default_value = "off", value_parser = request::served_spec)]
+    spec: Speculation,
 }
 
 struct AppState {
@@ -74,8 +74,8 @@ struct AppState {
     template: ChatTemplate,
     engine: EngineHandle,
     kv_tokens: usize,
-    /// Prompt-lookup draft length of requests that do not choose.
-    lookup_draft: usize,
+    /// Speculation of requests that do not choose.
+    spec: Speculation,
 }
 
 type AppResult = Result<Response, ApiError>;
@@ -158,6 +158,15 @@ pub fn run(args: Args) -> CliResult {
     if max_seq_len == 0 || args.batch_tokens == 0 || args.parallel == 0 {
         return Err("--ctx, --batch-tokens and --parallel must be positive".into());
     }
+    if let Speculation::EarlyExit { exit, .. } = args.spec {
+        if exit >= c.n_layers {
+            return Err(fulcrum_engine::spec::SpecError::ExitOutOfRange {
+                exit,
+                n_layers: c.n_layers,
+            }
+            .into());
+        }
+    }
     let block_size = 16;
     let bytes_per_token = c.n_layers * c.kv_row_bytes();
     let kv_tokens = (args.kv_memory << 20) / bytes_per_token / block_size * block_size;
@@ -200,7 +209,7 @@ pub fn run(args: Args) -> CliResult {
         name,
         engine,
         kv_tokens,
-        lookup_draft: args.spec,
+        spec: args.spec,
     });
     let app = Router::new()
         .route("/health", get(health))
@@ -387,6 +396,14 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
             )
         });
     }
+    let spec = req.spec.unwrap_or(state.spec);
+    if let Speculation::EarlyExit { exit, .. } = spec {
+        let n_layers = state.model.config.n_layers;
+        if exit >= n_layers {
+            let e = fulcrum_engine::spec::SpecError::ExitOutOfRange { exit, n_layers };
+            return Err(ApiError::invalid(e.to_string(), Some("spec".into())));
+        }
+    }
     let max_tokens = req
         .max_tokens
         .unwrap_or(usize::MAX)
@@ -397,7 +414,7 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
         sampler: req.sampler.clone(),
         logprobs: req.logprobs,
         stop_at_eog: true,
-        lookup_draft: req.lookup_draft.unwrap_or(state.lookup_draft),
+        spec,
     };
     let (id, events) = state.engine.submit(prompt, params).map_err(|e| match e {
         Rejected::QueueFull(_) => ApiError {

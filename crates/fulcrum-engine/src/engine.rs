@@ -42,8 +42,20 @@ pub struct Params {
     pub logprobs: Option<usize>,
     /// Stop at the model's end-of-generation tokens.
     pub stop_at_eog: bool,
-    /// Prompt-lookup drafts of up to this many tokens per decode step (0: no speculation).
-    pub lookup_draft: usize,
+    /// How its decode steps speculate.
+    pub spec: Speculation,
+}
+
+/// The drafters a served request may use; every one is lossless (verified in the decode step's batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speculation {
+    /// One token per decode step.
+    Off,
+    /// Prompt lookup: up to `gamma` tokens copied from an earlier match of the sequence's last tokens.
+    Lookup { gamma: usize },
+    /// The model's own first `exit` layers, then its final norm and classifier, draft `gamma` tokens greedily
+    /// (their keys and values below the exit go to the spare rows the draft will occupy).
+    EarlyExit { exit: usize, gamma: usize },
 }
 
 /// Why generation ended.
@@ -551,7 +563,7 @@ impl Engine {
         }
     }
 
-    /// Prompt-lookup drafts for the decode steps of requests that ask for them, within the step's token budget.
+    /// Drafts for the decode steps of requests that ask for them, within the step's token budget.
     fn add_drafts(&mut self, work: &mut [Work]) {
         let mut left = self
             .config
@@ -559,7 +571,9 @@ impl Engine {
             .token_budget
             .saturating_sub(work.iter().map(Work::rows).sum());
         let mut draft = Vec::new();
-        for w in work.iter_mut() {
+        // Decode steps that draft with an early exit: (index in `work`, exit layer).
+        let mut early = Vec::new();
+        for (i, w) in work.iter_mut().enumerate() {
             let Some(req) = self.requests.get(&w.id) else {
                 continue;
             };
@@ -567,15 +581,111 @@ impl Engine {
                 continue;
             };
             let room = req.params.max_tokens.saturating_sub(seq.generated() + 1);
-            let len = req.params.lookup_draft.min(room).min(left);
+            let (gamma, exit) = match req.params.spec {
+                Speculation::Off => continue,
+                Speculation::Lookup { gamma } => (gamma, None),
+                Speculation::EarlyExit { exit, gamma } => (gamma, Some(exit)),
+            };
+            let len = gamma.min(room).min(left);
             if len == 0 || w.len != 1 || !w.wants_logits {
                 continue;
             }
-            crate::spec::lookup::propose(&seq.tokens, len, &mut draft);
+            match exit {
+                None => crate::spec::lookup::propose(&seq.tokens, len, &mut draft),
+                // Placeholders that reserve the rows; `draft_early_exit` writes the tokens.
+                Some(_) => draft.resize(len, 0),
+            }
             if self.scheduler.add_draft(w, std::mem::take(&mut draft)) {
                 left -= w.draft.len();
+                if let Some(exit) = exit {
+                    early.push((i, exit));
+                }
             }
         }
+        early.sort_by_key(|&(_, exit)| exit);
+        for group in early.chunk_by(|a, b| a.1 == b.1) {
+            let exit = group[0].1;
+            let members: Vec<usize> = group.iter().map(|&(i, _)| i).collect();
+            if self.draft_early_exit(work, &members, exit).is_err() {
+                for &i in &members {
+                    work[i].draft.clear();
+                }
+            }
+        }
+    }
+
+    /// Fills the placeholder drafts of `work[i]`, `i` in `members`, with the greedy predictions of the first `exit`
+    /// layers: one batched partial forward per draft position, every row rounded as if alone (so that the keys and
+    /// values it leaves below the exit are the ones verification recomputes).
+    fn draft_early_exit(
+        &mut self,
+        work: &mut [Work],
+        members: &[usize],
+        exit: usize,
+    ) -> Result<(), fulcrum_core::ModelError> {
+        let bs = self.config.block_size;
+        let vocab = self.model.config.vocab_size;
+        let longest = members
+            .iter()
+            .map(|&i| work[i].draft.len())
+            .max()
+            .unwrap_or(0);
+        let mut tokens = Vec::with_capacity(members.len());
+        let mut slots: Vec<Vec<u32>> = Vec::with_capacity(members.len());
+        for step in 0..longest {
+            let active: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|&i| work[i].draft.len() > step)
+                .collect();
+            tokens.clear();
+            slots.clear();
+            for &i in &active {
+                let w = &work[i];
+                let seq = self.scheduler.get(w.id).expect("drafting sequence exists");
+                tokens.push(if step == 0 {
+                    seq.tokens[w.start]
+                } else {
+                    w.draft[step - 1]
+                });
+                slots.push(
+                    (0..w.start + step + 1)
+                        .map(|p| (seq.table.blocks[p / bs] * bs + p % bs) as u32)
+                        .collect(),
+                );
+            }
+            let spans: Vec<SeqSpan> = active
+                .iter()
+                .zip(&slots)
+                .enumerate()
+                .map(|(row, (&i, sl))| SeqSpan {
+                    start_row: row,
+                    len: 1,
+                    start_pos: work[i].start + step,
+                    slots: Some(sl),
+                    logits_from: 0,
+                })
+                .collect();
+            self.model.embed(&tokens, &mut self.scratch)?;
+            self.model.run_layers(
+                &self.pool,
+                0..exit,
+                &spans,
+                &mut self.kv,
+                &mut self.scratch,
+                Rounding::BatchInvariant,
+            )?;
+            let logits = self.model.classify(
+                &self.pool,
+                active.len(),
+                &mut self.scratch,
+                Rounding::BatchInvariant,
+            );
+            for (row, &i) in active.iter().enumerate() {
+                work[i].draft[step] = crate::sampler::argmax(&logits[row * vocab..][..vocab]);
+            }
+        }
+        Ok(())
     }
 
     /// The tokens a step commits for `w` from its logits rows `l`: the sampled token, or, with a draft, the accepted

@@ -2,6 +2,7 @@
 //! ignored; known fields with wrong types or values are a 400 that names the field.
 
 use fulcrum_engine::chat::Message;
+use fulcrum_engine::engine::Speculation;
 use fulcrum_engine::sampler::SamplerConfig;
 use serde_json::Value;
 
@@ -35,18 +36,22 @@ pub struct Request {
     pub include_usage: bool,
     /// Alternatives per token, if log-probabilities were asked for.
     pub logprobs: Option<usize>,
-    /// Speculation asked for (`"spec": "off" | "lookup[:γ]"`); `None`: the server's default.
-    pub lookup_draft: Option<usize>,
+    /// Speculation asked for (`"spec": "off" | "lookup[:γ]" | "early-exit:E,γ"`); `None`: the server's default.
+    pub spec: Option<Speculation>,
 }
 
-/// The prompt-lookup draft length of a `spec` value the server supports: `off` (0) or `lookup[:γ]`.
-pub fn lookup_draft(spec: &str) -> Result<usize, String> {
+/// The speculation of a `spec` value the server supports: `off`, `lookup[:γ]` or `early-exit:E,γ`.
+pub fn served_spec(spec: &str) -> Result<Speculation, String> {
     use fulcrum_engine::spec::SpecMode;
     match spec.parse::<SpecMode>()? {
-        SpecMode::Off => Ok(0),
-        SpecMode::Lookup { gamma } => Ok(gamma.unwrap_or(fulcrum_engine::spec::mode::LOOKUP_GAMMA)),
+        SpecMode::Off => Ok(Speculation::Off),
+        SpecMode::Lookup { gamma } => Ok(Speculation::Lookup {
+            gamma: gamma.unwrap_or(fulcrum_engine::spec::mode::LOOKUP_GAMMA),
+        }),
+        SpecMode::EarlyExit { exit, gamma } => Ok(Speculation::EarlyExit { exit, gamma }),
         other => Err(format!(
-            "speculation '{other}' is not served yet; the server supports 'off' and 'lookup[:γ]' (generate supports all)"
+            "speculation '{other}' is not served yet; the server supports 'off', 'lookup[:γ]' and 'early-exit:E,γ' \
+             (generate supports all)"
         )),
     }
 }
@@ -218,13 +223,13 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
             ))
         }
     };
-    let lookup_draft = match body.get("spec") {
+    let spec = match body.get("spec") {
         None | Some(Value::Null) => None,
-        Some(Value::String(spec)) => Some(lookup_draft(spec).map_err(|e| bad("spec", e))?),
+        Some(Value::String(spec)) => Some(served_spec(spec).map_err(|e| bad("spec", e))?),
         Some(_) => {
             return Err(bad(
                 "spec",
-                "'spec' must be a string such as \"lookup\" or \"off\"",
+                "'spec' must be a string such as \"lookup\", \"early-exit:8,3\" or \"off\"",
             ))
         }
     };
@@ -245,7 +250,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
         stream,
         include_usage,
         logprobs,
-        lookup_draft,
+        spec,
     })
 }
 
