@@ -182,16 +182,13 @@ pub fn attention(
                 v_off: g * hdv,
                 slots: kv.slots,
             };
-            f16vec::attend(
-                &qf[..count * hd],
-                count,
-                &head,
-                s.visible(pos),
-                s.scale,
-                acc,
+            let qs = f16vec::Queries {
+                q: &qf[..count * hd],
+                lanes: count,
+                scale: s.scale,
                 hdv,
-                &mut sums,
-            );
+            };
+            f16vec::attend(&qs, &head, s.visible(pos), acc, &mut sums);
             for (l, &sum) in sums.iter().enumerate().take(count) {
                 let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
                 // SAFETY: (t, head) is written by this thread only.

@@ -64,60 +64,62 @@ impl Head<'_> {
 /// Most queries [`attend`] takes at once.
 pub const LANES: usize = 8;
 
-/// Online-softmax attention of `lanes` (1 to [`LANES`]) queries that share `head`, over `positions`, each exactly as
-/// llama.cpp's CPU flash attention computes one query: `q` holds `lanes` rows of f16 values (as f32), a score is
-/// [`dot`]`(k, q) · scale` and its weight the C library's `expf` of its distance to the running maximum (both f32), and
-/// the weighted values accumulate in `acc` (`lanes` rows of f16, zeroed by the caller), rescaled with [`scale`]
-/// when the maximum grows. Writes each query's sum of weights to `sums`.
+/// The queries of one [`attend`] call: `lanes` (1 to [`LANES`]) rows of `q` holding f16 values (as f32), the
+/// multiplier of their scores, and the width of the values.
+#[derive(Clone, Copy)]
+pub struct Queries<'a> {
+    pub q: &'a [f32],
+    pub lanes: usize,
+    pub scale: f32,
+    pub hdv: usize,
+}
+
+/// Online-softmax attention of queries that share `head`, over `positions`, each exactly as llama.cpp's CPU flash
+/// attention computes one query: a score is [`dot`]`(k, q) · scale` and its weight the C library's `expf` of its
+/// distance to the running maximum (both f32), and the weighted values accumulate in `acc` (one row of `hdv` f16 per
+/// query, zeroed by the caller), rescaled with [`scale`] when the maximum grows. Writes each query's sum of weights to
+/// `sums`.
 ///
 /// # Panics
 /// If a position's row is outside the cache, or `q`, `acc` or `sums` is too short.
-#[allow(clippy::too_many_arguments)]
 pub fn attend(
-    q: &[f32],
-    lanes: usize,
+    qs: &Queries,
     head: &Head,
     positions: Range<usize>,
-    scale: f32,
     acc: &mut [f16],
-    hdv: usize,
     sums: &mut [f32],
 ) {
     assert!(
-        (1..=LANES).contains(&lanes)
-            && q.len().is_multiple_of(lanes)
-            && acc.len() >= lanes * hdv
-            && sums.len() >= lanes,
+        (1..=LANES).contains(&qs.lanes)
+            && qs.q.len().is_multiple_of(qs.lanes)
+            && acc.len() >= qs.lanes * qs.hdv
+            && sums.len() >= qs.lanes,
         "f16 attend shapes"
     );
-    (kernels().attend)(q, lanes, head, positions, scale, acc, hdv, sums)
+    (kernels().attend)(qs, head, positions, acc, sums)
 }
 
 /// The scalar reference kernels (public for the property tests that compare them with the SIMD ones).
 pub mod scalar {
-    use super::{Head, STEP};
+    use super::{Head, Queries, STEP};
     use half::f16;
     use std::ops::Range;
 
     /// See [`super::attend`]: one query after the other.
-    #[allow(clippy::too_many_arguments)]
     pub fn attend(
-        q: &[f32],
-        lanes: usize,
+        qs: &Queries,
         head: &Head,
         positions: Range<usize>,
-        scale_by: f32,
         acc: &mut [f16],
-        hdv: usize,
         sums: &mut [f32],
     ) {
-        let hd = q.len() / lanes;
-        for l in 0..lanes {
+        let (hd, hdv) = (qs.q.len() / qs.lanes, qs.hdv);
+        for l in 0..qs.lanes {
             sums[l] = attend_one(
-                &q[l * hd..][..hd],
+                &qs.q[l * hd..][..hd],
                 head,
                 positions.clone(),
-                scale_by,
+                qs.scale,
                 &mut acc[l * hdv..][..hdv],
             );
         }
@@ -226,7 +228,7 @@ fn kernels() -> &'static Kernels {
 }
 
 /// Signature of [`attend`].
-pub type AttendFn = fn(&[f32], usize, &Head, Range<usize>, f32, &mut [f16], usize, &mut [f32]);
+pub type AttendFn = fn(&Queries, &Head, Range<usize>, &mut [f16], &mut [f32]);
 /// Signature of [`dot`].
 pub type DotFn = fn(&[f16], &[f16]) -> f32;
 /// Signature of [`mad`].
@@ -323,8 +325,9 @@ mod tests {
             let start = (seed % 5) as usize % len;
             let (mut a, mut b) = (vec![f16::ZERO; lanes * hd], vec![f16::ZERO; lanes * hd]);
             let (mut sa, mut sb) = ([0f32; LANES], [0f32; LANES]);
-            attend_simd(&q, lanes, &head, start..len, 0.125, &mut a, hd, &mut sa);
-            scalar::attend(&q, lanes, &head, start..len, 0.125, &mut b, hd, &mut sb);
+            let qs = Queries { q: &q, lanes, scale: 0.125, hdv: hd };
+            attend_simd(&qs, &head, start..len, &mut a, &mut sa);
+            scalar::attend(&qs, &head, start..len, &mut b, &mut sb);
             prop_assert_eq!(sa.map(f32::to_bits), sb.map(f32::to_bits));
             prop_assert_eq!(a, b);
         }

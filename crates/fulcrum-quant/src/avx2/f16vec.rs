@@ -1,45 +1,38 @@
 //! AVX2 kernels of [`crate::f16vec`]; see there for the arithmetic they reproduce.
 
-use crate::f16vec::Head;
+use crate::f16vec::{Head, Queries};
 use half::f16;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 /// Safe entry (see [`dot`]); rows are bounds-checked as they are read. Only installed where
 /// [`crate::expf::matches_libm`] holds.
-#[allow(clippy::too_many_arguments)]
 pub fn attend(
-    q: &[f32],
-    lanes: usize,
+    qs: &Queries,
     head: &Head,
     positions: Range<usize>,
-    scale: f32,
     acc: &mut [f16],
-    hdv: usize,
     sums: &mut [f32],
 ) {
     // SAFETY: see [`dot`]; the shapes were checked by `f16vec::attend`.
-    unsafe { attend_avx2(q, lanes, head, positions, scale, acc, hdv, sums) }
+    unsafe { attend_avx2(qs, head, positions, acc, sums) }
 }
 
 /// [`crate::f16vec::scalar::attend`] for up to eight queries side by side, one per lane of the softmax state: each
 /// key's eight dot products are reduced together (a transposed form of ggml's lane order), their weights come from one
 /// [`crate::expf::expf_x8`], and each key's values are loaded once for all queries.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_avx2(
-    q: &[f32],
-    lanes: usize,
+    qs: &Queries,
     head: &Head,
     positions: Range<usize>,
-    scale_by: f32,
     acc: &mut [f16],
-    hdv: usize,
     sums: &mut [f32],
 ) {
+    let (q, lanes, scale_by, hdv) = (qs.q, qs.lanes, qs.scale, qs.hdv);
     let hd = q.len() / lanes;
     if !hd.is_multiple_of(32) || !hdv.is_multiple_of(8) {
-        return crate::f16vec::scalar::attend(q, lanes, head, positions, scale_by, acc, hdv, sums);
+        return crate::f16vec::scalar::attend(qs, head, positions, acc, sums);
     }
     let (pq, pacc) = (q.as_ptr(), acc.as_mut_ptr());
     let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
