@@ -133,11 +133,10 @@ pub mod scalar {
         scale_by: f32,
         acc: &mut [f16],
     ) -> f32 {
-        let q16: Vec<f16> = q.iter().map(|&x| f16::from_f32(x)).collect();
         let hdv = acc.len();
         let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
         for p in positions {
-            let score = dot(head.k(p, q.len()), &q16) * scale_by;
+            let score = dot_with(head.k(p, q.len()), |i| q[i]) * scale_by;
             let weight = if score > max {
                 // A new maximum: rescale what has accumulated so far by exp(old - new).
                 let shrink = (max - score).exp();
@@ -157,13 +156,18 @@ pub mod scalar {
 
     /// See [`super::dot`].
     pub fn dot(x: &[f16], y: &[f16]) -> f32 {
+        dot_with(x, |i| y[i].to_f32())
+    }
+
+    /// [`dot`] with `y[i]` given by `y(i)` (f16 values, as f32).
+    fn dot_with(x: &[f16], y: impl Fn(usize) -> f32) -> f32 {
         let whole = x.len() / STEP * STEP;
         let mut acc = [[0.0f32; 8]; 4];
         for base in (0..whole).step_by(STEP) {
             for (j, lanes) in acc.iter_mut().enumerate() {
                 for (l, a) in lanes.iter_mut().enumerate() {
                     let i = base + 8 * j + l;
-                    *a = x[i].to_f32().mul_add(y[i].to_f32(), *a);
+                    *a = x[i].to_f32().mul_add(y(i), *a);
                 }
             }
         }
@@ -175,7 +179,7 @@ pub mod scalar {
         let half: [f32; 4] = std::array::from_fn(|l| folded[l] + folded[l + 4]);
         let mut sum = ((half[0] + half[1]) + (half[2] + half[3])) as f64;
         for i in whole..x.len() {
-            sum += (x[i].to_f32() * y[i].to_f32()) as f64;
+            sum += (x[i].to_f32() * y(i)) as f64;
         }
         sum as f32
     }
