@@ -178,8 +178,8 @@ pub mod scalar {
         }
         let half: [f32; 4] = std::array::from_fn(|l| folded[l] + folded[l + 4]);
         let mut sum = ((half[0] + half[1]) + (half[2] + half[3])) as f64;
-        for i in whole..x.len() {
-            sum += (x[i].to_f32() * y(i)) as f64;
+        for (i, xi) in x.iter().enumerate().skip(whole) {
+            sum += (xi.to_f32() * y(i)) as f64;
         }
         sum as f32
     }
