@@ -262,11 +262,11 @@ pub fn run(args: Args) -> CliResult {
             other => other.parse()?,
         });
     }
-    // runs[mode][prompt]
-    let mut runs: Vec<Vec<Run>> = Vec::new();
-    for mode in &modes {
-        let mut row = Vec::new();
-        for p in &prompts {
+    // runs[mode][prompt], measured prompt by prompt with every mode back to back, so that each speed-up compares runs
+    // at most a minute apart (this host's speed drifts by ±10 % over the minutes a whole set takes).
+    let mut runs: Vec<Vec<Run>> = modes.iter().map(|_| Vec::new()).collect();
+    for p in &prompts {
+        for (mode, row) in modes.iter().zip(runs.iter_mut()) {
             let run = run_one(&target, &draft, mode, &p.ids, args.n_gen, threads)?;
             log(format!(
                 "{mode} {}: {} tokens in {:.2} s ({:.2} t/s), {}/{} drafts accepted",
@@ -279,7 +279,6 @@ pub fn run(args: Args) -> CliResult {
             ));
             row.push(run);
         }
-        runs.push(row);
     }
 
     let sets: Vec<String> = {

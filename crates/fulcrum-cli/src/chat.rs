@@ -34,8 +34,8 @@ pub struct Args {
 
 /// Runs `fulcrum chat`: reads user turns from stdin until end of input or `/exit`.
 pub fn run(args: Args) -> CliResult {
-    let mut sampler = Sampler::new(args.sampling.config()?)?;
     let model = load_model(&args.model, true)?;
+    let mut sampler = Sampler::new(args.sampling.config_for(&model)?)?;
     let n_ctx = context_size(&model, args.ctx)?;
     let template = chat_template(&model)?;
     if template.is_fallback() {

@@ -54,11 +54,48 @@ pub struct SamplingArgs {
     /// Random seed; the same seed, prompt and settings give the same output.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Add BIAS to a token's logit, as TOKEN_ID+BIAS or TOKEN_ID-BIAS (`-inf` bans it); repeatable.
+    #[arg(long = "logit-bias", short = 'l', value_parser = parse_logit_bias, allow_hyphen_values = true)]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Never end at the model's end-of-generation tokens: they get a bias of -inf.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+/// `TOKEN_ID+BIAS` or `TOKEN_ID-BIAS` (llama.cpp's `--logit-bias` syntax; `-inf` bans the token).
+fn parse_logit_bias(s: &str) -> Result<(u32, f32), String> {
+    let bad = || {
+        format!(
+            "--logit-bias {s:?}: expected TOKEN_ID+BIAS or TOKEN_ID-BIAS, such as 15043+1 or 2-inf"
+        )
+    };
+    let split = s.find(['+', '-']).ok_or_else(bad)?;
+    let id = s[..split].parse::<u32>().map_err(|_| bad())?;
+    let bias = s[split..].parse::<f32>().map_err(|_| bad())?;
+    if bias.is_nan() || bias == f32::INFINITY {
+        return Err(bad());
+    }
+    Ok((id, bias))
 }
 
 impl SamplingArgs {
+    /// [`SamplingArgs::config`] for `model`: with `--ignore-eos`, its end-of-generation tokens banned.
+    pub fn config_for(&self, model: &Model) -> CliResult<SamplerConfig> {
+        let mut cfg = self.config()?;
+        if self.ignore_eos {
+            cfg.logit_bias.extend(
+                model
+                    .tokenizer
+                    .eog_ids()
+                    .iter()
+                    .map(|&id| (id, f32::NEG_INFINITY)),
+            );
+        }
+        Ok(cfg)
+    }
+
     /// The sampler configuration, with a time-based seed when none was given.
-    pub fn config(&self) -> CliResult<SamplerConfig> {
+    fn config(&self) -> CliResult<SamplerConfig> {
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -73,7 +110,7 @@ impl SamplingArgs {
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
             seed,
-            logit_bias: Vec::new(),
+            logit_bias: self.logit_bias.clone(),
         };
         cfg.validate()?;
         Ok(cfg)

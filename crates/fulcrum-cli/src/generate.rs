@@ -255,10 +255,10 @@ pub fn run(args: Args) -> CliResult {
             .map_err(|e| format!("cannot read prompt file {}: {e}", path.display()))?,
         (None, None) => unreachable!("clap requires one of them"),
     };
-    let sampler_config = args.sampling.config()?;
+    let model = load_model(&args.model, !args.json)?;
+    let sampler_config = args.sampling.config_for(&model)?;
     let seed = sampler_config.seed;
     let mut sampler = Sampler::new(sampler_config)?;
-    let model = load_model(&args.model, !args.json)?;
     let n_ctx = context_size(&model, args.ctx)?;
     let text = prompt_text(&model, &prompt, args.system.as_deref(), args.raw)?;
     let prompt_ids = tokenize_prompt(&model, &text);

@@ -183,6 +183,46 @@ fn generate_json_is_greedy_and_reproducible() {
     assert_eq!(a["tokens"], b["tokens"]);
 }
 
+#[test]
+fn ignore_eos_and_logit_bias_steer_generation() {
+    let short = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            "qwen2.5-coder-0.5b-instruct",
+            "--json",
+            "--temp",
+            "0",
+            "-n",
+            "16",
+            "--prompt",
+            "Reply with one word: hello.",
+        ];
+        args.extend_from_slice(extra);
+        fulcrum_json(&args)
+    };
+    let plain = short(&[]);
+    assert_eq!(
+        plain["finish_reason"], "stop",
+        "a one-word answer ends by itself"
+    );
+    let endless = short(&["--ignore-eos"]);
+    assert_eq!(endless["finish_reason"], "length");
+    assert_eq!(ids(&endless["tokens"]).len(), 16);
+    // Banning the first answer token changes the answer; a positive bias on it keeps it.
+    let first = ids(&plain["tokens"])[0];
+    let banned = short(&["--logit-bias", &format!("{first}-inf")]);
+    assert_ne!(ids(&banned["tokens"])[0], first);
+    let kept = short(&["-l", &format!("{first}+5")]);
+    assert_eq!(ids(&kept["tokens"])[0], first);
+    let bad = fulcrum(&["generate", "-p", "x", "--logit-bias", "abc"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("TOKEN_ID+BIAS") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
 /// Perplexity of GPL-3 with 512-token windows, against llama-perplexity's figures in ../shared/golden/README.md.
 fn check_ppl(name: &str, reference: f64) {
     let text = Path::new("/usr/share/common-licenses/GPL-3");

@@ -51,7 +51,8 @@ pub struct SamplerConfig {
     pub repeat_last_n: usize,
     /// Seed of the random generator.
     pub seed: u64,
-    /// `(token, bias)` pairs added to the logits before anything else (OpenAI's `logit_bias`; -100 bans a token).
+    /// `(token, bias)` pairs added to the logits before anything else (OpenAI's `logit_bias`; -100 or -inf bans a
+    /// token).
     pub logit_bias: Vec<(u32, f32)>,
 }
 
@@ -106,8 +107,16 @@ impl SamplerConfig {
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad("min_p", self.min_p, "in [0, 1] (0 = off)");
         }
-        if let Some(&(_, b)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
-            return bad("logit_bias", b, "finite numbers (-100 bans a token)");
+        if let Some(&(_, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| b.is_nan() || *b == f32::INFINITY)
+        {
+            return bad(
+                "logit_bias",
+                b,
+                "numbers or -inf (-100 or -inf bans a token)",
+            );
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
             return bad(

@@ -425,4 +425,14 @@ fn logit_bias_bans_and_forces_tokens() {
         ..SamplerConfig::greedy()
     };
     assert!(bad.validate().is_err());
+    let ban = SamplerConfig {
+        logit_bias: vec![(1, f32::NEG_INFINITY)],
+        temperature: 1.0,
+        ..SamplerConfig::greedy()
+    };
+    assert!(ban.validate().is_ok());
+    assert!(
+        !reachable(ban, &logits, &[]).contains(&1),
+        "-inf bans a token"
+    );
 }
