@@ -158,15 +158,7 @@ pub fn run(args: Args) -> CliResult {
     if max_seq_len == 0 || args.batch_tokens == 0 || args.parallel == 0 {
         return Err("--ctx, --batch-tokens and --parallel must be positive".into());
     }
-    if let Speculation::EarlyExit { exit, .. } = args.spec {
-        if exit >= c.n_layers {
-            return Err(fulcrum_engine::spec::SpecError::ExitOutOfRange {
-                exit,
-                n_layers: c.n_layers,
-            }
-            .into());
-        }
-    }
+    check_exit(args.spec, c.n_layers)?;
     let block_size = 16;
     let bytes_per_token = c.n_layers * c.kv_row_bytes();
     let kv_tokens = (args.kv_memory << 20) / bytes_per_token / block_size * block_size;
@@ -368,6 +360,16 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// An early exit must leave at least one layer to the model it drafts for.
+fn check_exit(spec: Speculation, n_layers: usize) -> Result<(), fulcrum_engine::spec::SpecError> {
+    match spec {
+        Speculation::EarlyExit { exit, .. } if exit >= n_layers => {
+            Err(fulcrum_engine::spec::SpecError::ExitOutOfRange { exit, n_layers })
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
     let req = request::parse(&body, chat)?;
     let text = match &req.prompt {
@@ -397,13 +399,8 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
         });
     }
     let spec = req.spec.unwrap_or(state.spec);
-    if let Speculation::EarlyExit { exit, .. } = spec {
-        let n_layers = state.model.config.n_layers;
-        if exit >= n_layers {
-            let e = fulcrum_engine::spec::SpecError::ExitOutOfRange { exit, n_layers };
-            return Err(ApiError::invalid(e.to_string(), Some("spec".into())));
-        }
-    }
+    check_exit(spec, state.model.config.n_layers)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("spec".into())))?;
     let max_tokens = req
         .max_tokens
         .unwrap_or(usize::MAX)

@@ -26,6 +26,15 @@ pub struct BlockTable {
     pub len: usize,
 }
 
+impl BlockTable {
+    /// The pool rows of positions `0..positions` (each block holds `block_size` consecutive positions).
+    pub fn slots(&self, positions: usize, block_size: usize) -> Vec<u32> {
+        (0..positions)
+            .map(|p| (self.blocks[p / block_size] * block_size + p % block_size) as u32)
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Block {
     refs: usize,

@@ -480,11 +480,7 @@ impl Engine {
             let seq = self.scheduler.get(w.id).expect("scheduled sequence exists");
             tokens.extend_from_slice(&seq.tokens[w.start..w.start + w.len]);
             tokens.extend_from_slice(&w.draft);
-            slots.push(
-                (0..w.start + w.rows())
-                    .map(|p| (seq.table.blocks[p / bs] * bs + p % bs) as u32)
-                    .collect(),
-            );
+            slots.push(seq.table.slots(w.start + w.rows(), bs));
         }
         let mut row = 0;
         let spans: Vec<SeqSpan> = work
@@ -630,39 +626,40 @@ impl Engine {
             .map(|&i| work[i].draft.len())
             .max()
             .unwrap_or(0);
-        let mut tokens = Vec::with_capacity(members.len());
-        let mut slots: Vec<Vec<u32>> = Vec::with_capacity(members.len());
-        for step in 0..longest {
-            let active: Vec<usize> = members
-                .iter()
-                .copied()
-                .filter(|&i| work[i].draft.len() > step)
-                .collect();
-            tokens.clear();
-            slots.clear();
-            for &i in &active {
+        // Each member's rows for every position its draft reaches, built once; step `s` reads a prefix.
+        let slots: Vec<Vec<u32>> = members
+            .iter()
+            .map(|&i| {
                 let w = &work[i];
                 let seq = self.scheduler.get(w.id).expect("drafting sequence exists");
+                seq.table.slots(w.start + w.draft.len(), bs)
+            })
+            .collect();
+        let mut tokens = Vec::with_capacity(members.len());
+        for step in 0..longest {
+            let active: Vec<usize> = (0..members.len())
+                .filter(|&m| work[members[m]].draft.len() > step)
+                .collect();
+            tokens.clear();
+            for &m in &active {
+                let w = &work[members[m]];
                 tokens.push(if step == 0 {
-                    seq.tokens[w.start]
+                    self.scheduler
+                        .get(w.id)
+                        .expect("drafting sequence exists")
+                        .tokens[w.start]
                 } else {
                     w.draft[step - 1]
                 });
-                slots.push(
-                    (0..w.start + step + 1)
-                        .map(|p| (seq.table.blocks[p / bs] * bs + p % bs) as u32)
-                        .collect(),
-                );
             }
             let spans: Vec<SeqSpan> = active
                 .iter()
-                .zip(&slots)
                 .enumerate()
-                .map(|(row, (&i, sl))| SeqSpan {
+                .map(|(row, &m)| SeqSpan {
                     start_row: row,
                     len: 1,
-                    start_pos: work[i].start + step,
-                    slots: Some(sl),
+                    start_pos: work[members[m]].start + step,
+                    slots: Some(&slots[m][..work[members[m]].start + step + 1]),
                     logits_from: 0,
                 })
                 .collect();
@@ -681,8 +678,9 @@ impl Engine {
                 &mut self.scratch,
                 Rounding::BatchInvariant,
             );
-            for (row, &i) in active.iter().enumerate() {
-                work[i].draft[step] = crate::sampler::argmax(&logits[row * vocab..][..vocab]);
+            for (row, &m) in active.iter().enumerate() {
+                work[members[m]].draft[step] =
+                    crate::sampler::argmax(&logits[row * vocab..][..vocab]);
             }
         }
         Ok(())
