@@ -5,8 +5,9 @@ use half::f16;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-/// Safe entry (see [`dot`]); rows are bounds-checked as they are read. Only installed where
-/// [`crate::expf::matches_libm`] holds.
+/// Safe entry: only handed out after `available()` confirmed AVX2, FMA and F16C; rows are bounds-checked as they are
+/// read. Its weights come from [`crate::expf::expf_x8`], so it is only installed where [`crate::expf::matches_libm`]
+/// holds.
 pub fn attend(
     qs: &Queries,
     head: &Head,
@@ -14,15 +15,39 @@ pub fn attend(
     acc: &mut [f16],
     sums: &mut [f32],
 ) {
-    // SAFETY: see [`dot`]; the shapes were checked by `f16vec::attend`.
-    unsafe { attend_avx2(qs, head, positions, acc, sums) }
+    // SAFETY: see above; the shapes were checked by `f16vec::attend`.
+    unsafe { attend_avx2::<true>(qs, head, positions, acc, sums) }
+}
+
+/// [`attend`] with the C library's `expf` lane by lane, for C libraries whose `expf` the port does not match.
+pub fn attend_libm_exp(
+    qs: &Queries,
+    head: &Head,
+    positions: Range<usize>,
+    acc: &mut [f16],
+    sums: &mut [f32],
+) {
+    // SAFETY: see [`attend`].
+    unsafe { attend_avx2::<false>(qs, head, positions, acc, sums) }
+}
+
+/// The C library's `expf` of each lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn libm_exp_x8(x: __m256) -> __m256 {
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), x);
+    for l in &mut lanes {
+        *l = l.exp();
+    }
+    _mm256_loadu_ps(lanes.as_ptr())
 }
 
 /// [`crate::f16vec::scalar::attend`] for up to eight queries side by side, one per lane of the softmax state: each
 /// key's eight dot products are reduced together (a transposed form of ggml's lane order), their weights come from one
-/// [`crate::expf::expf_x8`], and each key's values are loaded once for all queries.
+/// [`crate::expf::expf_x8`] (`PORT`) or eight C library calls, and each key's values are loaded once for all queries.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2(
+unsafe fn attend_avx2<const PORT: bool>(
     qs: &Queries,
     head: &Head,
     positions: Range<usize>,
@@ -72,7 +97,11 @@ unsafe fn attend_avx2(
         // exp(score - max).
         let grows = _mm256_cmp_ps::<_CMP_GT_OQ>(score, max);
         let arg = _mm256_blendv_ps(_mm256_sub_ps(score, max), _mm256_sub_ps(max, score), grows);
-        let e = crate::expf::expf_x8(arg);
+        let e = if PORT {
+            crate::expf::expf_x8(arg)
+        } else {
+            libm_exp_x8(arg)
+        };
         sum = _mm256_blendv_ps(_mm256_add_ps(sum, e), _mm256_fmadd_ps(sum, e, one), grows);
         max = _mm256_blendv_ps(max, score, grows);
         _mm256_storeu_ps(w.as_mut_ptr(), _mm256_blendv_ps(e, one, grows));
@@ -101,24 +130,6 @@ unsafe fn attend_avx2(
     sums[..lanes].copy_from_slice(&all[..lanes]);
 }
 
-/// Safe entry: only handed out after `available()` confirmed AVX2, FMA and F16C.
-pub fn dot(x: &[f16], y: &[f16]) -> f32 {
-    // SAFETY: see above; lengths are checked by the caller.
-    unsafe { dot_avx2(x, y) }
-}
-
-/// Safe entry (see [`dot`]).
-pub fn mad(y: &mut [f16], x: &[f16], v: f32) {
-    // SAFETY: see [`dot`].
-    unsafe { mad_avx2(y, x, v) }
-}
-
-/// Safe entry (see [`dot`]).
-pub fn scale(y: &mut [f16], v: f32) {
-    // SAFETY: see [`dot`].
-    unsafe { scale_avx2(y, v) }
-}
-
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load(p: *const f16) -> __m256 {
@@ -129,57 +140,4 @@ unsafe fn load(p: *const f16) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn store(p: *mut f16, v: __m256) {
     _mm_storeu_si128(p.cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2(x: &[f16], y: &[f16]) -> f32 {
-    let n = x.len().min(y.len());
-    let whole = n / 32 * 32;
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let (px, py) = (x.as_ptr(), y.as_ptr());
-    for base in (0..whole).step_by(32) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            let o = base + 8 * j;
-            *a = _mm256_fmadd_ps(load(px.add(o)), load(py.add(o)), *a);
-        }
-    }
-    let s0 = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-    let t0 = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps::<1>(s0));
-    let t1 = _mm_hadd_ps(t0, t0);
-    let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
-    for i in whole..n {
-        sum += (x[i].to_f32() * y[i].to_f32()) as f64;
-    }
-    sum as f32
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn mad_avx2(y: &mut [f16], x: &[f16], v: f32) {
-    let n = x.len().min(y.len());
-    let whole = n / 8 * 8;
-    let vv = _mm256_set1_ps(v);
-    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
-    for o in (0..whole).step_by(8) {
-        store(
-            py.add(o),
-            _mm256_fmadd_ps(load(px.add(o)), vv, load(py.add(o))),
-        );
-    }
-    for i in whole..n {
-        y[i] = f16::from_f32(x[i].to_f32().mul_add(v, y[i].to_f32()));
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scale_avx2(y: &mut [f16], v: f32) {
-    let n = y.len();
-    let whole = n / 8 * 8;
-    let vv = _mm256_set1_ps(v);
-    let py = y.as_mut_ptr();
-    for o in (0..whole).step_by(8) {
-        store(py.add(o), _mm256_mul_ps(load(py.add(o)), vv));
-    }
-    for a in &mut y[whole..] {
-        *a = f16::from_f32(a.to_f32() * v);
-    }
 }
