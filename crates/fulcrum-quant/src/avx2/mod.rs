@@ -8,6 +8,7 @@ pub mod f16vec;
 mod float;
 mod helpers;
 mod k_quants;
+mod k_tiles512;
 mod legacy;
 pub mod nf4;
 mod quantize;
@@ -77,6 +78,9 @@ tile_wrappers! {
     tile_q4_k_grouped => tiles::tile_q4_k_grouped,
     tile_q6_k => tiles::tile_q6_k,
     tile_q6_k_tiled => tiles::tile_q6_k_tiled,
+    tile_q4_k_avx512 => k_tiles512::tile_q4_k,
+    tile_q4_k_grouped_avx512 => k_tiles512::tile_q4_k_grouped,
+    tile_q6_k_avx512 => k_tiles512::tile_q6_k,
 }
 
 /// Defines safe wrappers around target-feature quantizers, like [`wrappers`].
@@ -144,13 +148,18 @@ pub fn install(table: &mut Table) {
         ),
         tiles::Isa::Avx512 => (tile_q4_0_avx512, tile_q5_0_avx512, tile_q8_0_avx512),
     };
+    // The K-quant tiles take AVX-512 where the 32-element ones do (same features, same switch).
+    let (q4_k, q4_k_grouped, q6_k): (TileFn, TileFn, TileFn) = match isa {
+        tiles::Isa::Avx512 => (tile_q4_k_avx512, tile_q4_k_grouped_avx512, tile_q6_k_avx512),
+        _ => (tile_q4_k, tile_q4_k_grouped, tile_q6_k),
+    };
     let tiles: [(GgmlType, crate::Order, TileFn); 7] = [
         (Q4_0, Plain, q4_0),
         (Q5_0, Plain, q5_0),
         (Q8_0, Plain, q8_0),
-        (Q4_K, Plain, tile_q4_k),
-        (Q4_K, Grouped, tile_q4_k_grouped),
-        (Q6_K, Plain, tile_q6_k),
+        (Q4_K, Plain, q4_k),
+        (Q4_K, Grouped, q4_k_grouped),
+        (Q6_K, Plain, q6_k),
         (Q6_K, Tiled, tile_q6_k_tiled),
     ];
     for (ty, order, tile) in tiles {

@@ -20,9 +20,11 @@ const PF: usize = 2048;
 
 /// A 32-element weight block dotted against Q8_0: an f16 scale at byte 0, then codes.
 ///
-/// Formats whose codes are `u − OFFSET` for an unsigned `u` (Q4_0, Q5_0) hand out `u` and let the tile subtract
+/// The AVX2 tiles take formats whose codes are `u − OFFSET` for an unsigned `u` (Q4_0, Q5_0) as `u` and subtract
 /// `OFFSET · Σ y` per lane, precomputed once per activation row; signed formats (Q8_0, `OFFSET` = 0) use the sign
-/// trick. Either way each lane holds the same exact integer as the single dot product's.
+/// trick. The VNNI tiles take the signed codes `x` against the activations plus 128 (unsigned, as `vpdpbusd`
+/// wants them, made once per activation row) and start each lane from `−128 · Σ x`, made once per weight block.
+/// Either way each lane holds the same exact integer as the single dot product's.
 pub trait Block32 {
     /// Bytes per block.
     const SIZE: usize;
@@ -30,6 +32,10 @@ pub trait Block32 {
     const OFFSET: i8;
     /// The 32 codes of the block at `p`: `code + OFFSET` as u8, or the signed codes when `OFFSET` is 0.
     unsafe fn codes(p: *const u8) -> __m256i;
+    /// The 32 signed codes of the block at `p`.
+    unsafe fn signed_codes(p: *const u8) -> __m256i;
+    /// [`Block32::signed_codes`] of the blocks at `p0` (low half) and `p1` (high half), with AVX-512.
+    unsafe fn signed_pair(p0: *const u8, p1: *const u8) -> __m512i;
 }
 
 /// Q8_0: signed codes, stored as they are.
@@ -47,6 +53,33 @@ impl Block32 for Q8_0 {
     unsafe fn codes(p: *const u8) -> __m256i {
         _mm256_loadu_si256(p.add(2).cast())
     }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn signed_codes(p: *const u8) -> __m256i {
+        Self::codes(p)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn signed_pair(p0: *const u8, p1: *const u8) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(Self::codes(p0)), Self::codes(p1))
+    }
+}
+
+/// The nibbles of the 16 bytes at `p0` and at `p1`, each as 32 bytes in [`nibbles_32`]'s order: `p0`'s in the low
+/// half of the result, `p1`'s in the high half.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn nibbles_pair(p0: *const u8, p1: *const u8) -> __m512i {
+    let packed = _mm256_set_m128i(_mm_loadu_si128(p1.cast()), _mm_loadu_si128(p0.cast()));
+    let high = _mm256_srli_epi16::<4>(packed);
+    // Qwords: p0's packed bytes, p0's shifted bytes, p1's packed, p1's shifted (the second source from 8 on).
+    let order = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    let both = _mm512_permutex2var_epi64(
+        _mm512_castsi256_si512(packed),
+        order,
+        _mm512_castsi256_si512(high),
+    );
+    _mm512_and_si512(both, _mm512_set1_epi8(0x0F))
 }
 
 impl Block32 for Q5_0 {
@@ -59,6 +92,21 @@ impl Block32 for Q5_0 {
         let high = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
         _mm256_or_si256(nibbles_32(p.add(6)), high)
     }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn signed_codes(p: *const u8) -> __m256i {
+        _mm256_sub_epi8(Self::codes(p), _mm256_set1_epi8(16))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn signed_pair(p0: *const u8, p1: *const u8) -> __m512i {
+        let qh = |p: *const u8| u32::from_le_bytes(p.add(2).cast::<[u8; 4]>().read()) as u64;
+        // Bit j of the mask is element j's fifth bit (p0's 32 elements, then p1's): the code is the nibble where
+        // it is set and the nibble − 16 where it is clear.
+        let clear = _cvtu64_mask64(!(qh(p0) | qh(p1) << 32));
+        let low = nibbles_pair(p0.add(6), p1.add(6));
+        _mm512_mask_sub_epi8(low, clear, low, _mm512_set1_epi8(16))
+    }
 }
 
 impl Block32 for Q4_0 {
@@ -68,6 +116,16 @@ impl Block32 for Q4_0 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn codes(p: *const u8) -> __m256i {
         nibbles_32(p.add(2))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn signed_codes(p: *const u8) -> __m256i {
+        _mm256_sub_epi8(Self::codes(p), _mm256_set1_epi8(8))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn signed_pair(p0: *const u8, p1: *const u8) -> __m512i {
+        _mm512_sub_epi8(nibbles_pair(p0.add(2), p1.add(2)), _mm512_set1_epi8(8))
     }
 }
 
@@ -84,47 +142,51 @@ unsafe fn half_at(p: *const u8) -> f32 {
 /// What a tile step precomputes per activation block, for the `TT` activation rows of the step: block `b` of row
 /// `t` is entry `b · TT + t`.
 struct Prepared {
-    /// `OFFSET · Σ y` over each lane's four codes (offset formats only).
-    correction: Vec<__m256i>,
+    /// AVX2: `OFFSET · Σ y` over each lane's four codes (offset formats only). VNNI: the codes + 128, as u8.
+    codes: Vec<__m256i>,
     /// The block scale as f32.
     scale: Vec<f32>,
 }
 
 thread_local! {
     static PREPARED: std::cell::RefCell<Prepared> =
-        const { std::cell::RefCell::new(Prepared { correction: Vec::new(), scale: Vec::new() }) };
+        const { std::cell::RefCell::new(Prepared { codes: Vec::new(), scale: Vec::new() }) };
 }
 
-/// Fills `p` for activation rows `a + t·as_`, `t < tt`, of `nb` blocks, for a format with codes offset by `offset`;
-/// with `negate`, the corrections are stored negated (the VNNI kernels start their sums from them).
+/// How a tile step uses the activation codes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Codes {
+    /// Read in place; nothing prepared but the scales.
+    InPlace,
+    /// Read in place, with the correction for codes offset by this much prepared.
+    Offset(i8),
+    /// Prepared + 128 (the VNNI tiles).
+    Shifted,
+}
+
+/// Fills `p` for activation rows `a + t·as_`, `t < tt`, of `nb` blocks, as `codes` says.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prepare(
-    p: &mut Prepared,
-    a: *const u8,
-    as_: usize,
-    tt: usize,
-    nb: usize,
-    offset: i8,
-    negate: bool,
-) {
+unsafe fn prepare(p: &mut Prepared, a: *const u8, as_: usize, tt: usize, nb: usize, codes: Codes) {
     p.scale.resize(nb * tt, 0.0);
-    p.correction.resize(
-        if offset == 0 { 0 } else { nb * tt },
+    p.codes.resize(
+        if codes == Codes::InPlace { 0 } else { nb * tt },
         _mm256_setzero_si256(),
     );
-    let (ones, off) = (_mm256_set1_epi16(1), _mm256_set1_epi8(offset));
+    let ones = _mm256_set1_epi16(1);
     for t in 0..tt {
         for b in 0..nb {
             let y = a.add(t * as_ + b * Q8_0_SIZE);
             p.scale[b * tt + t] = half_at(y);
-            if offset != 0 {
-                let qy = _mm256_loadu_si256(y.add(2).cast());
-                let c = _mm256_madd_epi16(_mm256_maddubs_epi16(off, qy), ones);
-                p.correction[b * tt + t] = if negate {
-                    _mm256_sub_epi32(_mm256_setzero_si256(), c)
-                } else {
-                    c
-                };
+            let qy = _mm256_loadu_si256(y.add(2).cast());
+            match codes {
+                Codes::InPlace => {}
+                Codes::Offset(offset) => {
+                    let off = _mm256_set1_epi8(offset);
+                    p.codes[b * tt + t] = _mm256_madd_epi16(_mm256_maddubs_epi16(off, qy), ones);
+                }
+                Codes::Shifted => {
+                    p.codes[b * tt + t] = _mm256_xor_si256(qy, _mm256_set1_epi8(-128));
+                }
             }
         }
     }
@@ -142,20 +204,6 @@ unsafe fn offset_lanes(u: __m256i, y: *const u8, c: *const __m256i) -> __m256i {
     _mm256_sub_epi32(products, *c)
 }
 
-/// [`offset_lanes`] with AVX-VNNI: one `vpdpbusd` adds the products to the negated correction.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn offset_lanes_avx_vnni(u: __m256i, y: *const u8, c: *const __m256i) -> __m256i {
-    _mm256_dpbusd_avx_epi32(*c, u, _mm256_loadu_si256(y.cast()))
-}
-
-/// [`offset_lanes_avx_vnni`] with AVX512-VNNI's 256-bit form (Zen 4 has it but not AVX-VNNI).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn offset_lanes_avx512_vnni(u: __m256i, y: *const u8, c: *const __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(*c, u, _mm256_loadu_si256(y.cast()))
-}
-
 /// The exact i32 lanes of a block of signed codes `x` (`ax` = |x|) against activations at `y`, by the sign trick.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -164,20 +212,18 @@ unsafe fn signed_lanes(x: __m256i, ax: __m256i, y: *const u8) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
 }
 
-/// [`signed_lanes`] with AVX-VNNI.
+/// `acc + Σ u·s` per lane of four (u8 × i8) products, with AVX-VNNI.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn signed_lanes_avx_vnni(x: __m256i, ax: __m256i, y: *const u8) -> __m256i {
-    let sy = _mm256_sign_epi8(_mm256_loadu_si256(y.cast()), x);
-    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, sy)
+unsafe fn dpbusd_avx_vnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(acc, u, s)
 }
 
-/// [`signed_lanes`] with AVX512-VNNI's 256-bit form.
+/// [`dpbusd_avx_vnni`] with AVX512-VNNI's 256-bit form (Zen 4 has it but not AVX-VNNI).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn signed_lanes_avx512_vnni(x: __m256i, ax: __m256i, y: *const u8) -> __m256i {
-    let sy = _mm256_sign_epi8(_mm256_loadu_si256(y.cast()), x);
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
+unsafe fn dpbusd_avx512_vnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, u, s)
 }
 
 /// Calls `$kernel::<B, TT>(args)` with the step width `$tt` as the const `TT` (the widths `walk_32` hands out).
@@ -193,40 +239,108 @@ macro_rules! by_step {
     };
 }
 
-/// Defines a 32-element tile kernel and its row kernel for one instruction set: `$features` enabled, the lanes
-/// formed by `$offset_lanes` / `$signed_lanes`, corrections negated when `$negate`.
-macro_rules! tile_32_family {
-    ($(#[$doc:meta])* $tile:ident, $row:ident, $features:literal, $offset_lanes:ident, $signed_lanes:ident,
-     $negate:literal) => {
-        /// One weight row against `TT` activation rows (at `a + t·as_`), `nb` blocks, into `out[t·ld]`; `p`
-        /// prepared for those rows. Each output adds its blocks in order with `acc += (d_w·d_a) · float(lanes)`,
-        /// as the single dot product does.
+/// One weight row against `TT` activation rows (at `a + t·as_`), `nb` blocks, into `out[t·ld]`, with AVX2; `p`
+/// prepared for those rows. Each output adds its blocks in order with `acc += (d_w·d_a) · float(lanes)`, as the
+/// single dot product does.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_32<B: Block32, const TT: usize>(
+    w: *const u8,
+    a: *const u8,
+    as_: usize,
+    p: &Prepared,
+    nb: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let mut acc = [_mm256_setzero_ps(); TT];
+    let (scale, correction) = (p.scale.as_ptr(), p.codes.as_ptr());
+    for b in 0..nb {
+        let x = w.add(b * B::SIZE);
+        _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add(PF).cast());
+        let dx = _mm256_set1_ps(half_at(x));
+        let qx = B::codes(x);
+        let ax = _mm256_sign_epi8(qx, qx);
+        for (t, acc_t) in acc.iter_mut().enumerate() {
+            let y = a.add(t * as_ + b * Q8_0_SIZE + 2);
+            let lanes = if B::OFFSET == 0 {
+                signed_lanes(qx, ax, y)
+            } else {
+                offset_lanes(qx, y, correction.add(b * TT + t))
+            };
+            let d = _mm256_mul_ps(dx, _mm256_broadcast_ss(&*scale.add(b * TT + t)));
+            *acc_t = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), *acc_t);
+        }
+    }
+    for (t, &v) in acc.iter().enumerate() {
+        *out.add(t * ld) = hsum_f32(v);
+    }
+}
+
+/// A tile of any size for a 32-element format (AVX2): steps of [`TG`] activation rows (then 4, 2, 1 for the
+/// rest), each walking every weight row.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C, and the buffers hold what `TileFn` promises (checked by `dot_tile`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_32<B: Block32>(
+    w: &[u8],
+    rows: usize,
+    a: &[u8],
+    tokens: usize,
+    n: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let codes = if B::OFFSET == 0 {
+        Codes::InPlace
+    } else {
+        Codes::Offset(B::OFFSET)
+    };
+    walk_32::<B>(
+        w,
+        rows,
+        a,
+        tokens,
+        n,
+        out,
+        ld,
+        TG,
+        codes,
+        |tt, w, ws, ap, as_, p, nb, op| {
+            for r in 0..rows {
+                let (wp, op) = (w.add(r * ws), op.add(r));
+                by_step!(tt, row_32::<B>(wp, ap, as_, p, nb, op, ld))
+            }
+        },
+    )
+}
+
+/// Defines a 256-bit VNNI tile kernel and its row kernel: `$features` enabled, the lanes formed by `$dpbusd`.
+macro_rules! vnni_32_family {
+    ($(#[$doc:meta])* $tile:ident, $row:ident, $features:literal, $dpbusd:ident) => {
+        /// [`row_32`] with VNNI: the signed codes against the prepared shifted activations, each lane started
+        /// from `−128 · Σ x`.
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn $row<B: Block32, const TT: usize>(
             w: *const u8,
-            a: *const u8,
-            as_: usize,
             p: &Prepared,
             nb: usize,
             out: *mut f32,
             ld: usize,
         ) {
             let mut acc = [_mm256_setzero_ps(); TT];
-            let (scale, correction) = (p.scale.as_ptr(), p.correction.as_ptr());
+            let (scale, shifted) = (p.scale.as_ptr(), p.codes.as_ptr());
+            let (zero, bias) = (_mm256_setzero_si256(), _mm256_set1_epi8(-128));
             for b in 0..nb {
                 let x = w.add(b * B::SIZE);
                 _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add(PF).cast());
                 let dx = _mm256_set1_ps(half_at(x));
-                let qx = B::codes(x);
-                let ax = _mm256_sign_epi8(qx, qx);
+                let qx = B::signed_codes(x);
+                let start = _mm256_sub_epi32(zero, $dpbusd(zero, bias, qx));
                 for (t, acc_t) in acc.iter_mut().enumerate() {
-                    let y = a.add(t * as_ + b * Q8_0_SIZE + 2);
-                    let lanes = if B::OFFSET == 0 {
-                        $signed_lanes(qx, ax, y)
-                    } else {
-                        $offset_lanes(qx, y, correction.add(b * TT + t))
-                    };
+                    let lanes = $dpbusd(start, *shifted.add(b * TT + t), qx);
                     let d = _mm256_mul_ps(dx, _mm256_broadcast_ss(&*scale.add(b * TT + t)));
                     *acc_t = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), *acc_t);
                 }
@@ -250,19 +364,20 @@ macro_rules! tile_32_family {
             out: *mut f32,
             ld: usize,
         ) {
-            walk_32::<B>(w, rows, a, tokens, n, out, ld, TG, $negate, |tt, w, ws, ap, as_, p, nb, op| {
+            walk_32::<B>(w, rows, a, tokens, n, out, ld, TG, Codes::Shifted, |tt, w, ws, _, _, p, nb, op| {
                 for r in 0..rows {
                     let (wp, op) = (w.add(r * ws), op.add(r));
-                    by_step!(tt, $row::<B>(wp, ap, as_, p, nb, op, ld))
+                    by_step!(tt, $row::<B>(wp, p, nb, op, ld))
                 }
             })
         }
     };
 }
 
-/// Walks a 32-element tile's activation rows in steps of `widest` (then [`TG`], 4, 2, 1 for the rest): prepares each step's
-/// activation blocks and hands them to `step_rows(tt, w, ws, a, as_, prepared, nb, out)`, which computes every weight
-/// row (at `w`, stride `ws`, `nb` blocks) against the `tt` activation rows at `a` (stride `as_`) into `out`.
+/// Walks a 32-element tile's activation rows in steps of `widest` (then [`TG`], 4, 2, 1 for the rest): prepares each
+/// step's activation blocks as `codes` says and hands them to `step_rows(tt, w, ws, a, as_, prepared, nb, out)`,
+/// which computes every weight row (at `w`, stride `ws`, `nb` blocks) against the `tt` activation rows at `a`
+/// (stride `as_`) into `out`.
 ///
 /// # Safety
 /// AVX2, FMA and F16C are available and the buffers hold what `TileFn` promises.
@@ -277,7 +392,7 @@ unsafe fn walk_32<B: Block32>(
     out: *mut f32,
     ld: usize,
     widest: usize,
-    negate: bool,
+    codes: Codes,
     mut step_rows: impl FnMut(usize, *const u8, usize, *const u8, usize, &Prepared, usize, *mut f32),
 ) {
     let nb = n / 32;
@@ -295,46 +410,38 @@ unsafe fn walk_32<B: Block32>(
                 _ => 1,
             };
             let (ap, op) = (a.add(t * as_), o.add(t * ld));
-            prepare(p, ap, as_, step, nb, B::OFFSET, negate);
+            prepare(p, ap, as_, step, nb, codes);
             step_rows(step, w, ws, ap, as_, p, nb, op);
             t += step;
         }
     });
 }
 
-tile_32_family! {
-    /// A tile of any size for a 32-element format (AVX2): steps of [`TG`] activation rows (then 4, 2, 1 for the
-    /// rest), each walking every weight row.
-    tile_32, row_32, "avx2,fma,f16c", offset_lanes, signed_lanes, false
-}
-tile_32_family! {
+vnni_32_family! {
     /// [`tile_32`] with AVX-VNNI dot products.
-    tile_32_avx_vnni, row_32_avx_vnni, "avx2,fma,f16c,avxvnni", offset_lanes_avx_vnni,
-    signed_lanes_avx_vnni, true
+    tile_32_avx_vnni, row_32_avx_vnni, "avx2,fma,f16c,avxvnni", dpbusd_avx_vnni
 }
-tile_32_family! {
+vnni_32_family! {
     /// [`tile_32`] with AVX512-VNNI's 256-bit dot products.
     tile_32_avx512_vnni, row_32_avx512_vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-    offset_lanes_avx512_vnni, signed_lanes_avx512_vnni, true
+    dpbusd_avx512_vnni
 }
 
 /// Two weight rows (at `w` and `w + ws`) against `TT` activation rows with AVX-512: row r in the low half of every
 /// 512-bit register and row r + 1 in the high half, each half doing exactly [`row_32_avx512_vnni`]'s arithmetic.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows2_32_avx512<B: Block32, const TT: usize>(
     w: *const u8,
     ws: usize,
-    a: *const u8,
-    as_: usize,
     p: &Prepared,
     nb: usize,
     out: *mut f32,
     ld: usize,
 ) {
     let mut acc = [_mm512_setzero_ps(); TT];
-    let (scale, correction) = (p.scale.as_ptr(), p.correction.as_ptr());
+    let (scale, shifted) = (p.scale.as_ptr(), p.codes.as_ptr());
+    let (zero, bias) = (_mm512_setzero_si512(), _mm512_set1_epi8(-128));
     let both = |lo: __m256, hi: __m256| {
         _mm512_castpd_ps(_mm512_insertf64x4::<1>(
             _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
@@ -346,20 +453,11 @@ unsafe fn rows2_32_avx512<B: Block32, const TT: usize>(
         _mm_prefetch::<_MM_HINT_T0>(x0.wrapping_add(PF).cast());
         _mm_prefetch::<_MM_HINT_T0>(x1.wrapping_add(PF).cast());
         let dx = both(_mm256_set1_ps(half_at(x0)), _mm256_set1_ps(half_at(x1)));
-        let qx = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(B::codes(x0)), B::codes(x1));
-        // The sign trick without vpsignb: |x|, and y negated where x < 0 (y · 0 needs no zeroing: |x| = 0 there).
-        let (ax, negative) = (_mm512_abs_epi8(qx), _mm512_movepi8_mask(qx));
+        let qx = B::signed_pair(x0, x1);
+        let start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, qx));
         for (t, acc_t) in acc.iter_mut().enumerate() {
-            let y = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                a.add(t * as_ + b * Q8_0_SIZE + 2).cast(),
-            ));
-            let lanes = if B::OFFSET == 0 {
-                let sy = _mm512_mask_sub_epi8(y, negative, _mm512_setzero_si512(), y);
-                _mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy)
-            } else {
-                let c = _mm512_broadcast_i64x4(*correction.add(b * TT + t));
-                _mm512_dpbusd_epi32(c, qx, y)
-            };
+            let y = _mm512_broadcast_i64x4(*shifted.add(b * TT + t));
+            let lanes = _mm512_dpbusd_epi32(start, y, qx);
             let d = _mm512_mul_ps(dx, _mm512_set1_ps(*scale.add(b * TT + t)));
             *acc_t = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(lanes), *acc_t);
         }
@@ -396,16 +494,16 @@ pub unsafe fn tile_32_avx512<B: Block32>(
         out,
         ld,
         TG512,
-        true,
-        |tt, w, ws, ap, as_, p, nb, op| {
+        Codes::Shifted,
+        |tt, w, ws, _, _, p, nb, op| {
             for r in (0..rows - rows % 2).step_by(2) {
                 let (wp, op) = (w.add(r * ws), op.add(r));
-                by_step!(tt, rows2_32_avx512::<B>(wp, ws, ap, as_, p, nb, op, ld))
+                by_step!(tt, rows2_32_avx512::<B>(wp, ws, p, nb, op, ld))
             }
             if rows % 2 == 1 {
                 let r = rows - 1;
                 let (wp, op) = (w.add(r * ws), op.add(r));
-                by_step!(tt, row_32_avx512_vnni::<B>(wp, ap, as_, p, nb, op, ld))
+                by_step!(tt, row_32_avx512_vnni::<B>(wp, p, nb, op, ld))
             }
         },
     )
@@ -454,7 +552,7 @@ const TK: usize = 3;
 /// Prefetches the cache lines [`PF`] bytes ahead of the weight block `x`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prefetch_block<W>(x: &W) {
+pub(super) unsafe fn prefetch_block<W>(x: &W) {
     let p = (x as *const W).cast::<i8>().wrapping_add(PF);
     for line in (0..size_of::<W>()).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
@@ -462,7 +560,7 @@ unsafe fn prefetch_block<W>(x: &W) {
 }
 
 /// Weight rows per step of the row-transposed K-quant kernels.
-const RK: usize = 8;
+pub(super) const RK: usize = 8;
 /// Activation rows per step of the row-transposed K-quant kernels.
 const TR: usize = 4;
 
@@ -551,7 +649,7 @@ unsafe fn tile_k<W: ByteBlock>(
 /// Lane r = the exact sum of the eight lanes of `v[r]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn totals8(v: [__m256i; RK]) -> __m256i {
+pub(super) unsafe fn totals8(v: [__m256i; RK]) -> __m256i {
     // Per 128-bit half: pairs, then quadruples, of each vector's lanes; then the two halves added.
     let t0 = _mm256_hadd_epi32(v[0], v[1]);
     let t1 = _mm256_hadd_epi32(v[2], v[3]);
@@ -567,7 +665,7 @@ unsafe fn totals8(v: [__m256i; RK]) -> __m256i {
 
 /// An f32 per row, from each row's block `b`.
 #[inline]
-fn per_row<W>(x: &[&[W]; RK], b: usize, f: impl Fn(&W) -> f32) -> [f32; RK] {
+pub(super) fn per_row<W>(x: &[&[W]; RK], b: usize, f: impl Fn(&W) -> f32) -> [f32; RK] {
     std::array::from_fn(|r| f(&x[r][b]))
 }
 
@@ -576,7 +674,7 @@ fn per_row<W>(x: &[&[W]; RK], b: usize, f: impl Fn(&W) -> f32) -> [f32; RK] {
 /// totals of the `RK` rows are formed side by side, transposed into one vector (lane = row), and the float steps of
 /// all rows run as one vector operation each, lane by lane the single dot product's.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k_rows<const TT: usize, const GROUPED: bool>(
+pub(super) unsafe fn q4_k_rows<const TT: usize, const GROUPED: bool>(
     x: [&[BlockQ4K]; RK],
     ys: [&[BlockQ8K]; TT],
     out: *mut f32,
@@ -627,40 +725,63 @@ unsafe fn q4_k_rows<const TT: usize, const GROUPED: bool>(
                 }
             }
         }
-        // SAFETY: every slot read here was written above (pairs 0..4 when GROUPED, else pair 0).
-        let totals = |t: usize, j: usize| totals8(sums[t][j].map(|v| unsafe { v.assume_init() }));
-        let d = _mm256_loadu_ps(per_row(&x, b, |xb| half(xb.d)).as_ptr());
-        let dmin = _mm256_loadu_ps(per_row(&x, b, |xb| half(xb.dmin)).as_ptr());
-        for t in 0..TT {
-            let y = &ys[t][b];
-            let ys_scale = _mm256_set1_ps(y.scale());
-            let (d_t, dmin_t) = (_mm256_mul_ps(d, ys_scale), _mm256_mul_ps(dmin, ys_scale));
-            // min[s] · (bsum(2s) + bsum(2s + 1)) for the sub-blocks of pair j, both rows' terms in one madd.
-            let min_pair = |j: usize| {
-                let sub = |s: usize| (y.bsum(2 * s) as i32 + y.bsum(2 * s + 1) as i32) as i16;
-                let pair = sub(2 * j) as u16 as i32 | (sub(2 * j + 1) as i32) << 16;
-                _mm256_madd_epi16(
-                    _mm256_loadu_si256(mins[j].as_ptr().cast()),
-                    _mm256_set1_epi32(pair),
-                )
-            };
-            if GROUPED {
-                for j in 0..4 {
-                    let total = _mm256_cvtepi32_ps(totals(t, j));
-                    acc[t] = _mm256_fmadd_ps(total, d_t, acc[t]);
-                    acc_min[t] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_pair(j)), dmin_t, acc_min[t]);
-                }
-            } else {
-                let total = _mm256_cvtepi32_ps(totals(t, 0));
-                acc[t] = _mm256_fmadd_ps(total, d_t, acc[t]);
-                let min_sum = (1..4).fold(min_pair(0), |m, j| _mm256_add_epi32(m, min_pair(j)));
-                acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_sum), dmin_t, acc_min[t]);
-            }
-        }
+        // SAFETY: every slot read there was written above (pairs 0..4 when GROUPED, else pair 0).
+        q4_k_float_steps::<TT, GROUPED>(&x, &ys, b, &sums, &mins, &mut acc, &mut acc_min);
     }
     for t in 0..TT {
         _mm256_storeu_ps(out.add(t * ld), _mm256_sub_ps(acc[t], acc_min[t]));
+    }
+}
+
+/// The float steps of [`q4_k_rows`] for super-block `b`: from the rows' exact totals `sums[t][j][r]` (pairs `j` when
+/// `GROUPED`, else `j` = 0) and packed minimums `mins[j][r]`, `acc` and `acc_min` advance as each row's single dot
+/// product would, one vector operation for all `RK` rows.
+///
+/// # Safety
+/// Every slot of `sums` that the order reads (pairs 0..4 when `GROUPED`, else pair 0) is initialised.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn q4_k_float_steps<const TT: usize, const GROUPED: bool>(
+    x: &[&[BlockQ4K]; RK],
+    ys: &[&[BlockQ8K]; TT],
+    b: usize,
+    sums: &[[[MaybeUninit<__m256i>; RK]; 4]; TT],
+    mins: &[[i32; RK]; 4],
+    acc: &mut [__m256; TT],
+    acc_min: &mut [__m256; TT],
+) {
+    // SAFETY: the caller initialised every slot read here.
+    let totals = |t: usize, j: usize| totals8(sums[t][j].map(|v| unsafe { v.assume_init() }));
+    let d = _mm256_loadu_ps(per_row(x, b, |xb| half(xb.d)).as_ptr());
+    let dmin = _mm256_loadu_ps(per_row(x, b, |xb| half(xb.dmin)).as_ptr());
+    for t in 0..TT {
+        let y = &ys[t][b];
+        let ys_scale = _mm256_set1_ps(y.scale());
+        let (d_t, dmin_t) = (_mm256_mul_ps(d, ys_scale), _mm256_mul_ps(dmin, ys_scale));
+        // min[s] · (bsum(2s) + bsum(2s + 1)) for the sub-blocks of pair j, both rows' terms in one madd: the
+        // activation's sub-block sums as i16 (|sum| ≤ 32 · 128), pair j in i32 lane j of the 128-bit lane j / 2.
+        let subs = _mm256_madd_epi16(
+            _mm256_loadu_si256(y.bsums.as_ptr().cast()),
+            _mm256_set1_epi16(1),
+        );
+        let packed = _mm256_packs_epi32(subs, subs);
+        let min_pair = |j: usize| {
+            let pair = _mm256_permutevar8x32_epi32(packed, _mm256_set1_epi32([0, 1, 4, 5][j]));
+            _mm256_madd_epi16(_mm256_loadu_si256(mins[j].as_ptr().cast()), pair)
+        };
+        if GROUPED {
+            for j in 0..4 {
+                let total = _mm256_cvtepi32_ps(totals(t, j));
+                acc[t] = _mm256_fmadd_ps(total, d_t, acc[t]);
+                acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_pair(j)), dmin_t, acc_min[t]);
+            }
+        } else {
+            let total = _mm256_cvtepi32_ps(totals(t, 0));
+            acc[t] = _mm256_fmadd_ps(total, d_t, acc[t]);
+            let min_sum = (1..4).fold(min_pair(0), |m, j| _mm256_add_epi32(m, min_pair(j)));
+            acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(min_sum), dmin_t, acc_min[t]);
+        }
     }
 }
 
@@ -700,7 +821,7 @@ unsafe fn q6_k_rows_tiled<const TT: usize>(
 /// One Q4_K row against `TT` activation rows; `GROUPED` selects the order of `vec_dot_q4_k_grouped` (a float step
 /// per pair of sub-blocks) instead of `vec_dot_q4_k` (one per super-block).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k_row<const TT: usize, const GROUPED: bool>(
+pub(super) unsafe fn q4_k_row<const TT: usize, const GROUPED: bool>(
     x: &[BlockQ4K],
     ys: [&[BlockQ8K]; TT],
 ) -> [f32; TT] {
