@@ -14,6 +14,9 @@ const PROBE_ALPHA: f64 = 0.9;
 const ALPHA_HEADROOM: f64 = 0.25;
 /// Rounds between looks at every exit that could pay.
 const REVIVE_EVERY: usize = 64;
+/// While plain decoding wins, the largest share of the generation's time that shadow tokens may take: they only
+/// watch for an exit that starts to pay, and on models not trained for early exit none does.
+const SHADOW_SHARE: f64 = 0.02;
 
 /// Work buffers of a [`Speculator`], reused across rounds.
 pub(super) struct Buffers {
@@ -30,6 +33,9 @@ pub(super) struct Buffers {
     live: Vec<bool>,
     /// DEL's prompt initialisation, waiting for the first timings: hidden states per exit and their targets.
     pending_init: Option<(Vec<Vec<f32>>, Vec<u32>)>,
+    /// When the generation's prefill started (the clock [`SHADOW_SHARE`] is measured against), and the shadow
+    /// seconds of earlier generations.
+    started: Option<(Instant, f64)>,
     lookup: Vec<u32>,
     p: Vec<(u32, f32)>,
     residual: Vec<(u32, f32)>,
@@ -47,6 +53,7 @@ impl Buffers {
             shadow: vec![Vec::new(); n_exits],
             live: vec![true; n_exits],
             pending_init: None,
+            started: None,
             lookup: Vec::new(),
             p: Vec::new(),
             residual: Vec::new(),
@@ -82,6 +89,7 @@ impl Speculator {
     ) -> Result<Vec<f32>, ModelError> {
         let window = self.options.init_window.min(prompt.len());
         let started = Instant::now();
+        self.buffers.started = Some((started, self.stats.shadow_seconds));
         let n_layers = session.model.config.n_layers;
         // A prompt that fits one batch times a large batch for the cost model (layers dominate its time).
         let one_batch = prompt.len() > 1 && prompt.len() <= session.hidden_capacity();
@@ -202,13 +210,21 @@ impl Speculator {
     }
 
     /// Whether this round computes shadow tokens: every `shadow_every` rounds while an exit drafts, four times
-    /// less often while plain decoding wins (the statistics only need to notice when an exit starts to pay).
+    /// less often while plain decoding wins (the statistics only need to notice when an exit starts to pay), and
+    /// then only while they have taken at most [`SHADOW_SHARE`] of the generation's time.
     fn is_shadow_round(&self, choice: Choice) -> bool {
         let every = match choice.arm {
             None => self.options.shadow_every * 4,
             Some(_) => self.options.shadow_every,
         };
-        self.buffers.live.iter().any(|&l| l) && every > 0 && self.round.is_multiple_of(every)
+        let affordable = choice.arm.is_some()
+            || self.buffers.started.is_none_or(|(started, before)| {
+                self.stats.shadow_seconds - before <= SHADOW_SHARE * started.elapsed().as_secs_f64()
+            });
+        self.buffers.live.iter().any(|&l| l)
+            && every > 0
+            && self.round.is_multiple_of(every)
+            && affordable
     }
 
     fn choose(&mut self, max_len: usize) -> Choice {
