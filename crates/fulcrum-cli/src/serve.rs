@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     batch_tokens: usize,
     /// Time-between-tokens target of iterations that carry decoding requests (DuetServe): prefill chunks are sized
-    /// by a latency model to stay within it. `auto` (three times the iteration without its prefill chunks), milliseconds
+    /// by a latency model to stay within it. `auto` (2.5 times the iteration without its prefill chunks), milliseconds
     /// (`100`), a factor (`3x`), or `off` (every chunk as large as --batch-tokens).
     #[arg(long, default_value = "auto", value_parser = tbt_target)]
     tbt_target: Tbt,

@@ -160,10 +160,11 @@ impl LatencyModel {
     }
 }
 
-/// The factor of `--tbt-target auto`. Measured on Qwen2.5-Coder-0.5B at concurrency 8 (docs/benchmarks.md): 2× held
-/// every chunk to the minimum and cost a fifth of the throughput; 3× and 5× gave the same throughput as no target,
-/// with the 99th-percentile time between tokens at 1.3× its median instead of 20×.
-pub const AUTO_FACTOR: f64 = 3.0;
+/// The factor of `--tbt-target auto`. Measured on Qwen2.5-Coder-0.5B at concurrency 8 (docs/benchmarks.md): on the
+/// first kernels 2× held every chunk to the minimum and cost a fifth of the throughput, while 3× and 5× gave the
+/// same throughput as no target; with today's kernels 3× let the 99th-percentile time between tokens reach 2.5–3.3×
+/// its median and 2.5× held it at 2.4× for the same throughput.
+pub const AUTO_FACTOR: f64 = 2.5;
 
 /// The time-between-tokens target of [`SloBudget`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,8 +179,8 @@ pub enum TbtTarget {
 impl std::str::FromStr for TbtTarget {
     type Err = String;
 
-    /// `auto` (three times the step without its prefill chunks), `N` milliseconds, or `Nx` times the step without
-    /// them.
+    /// `auto` ([`AUTO_FACTOR`] times the step without its prefill chunks), `N` milliseconds, or `Nx` times the step
+    /// without them.
     fn from_str(s: &str) -> Result<TbtTarget, String> {
         let bad = || {
             format!("'{s}' is not a time-between-tokens target: use auto, milliseconds (100) or a factor (2x)")
