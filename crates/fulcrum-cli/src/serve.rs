@@ -63,9 +63,14 @@ pub struct Args {
     /// Requests queued before new ones get 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
-    /// Default speculation of requests that do not choose one ("spec" field): off, lookup[:γ] or early-exit:E,γ.
+    /// Default speculation of requests that do not choose one ("spec" field): off, lookup[:γ], early-exit:E,γ, del or
+    /// auto.
     #[arg(long, default_value = "off", value_parser = request::served_spec)]
     spec: Speculation,
+    /// DEL's γ_min for `del` and `auto` requests: with 1 or more they always draft (for measuring what drafting
+    /// costs where it does not pay); 0 lets the controller fall back to plain decoding.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=18))]
+    spec_gamma_min: u64,
 }
 
 struct AppState {
@@ -187,6 +192,7 @@ pub fn run(args: Args) -> CliResult {
                 max_waiting: args.queue,
             },
             tbt_target: args.tbt_target.0,
+            spec_gamma_min: args.spec_gamma_min as usize,
         },
     );
     // A registry name as given; a path by its file name.
@@ -298,7 +304,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         ),
         (
             "spec_draft_tokens_total",
-            "Speculative (prompt-lookup) tokens drafted.",
+            "Speculative tokens drafted.",
             "counter",
             load(&m.spec_drafted),
         ),
@@ -309,6 +315,18 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             load(&m.spec_accepted),
         ),
         (
+            "spec_shadow_rounds_total",
+            "Decode steps (and prompt ends) that computed DEL shadow tokens at the candidate exits.",
+            "counter",
+            load(&m.spec_shadow_rounds),
+        ),
+        (
+            "spec_shadow_rows_total",
+            "Classifier rows spent on DEL shadow tokens.",
+            "counter",
+            load(&m.spec_shadow_rows),
+        ),
+        (
             "latency_model_correction",
             "Measured over predicted iteration time of the latency model (0 with --tbt-target off).",
             "gauge",
@@ -317,6 +335,38 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     ];
     for (name, help, kind, v) in series {
         gauge(name, help, kind, v);
+    }
+    let by = m
+        .spec_by_drafter
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for (name, help, get) in [
+        (
+            "spec_drafter_rounds_total",
+            "Decode steps that verified a draft, per drafter (lookup, exit:E).",
+            (|c: &engine::DrafterCounts| c.rounds) as fn(&engine::DrafterCounts) -> u64,
+        ),
+        (
+            "spec_drafter_draft_tokens_total",
+            "Speculative tokens drafted, per drafter.",
+            |c| c.drafted,
+        ),
+        (
+            "spec_drafter_accepted_tokens_total",
+            "Speculative tokens accepted, per drafter.",
+            |c| c.accepted,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP fulcrum_{name} {help}\n# TYPE fulcrum_{name} counter\n"
+        ));
+        for (drafter, c) in &by {
+            out.push_str(&format!(
+                "fulcrum_{name}{{drafter=\"{drafter}\"}} {}\n",
+                get(c)
+            ));
+        }
     }
     for (name, help, h) in [
         (

@@ -8,9 +8,11 @@ use crate::blocks::BlockPool;
 use crate::latency::{LatencyModel, Machine, ModelCost, SloBudget, TbtTarget};
 use crate::sampler::{log_softmax_at, top_logprobs, Sampler, SamplerConfig};
 use crate::scheduler::{Limits, Rejected, Scheduler, Shape, Step, Work};
+use crate::spec::served::Adaptive;
+use crate::spec::{argmax_confidence, Arm, SpecOptions, Timings};
 use fulcrum_core::model::Scratch;
-use fulcrum_core::{Model, Rounding, SeqSpan, ThreadPool};
-use std::collections::HashMap;
+use fulcrum_core::{Model, ModelError, Rounding, SeqSpan, ThreadPool};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,9 @@ pub struct EngineConfig {
     /// DuetServe's latency-aware prefill budget: prefill chunks are sized so that steps carrying decoding sequences
     /// stay within this time-between-tokens target (`None`: every chunk as large as `limits.token_budget`).
     pub tbt_target: Option<TbtTarget>,
+    /// DEL's γ_min for `del` and `auto` requests: with 1 or more they always draft, even where plain decoding pays
+    /// better (0: the controller may choose plain decoding).
+    pub spec_gamma_min: usize,
 }
 
 /// What a request asks for.
@@ -56,6 +61,11 @@ pub enum Speculation {
     /// The model's own first `exit` layers, then its final norm and classifier, draft `gamma` tokens greedily
     /// (their keys and values below the exit go to the spare rows the draft will occupy).
     EarlyExit { exit: usize, gamma: usize },
+    /// DEL: per decode step, the request's own controller picks the exit layer and the length (or no draft) from
+    /// decayed acceptance and the engine's measured costs; drafting stops at a token below the confidence τ.
+    Del,
+    /// DEL's controller choosing among the early exits and prompt lookup.
+    Auto,
 }
 
 /// Why generation ended.
@@ -107,11 +117,25 @@ pub struct Metrics {
     /// Speculative tokens drafted and accepted.
     pub spec_drafted: AtomicU64,
     pub spec_accepted: AtomicU64,
+    /// The same per drafter (`lookup`, `exit:E`), with the rounds each drafted in.
+    pub spec_by_drafter: Mutex<BTreeMap<String, DrafterCounts>>,
+    /// Rounds of DEL shadow tokens (every candidate exit's prediction, for the statistics), and their rows.
+    pub spec_shadow_rounds: AtomicU64,
+    pub spec_shadow_rows: AtomicU64,
     /// The latency model's measured-to-predicted ratio × 10⁶ (0 without a model).
     pub latency_correction_ppm: AtomicU64,
     /// Time to first token and between tokens, in seconds.
     pub ttft: Mutex<Histogram>,
     pub tbt: Mutex<Histogram>,
+}
+
+/// One drafter's speculation counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DrafterCounts {
+    /// Decode steps that verified a draft of this drafter.
+    pub rounds: u64,
+    pub drafted: u64,
+    pub accepted: u64,
 }
 
 /// A fixed-bucket histogram in the Prometheus sense.
@@ -215,6 +239,30 @@ struct Request {
     last_token: Option<Instant>,
     /// Tokens reported so far (an end-of-generation token is not).
     emitted: usize,
+    /// DEL's controller (`del`, `auto`).
+    adaptive: Option<Box<Adaptive>>,
+    /// The drafter of the step in flight.
+    drafter: Option<Arm>,
+}
+
+/// Hidden states a forward pass copies at a layer boundary: rows `row..row + rows` after `exit` layers, for the
+/// DEL statistics of request `id`, whose predictions are checked against `targets` (or, when empty, against the
+/// tokens the step commits).
+struct Capture {
+    id: u64,
+    exit: usize,
+    row: usize,
+    rows: usize,
+    targets: Vec<u32>,
+}
+
+/// What [`Engine::forward`] returns: the logits, the captured states (one buffer per capture) and the seconds the
+/// layers and the classifier took.
+struct Pass {
+    logits: Vec<f32>,
+    captured: Vec<Vec<f32>>,
+    layers_s: f64,
+    head_s: f64,
 }
 
 /// Starts the engine thread over `model`.
@@ -274,6 +322,8 @@ struct Engine {
     metrics: Arc<Metrics>,
     /// The step-time model and its target, when the latency-aware budget is on.
     latency: Option<(LatencyModel, TbtTarget)>,
+    /// Measured layer and classifier times by batch size, for the DEL controllers.
+    timings: Timings,
 }
 
 impl Engine {
@@ -299,17 +349,19 @@ impl Engine {
             requests: HashMap::new(),
             metrics,
             latency: None,
+            timings: Timings::default(),
         };
+        let model = engine.calibrate();
         if let Some(target) = config.tbt_target {
-            let model = engine.calibrate();
             engine.latency = Some((model, target));
         }
         engine
     }
 
-    /// Measures this machine's speeds on the model (DuetServe's profiler): a single decoded token, which reads the
-    /// weights, and a prompt chunk of the token budget (64 at most), which computes, both written to cache rows no
-    /// sequence owns yet. The first step only pages the weights in and is not counted.
+    /// Measures this machine's speeds on the model (DuetServe's profiler, and the costs DEL's controllers start
+    /// from): a single decoded token, which reads the weights, and a prompt chunk of the token budget (64 at most),
+    /// which computes, both written to cache rows no sequence owns yet. The first step only pages the weights in and
+    /// is not counted.
     fn calibrate(&mut self) -> LatencyModel {
         let cost = ModelCost::of(&self.model);
         let chunk = (self.config.limits.token_budget.min(64))
@@ -326,24 +378,25 @@ impl Engine {
             };
             let tokens = vec![0u32; n];
             let start = Instant::now();
-            let ok = self
-                .model
-                .forward_batch(
-                    &self.pool,
-                    &tokens,
-                    &[span],
-                    &mut self.kv,
-                    &mut self.scratch,
-                    Rounding::BatchInvariant,
-                )
-                .is_ok();
-            ok.then(|| start.elapsed().as_secs_f64())
+            let pass = self.forward(&tokens, &[span], &[]).ok()?;
+            Some((start.elapsed().as_secs_f64(), pass))
         };
         let _ = timed(1);
-        let one = (0..3)
-            .filter_map(|_| timed(1))
-            .fold(f64::INFINITY, f64::min);
-        let machine = match (one.is_finite(), timed(chunk)) {
+        let mut singles = Vec::new();
+        for _ in 0..3 {
+            if let Some(r) = timed(1) {
+                singles.push(r);
+            }
+        }
+        let one = singles.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+        let long = timed(chunk);
+        for (_, pass) in &singles {
+            self.record(pass, 1, 1);
+        }
+        if let Some((_, pass)) = &long {
+            self.record(pass, chunk, 1);
+        }
+        let machine = match (one.is_finite(), long.map(|r| r.0)) {
             (true, Some(t)) => Machine::fit(&cost, one, chunk, t),
             // Cannot happen for a loaded model; a rough machine keeps the budget working.
             _ => Machine {
@@ -429,12 +482,26 @@ impl Engine {
                             self.requests.insert(
                                 id,
                                 Request {
-                                    params,
                                     sampler,
                                     events,
                                     submitted: Instant::now(),
                                     last_token: None,
                                     emitted: 0,
+                                    adaptive: match params.spec {
+                                        Speculation::Del | Speculation::Auto => {
+                                            Some(Box::new(Adaptive::new(
+                                                self.model.config.n_layers,
+                                                params.spec == Speculation::Auto,
+                                                SpecOptions {
+                                                    gamma_min: self.config.spec_gamma_min,
+                                                    ..SpecOptions::default()
+                                                },
+                                            )))
+                                        }
+                                        _ => None,
+                                    },
+                                    drafter: None,
+                                    params,
                                 },
                             );
                         })
@@ -498,16 +565,10 @@ impl Engine {
                 span
             })
             .collect();
+        let captures = self.captures(&work);
         let started = Instant::now();
-        let logits = match self.model.forward_batch(
-            &self.pool,
-            &tokens,
-            &spans,
-            &mut self.kv,
-            &mut self.scratch,
-            Rounding::BatchInvariant,
-        ) {
-            Ok(l) => {
+        let (logits, captured) = match self.forward(&tokens, &spans, &captures) {
+            Ok(pass) => {
                 if let Some((model, _)) = &mut self.latency {
                     let shapes: Vec<Shape> = work.iter().map(Work::shape).collect();
                     model.observe(&shapes, started.elapsed().as_secs_f64());
@@ -515,7 +576,9 @@ impl Engine {
                         .latency_correction_ppm
                         .store((model.correction * 1e6) as u64, Ordering::Relaxed);
                 }
-                l.to_vec()
+                let logit_rows = pass.logits.len() / self.model.config.vocab_size;
+                self.record(&pass, tokens.len(), logit_rows);
+                (pass.logits, pass.captured)
             }
             Err(_) => {
                 // Cannot happen for batches the scheduler built; fail the requests rather than the engine.
@@ -525,6 +588,8 @@ impl Engine {
                 return;
             }
         };
+        // What each decode step committed, for the shadow statistics.
+        let mut committed_by: HashMap<u64, Vec<u32>> = HashMap::new();
         let vocab = self.model.config.vocab_size;
         let mut logit_row = 0;
         for w in &work {
@@ -543,12 +608,15 @@ impl Engine {
                 self.scheduler.commit(w, committed.first().copied());
             } else {
                 self.scheduler.commit_verified(w, accepted, &committed);
-                self.metrics
-                    .spec_drafted
-                    .fetch_add(w.draft.len() as u64, Ordering::Relaxed);
-                self.metrics
-                    .spec_accepted
-                    .fetch_add(accepted as u64, Ordering::Relaxed);
+                self.count_draft(w, accepted);
+            }
+            if let Some(req) = self.requests.get_mut(&w.id) {
+                if let Some(adaptive) = &mut req.adaptive {
+                    adaptive.learn(&w.draft, &committed);
+                }
+            }
+            if captures.iter().any(|c| c.id == w.id) {
+                committed_by.insert(w.id, committed.clone());
             }
             for (i, &token) in committed.iter().enumerate() {
                 let row = &l[i * vocab..(i + 1) * vocab];
@@ -557,6 +625,231 @@ impl Engine {
                 }
             }
         }
+        if !captures.is_empty() {
+            self.learn_from_shadow(captures, captured, &committed_by);
+        }
+    }
+
+    /// Adds one verified draft of `w` to the speculation metrics.
+    fn count_draft(&mut self, w: &Work, accepted: usize) {
+        let m = &self.metrics;
+        m.spec_drafted
+            .fetch_add(w.draft.len() as u64, Ordering::Relaxed);
+        m.spec_accepted
+            .fetch_add(accepted as u64, Ordering::Relaxed);
+        let drafter = self.requests.get(&w.id).and_then(|r| r.drafter);
+        if let Some(arm) = drafter {
+            let mut by = m.spec_by_drafter.lock().unwrap_or_else(|e| e.into_inner());
+            let c = by.entry(arm.to_string()).or_default();
+            c.rounds += 1;
+            c.drafted += w.draft.len() as u64;
+            c.accepted += accepted as u64;
+        }
+    }
+
+    /// The hidden states this step's forward pass copies for DEL's statistics: the rows of decode steps on their
+    /// requests' shadow rounds, and the last prompt tokens of requests whose prefill ends in this step.
+    fn captures(&mut self, work: &[Work]) -> Vec<Capture> {
+        let mut captures = Vec::new();
+        let mut row = 0;
+        for w in work {
+            let first_row = row;
+            row += w.rows();
+            let (Some(req), Some(seq)) = (self.requests.get_mut(&w.id), self.scheduler.get(w.id))
+            else {
+                continue;
+            };
+            let Some(adaptive) = &mut req.adaptive else {
+                continue;
+            };
+            if !w.wants_logits {
+                continue;
+            }
+            if seq.generated() > 0 {
+                for exit in adaptive.shadow_exits() {
+                    captures.push(Capture {
+                        id: w.id,
+                        exit,
+                        row: first_row,
+                        rows: w.rows(),
+                        targets: Vec::new(),
+                    });
+                }
+                continue;
+            }
+            // The prompt's last chunk: rows predicting its last `window - 1` tokens.
+            let window = adaptive.init_window().min(w.len);
+            let exits = adaptive.init_exits(&self.timings);
+            if window < 2 {
+                continue;
+            }
+            let from = w.start + w.len - window;
+            let targets = seq.tokens[from + 1..w.start + w.len].to_vec();
+            for exit in exits {
+                captures.push(Capture {
+                    id: w.id,
+                    exit,
+                    row: first_row + w.len - window,
+                    rows: window - 1,
+                    targets: targets.clone(),
+                });
+            }
+        }
+        captures
+    }
+
+    /// Runs a batch (as [`Model::forward_batch`] does, with the same arithmetic), copying the hidden states
+    /// `captures` ask for on the way.
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        spans: &[SeqSpan],
+        captures: &[Capture],
+    ) -> Result<Pass, ModelError> {
+        let n_layers = self.model.config.n_layers;
+        let d = self.model.config.d_model;
+        let started = Instant::now();
+        self.model.embed(tokens, &mut self.scratch)?;
+        let mut exits: Vec<usize> = captures.iter().map(|c| c.exit).collect();
+        exits.sort_unstable();
+        exits.dedup();
+        let mut captured = vec![Vec::new(); captures.len()];
+        let mut from = 0;
+        for exit in exits.into_iter().filter(|&e| e > 0 && e < n_layers) {
+            self.model.run_layers(
+                &self.pool,
+                from..exit,
+                spans,
+                &mut self.kv,
+                &mut self.scratch,
+                Rounding::BatchInvariant,
+            )?;
+            let hidden = self.scratch.hidden(tokens.len(), d);
+            for (c, out) in captures.iter().zip(&mut captured) {
+                if c.exit == exit {
+                    out.extend_from_slice(&hidden[c.row * d..(c.row + c.rows) * d]);
+                }
+            }
+            from = exit;
+        }
+        self.model.run_layers(
+            &self.pool,
+            from..n_layers,
+            spans,
+            &mut self.kv,
+            &mut self.scratch,
+            Rounding::BatchInvariant,
+        )?;
+        let layers_s = started.elapsed().as_secs_f64();
+        let rows = spans
+            .iter()
+            .map(|s| s.len.saturating_sub(s.logits_from))
+            .sum();
+        let head = Instant::now();
+        let logits = self
+            .model
+            .classify(
+                &self.pool,
+                rows,
+                &mut self.scratch,
+                Rounding::BatchInvariant,
+            )
+            .to_vec();
+        Ok(Pass {
+            logits,
+            captured,
+            layers_s,
+            head_s: head.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Folds a pass of `rows` tokens with `logit_rows` classified into the timings the DEL controllers read.
+    fn record(&mut self, pass: &Pass, rows: usize, logit_rows: usize) {
+        let n_layers = self.model.config.n_layers.max(1);
+        self.timings
+            .layer
+            .record(rows, pass.layers_s / n_layers as f64);
+        if logit_rows > 0 {
+            self.timings.head.record(logit_rows, pass.head_s);
+        }
+    }
+
+    /// Classifies the captured hidden states and tells each request how well its candidate exits predicted the
+    /// tokens (the prompt's, or those its step committed).
+    fn learn_from_shadow(
+        &mut self,
+        captures: Vec<Capture>,
+        captured: Vec<Vec<f32>>,
+        committed_by: &HashMap<u64, Vec<u32>>,
+    ) {
+        let d = self.model.config.d_model;
+        let vocab = self.model.config.vocab_size;
+        // Each capture's positions that have a known next token.
+        let mut jobs = Vec::new();
+        let mut rows = Vec::new();
+        for (c, states) in captures.into_iter().zip(captured) {
+            if !self.requests.contains_key(&c.id) {
+                continue;
+            }
+            let targets = if c.targets.is_empty() {
+                match committed_by.get(&c.id) {
+                    Some(t) => t.clone(),
+                    None => continue,
+                }
+            } else {
+                c.targets
+            };
+            let n = targets.len().min(c.rows);
+            if n == 0 {
+                continue;
+            }
+            rows.extend_from_slice(&states[..n * d]);
+            jobs.push((c.id, c.exit, targets[..n].to_vec()));
+        }
+        let total = rows.len() / d;
+        if total == 0 {
+            return;
+        }
+        let started = Instant::now();
+        let mut predictions = Vec::with_capacity(total);
+        let capacity = self.scratch.max_batch.max(1);
+        let mut done = 0;
+        while done < total {
+            let n = (total - done).min(capacity);
+            if self
+                .scratch
+                .load_hidden(&rows[done * d..(done + n) * d])
+                .is_err()
+            {
+                return;
+            }
+            let logits =
+                self.model
+                    .classify(&self.pool, n, &mut self.scratch, Rounding::BatchInvariant);
+            predictions.extend(logits.chunks_exact(vocab).map(argmax_confidence));
+            done += n;
+        }
+        let per_row = started.elapsed().as_secs_f64() / total as f64;
+        self.metrics
+            .spec_shadow_rows
+            .fetch_add(total as u64, Ordering::Relaxed);
+        let mut at = 0;
+        let mut seen = Vec::new();
+        for (id, exit, targets) in jobs {
+            let n = targets.len();
+            let preds = &predictions[at..at + n];
+            at += n;
+            if let Some(adaptive) = self.requests.get_mut(&id).and_then(|r| r.adaptive.as_mut()) {
+                adaptive.learn_shadow(exit, preds, &targets, per_row * n as f64);
+                if !seen.contains(&id) {
+                    seen.push(id);
+                    adaptive.count_shadow_round();
+                }
+            }
+        }
+        self.metrics
+            .spec_shadow_rounds
+            .fetch_add(seen.len() as u64, Ordering::Relaxed);
     }
 
     /// Drafts for the decode steps of requests that ask for them, within the step's token budget.
@@ -570,33 +863,62 @@ impl Engine {
         // Decode steps that draft with an early exit: (index in `work`, exit layer).
         let mut early = Vec::new();
         for (i, w) in work.iter_mut().enumerate() {
-            let Some(req) = self.requests.get(&w.id) else {
+            let Some(req) = self.requests.get_mut(&w.id) else {
                 continue;
             };
+            req.drafter = None;
             let Some(seq) = self.scheduler.get(w.id) else {
                 continue;
             };
-            let room = req.params.max_tokens.saturating_sub(seq.generated() + 1);
-            let (gamma, exit) = match req.params.spec {
-                Speculation::Off => continue,
-                Speculation::Lookup { gamma } => (gamma, None),
-                Speculation::EarlyExit { exit, gamma } => (gamma, Some(exit)),
-            };
-            let len = gamma.min(room).min(left);
-            if len == 0 || w.len != 1 || !w.wants_logits {
+            if w.len != 1 || !w.wants_logits || seq.generated() == 0 {
                 continue;
             }
-            match exit {
-                None => crate::spec::lookup::propose(&seq.tokens, len, &mut draft),
-                // Placeholders that reserve the rows; `draft_early_exit` writes the tokens.
-                Some(_) => draft.resize(len, 0),
+            let room = req.params.max_tokens.saturating_sub(seq.generated() + 1);
+            let most = room.min(left);
+            let arm = match req.params.spec {
+                Speculation::Off => continue,
+                Speculation::Lookup { gamma } => {
+                    crate::spec::lookup::propose(&seq.tokens, gamma.min(most), &mut draft);
+                    Arm::Lookup
+                }
+                Speculation::EarlyExit { exit, gamma } => {
+                    // Placeholders that reserve the rows; `draft_early_exit` writes the tokens.
+                    draft.resize(gamma.min(most), 0);
+                    Arm::Exit(exit)
+                }
+                Speculation::Del | Speculation::Auto => {
+                    let Some(adaptive) = &mut req.adaptive else {
+                        continue;
+                    };
+                    let choice = adaptive.plan(&self.timings, &seq.tokens, most);
+                    match choice.arm {
+                        Some(Arm::Lookup) => {
+                            let proposal = adaptive.lookup_proposal();
+                            draft.extend_from_slice(
+                                &proposal[..choice.draft_len.min(proposal.len())],
+                            );
+                            adaptive.set_confidences(&vec![1.0; draft.len()]);
+                            Arm::Lookup
+                        }
+                        Some(Arm::Exit(exit)) => {
+                            draft.resize(choice.draft_len, 0);
+                            Arm::Exit(exit)
+                        }
+                        _ => continue,
+                    }
+                }
+            };
+            if draft.is_empty() {
+                continue;
             }
             if self.scheduler.add_draft(w, std::mem::take(&mut draft)) {
                 left -= w.draft.len();
-                if let Some(exit) = exit {
+                req.drafter = Some(arm);
+                if let Arm::Exit(exit) = arm {
                     early.push((i, exit));
                 }
             }
+            draft.clear();
         }
         early.sort_by_key(|&(_, exit)| exit);
         for group in early.chunk_by(|a, b| a.1 == b.1) {
@@ -635,6 +957,25 @@ impl Engine {
                 seq.table.slots(w.start + w.draft.len(), bs)
             })
             .collect();
+        // DEL's confidence stop, per member: drafting ends after a token below its τ.
+        let adaptive: Vec<bool> = members
+            .iter()
+            .map(|&i| {
+                self.requests
+                    .get(&work[i].id)
+                    .is_some_and(|r| r.adaptive.is_some())
+            })
+            .collect();
+        let taus: Vec<Option<f32>> = members
+            .iter()
+            .map(|&i| {
+                self.requests
+                    .get(&work[i].id)
+                    .and_then(|r| r.adaptive.as_ref())
+                    .and_then(|a| a.threshold(exit))
+            })
+            .collect();
+        let mut confidences: Vec<Vec<f32>> = vec![Vec::new(); members.len()];
         let mut tokens = Vec::with_capacity(members.len());
         for step in 0..longest {
             let active: Vec<usize> = (0..members.len())
@@ -663,6 +1004,7 @@ impl Engine {
                     logits_from: 0,
                 })
                 .collect();
+            let started = Instant::now();
             self.model.embed(&tokens, &mut self.scratch)?;
             self.model.run_layers(
                 &self.pool,
@@ -672,15 +1014,44 @@ impl Engine {
                 &mut self.scratch,
                 Rounding::BatchInvariant,
             )?;
+            let layers_s = started.elapsed().as_secs_f64();
+            let head = Instant::now();
             let logits = self.model.classify(
                 &self.pool,
                 active.len(),
                 &mut self.scratch,
                 Rounding::BatchInvariant,
             );
+            let head_s = head.elapsed().as_secs_f64();
             for (row, &m) in active.iter().enumerate() {
-                work[members[m]].draft[step] =
-                    crate::sampler::argmax(&logits[row * vocab..][..vocab]);
+                let row_logits = &logits[row * vocab..][..vocab];
+                let w = &mut work[members[m]];
+                let token = if adaptive[m] {
+                    let (token, confidence) = argmax_confidence(row_logits);
+                    confidences[m].push(confidence);
+                    let unsure = taus[m].is_some_and(|tau| confidence < tau);
+                    if unsure || self.model.tokenizer.is_eog(token) {
+                        // Kept, but the last of this draft; its spare rows stay unused.
+                        w.draft.truncate(step + 1);
+                    }
+                    token
+                } else {
+                    crate::sampler::argmax(row_logits)
+                };
+                w.draft[step] = token;
+            }
+            self.timings
+                .layer
+                .record(active.len(), layers_s / exit.max(1) as f64);
+            self.timings.head.record(active.len(), head_s);
+        }
+        for (m, &i) in members.iter().enumerate() {
+            if !adaptive[m] {
+                continue;
+            }
+            let id = work[i].id;
+            if let Some(a) = self.requests.get_mut(&id).and_then(|r| r.adaptive.as_mut()) {
+                a.set_confidences(&confidences[m]);
             }
         }
         Ok(())

@@ -17,10 +17,12 @@ pub mod controller;
 pub mod lookup;
 pub mod mode;
 mod rounds;
+pub mod served;
 pub mod verify;
 
-pub use controller::{Arm, Choice, Controller, CostUnits};
+pub use controller::{Arm, Choice, Controller, CostUnits, Timings};
 pub use mode::{SpecMode, SPEC_SYNTAX};
+pub use rounds::argmax_confidence;
 
 use crate::sampler::{Sampler, SamplerConfig};
 use fulcrum_core::{Model, ModelError, Session};

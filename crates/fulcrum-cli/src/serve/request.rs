@@ -36,11 +36,12 @@ pub struct Request {
     pub include_usage: bool,
     /// Alternatives per token, if log-probabilities were asked for.
     pub logprobs: Option<usize>,
-    /// Speculation asked for (`"spec": "off" | "lookup[:γ]" | "early-exit:E,γ"`); `None`: the server's default.
+    /// Speculation asked for (`"spec": "off" | "lookup[:γ]" | "early-exit:E,γ" | "del" | "auto"`); `None`: the
+    /// server's default.
     pub spec: Option<Speculation>,
 }
 
-/// The speculation of a `spec` value the server supports: `off`, `lookup[:γ]` or `early-exit:E,γ`.
+/// The speculation of a `spec` value the server supports: `off`, `lookup[:γ]`, `early-exit:E,γ`, `del` or `auto`.
 pub fn served_spec(spec: &str) -> Result<Speculation, String> {
     use fulcrum_engine::spec::SpecMode;
     match spec.parse::<SpecMode>()? {
@@ -49,9 +50,11 @@ pub fn served_spec(spec: &str) -> Result<Speculation, String> {
             gamma: gamma.unwrap_or(fulcrum_engine::spec::mode::LOOKUP_GAMMA),
         }),
         SpecMode::EarlyExit { exit, gamma } => Ok(Speculation::EarlyExit { exit, gamma }),
+        SpecMode::Del => Ok(Speculation::Del),
+        SpecMode::Auto => Ok(Speculation::Auto),
         other => Err(format!(
-            "speculation '{other}' is not served yet; the server supports 'off', 'lookup[:γ]' and 'early-exit:E,γ' \
-             (generate supports all)"
+            "speculation '{other}' is not served yet; the server supports 'off', 'lookup[:γ]', 'early-exit:E,γ', \
+             'del' and 'auto' (early exits and prompt lookup; generate also drafts with a draft model)"
         )),
     }
 }
@@ -229,7 +232,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
         Some(_) => {
             return Err(bad(
                 "spec",
-                "'spec' must be a string such as \"lookup\", \"early-exit:8,3\" or \"off\"",
+                "'spec' must be a string such as \"lookup\", \"early-exit:8,3\", \"del\", \"auto\" or \"off\"",
             ))
         }
     };

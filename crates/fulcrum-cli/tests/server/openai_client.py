@@ -124,17 +124,29 @@ ee_sampled = client.completions.create(prompt=prompts[0], max_tokens=12, tempera
                                        extra_body={"spec": "early-exit:20,3"})
 check(ee_sampled.usage.completion_tokens == 12 or ee_sampled.choices[0].finish_reason == "stop",
       "sampling with early-exit drafts ends at max_tokens or a stop")
-for bad_spec in ["del", "early-exit:24,3"]:
+# DEL and auto (a controller per request over the early exits, and prompt lookup for auto): lossless, concurrently.
+for mode in ["del", "auto"]:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        adaptive = list(pool.map(lambda p: client.completions.create(prompt=p, max_tokens=24, extra_body={"spec": mode},
+                                                                     **greedy).choices[0].text, prompts + counting_prompts))
+    check(adaptive == plain, f"'spec': '{mode}' leaves greedy output unchanged")
+metrics_text = urllib.request.urlopen(base + "/metrics").read().decode()
+check('fulcrum_spec_drafter_accepted_tokens_total{drafter="lookup"}' in metrics_text
+      and 'fulcrum_spec_drafter_draft_tokens_total{drafter="exit:20"}' in metrics_text,
+      "speculation metrics are reported per drafter")
+shadow_rows = [l for l in metrics_text.splitlines() if l.startswith("fulcrum_spec_shadow_rows_total")]
+check(shadow_rows and float(shadow_rows[0].split()[-1]) > 0, "DEL's controllers computed shadow tokens")
+for bad_spec in ["draft:qwen2.5-coder-0.5b-instruct", "early-exit:24,3"]:
     try:
         client.completions.create(prompt="x", max_tokens=2, extra_body={"spec": bad_spec}, **greedy)
         check(False, f"speculation {bad_spec} rejected")
     except openai.BadRequestError as e:
         check(e.param == "spec", f"'spec': '{bad_spec}' is a 400 naming the field")
 try:
-    client.completions.create(prompt="x", max_tokens=2, extra_body={"spec": "del"}, **greedy)
+    client.completions.create(prompt="x", max_tokens=2, extra_body={"spec": "draft:x"}, **greedy)
     check(False, "unsupported speculation rejected")
 except openai.BadRequestError as e:
-    check("spec" in str(e), "an unsupported 'spec' is a 400 naming the field")
+    check("not served" in str(e), "a drafter the server does not run is a 400 that says so")
 
 # Prefix caching: a repeated long prompt reuses its blocks and gives the same text.
 system = "You are a careful assistant. " * 20

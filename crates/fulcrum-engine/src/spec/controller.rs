@@ -200,6 +200,9 @@ pub struct Controller {
     pub timings: Timings,
     /// A draft model's step as a fraction of a target step (the ratio of their weight bytes), until one is timed.
     pub draft_ratio: Option<f64>,
+    /// Whether verification of an early-exit draft reuses the keys and values the draft left below the exit (a
+    /// single sequence's rounds do; the serving engine recomputes every layer in the batch).
+    pub reuses_exit_kv: bool,
 }
 
 impl Controller {
@@ -214,6 +217,7 @@ impl Controller {
             units,
             timings: Timings::default(),
             draft_ratio: None,
+            reuses_exit_kv: true,
         }
     }
 
@@ -242,12 +246,13 @@ impl Controller {
             CostUnits::Seconds => {
                 let t = &self.timings;
                 let (layer1, head1) = (t.layer.estimate(1)?, t.head.estimate(1)?);
-                let verify_layers = (l - exit) as f64 * t.layer.estimate(d + 1)?;
+                let below = if self.reuses_exit_kv { exit } else { 0 };
+                let verify_layers = (l - below) as f64 * t.layer.estimate(d + 1)?;
                 let verify = verify_layers + t.head.estimate(d + 1)?;
                 Some(match arm {
                     None => l as f64 * layer1 + head1,
                     Some(Arm::Exit(e)) => {
-                        d as f64 * (e as f64 * layer1 + head1) + e as f64 * layer1 + verify
+                        d as f64 * (e as f64 * layer1 + head1) + below as f64 * layer1 + verify
                     }
                     Some(Arm::Lookup) => verify,
                     Some(Arm::DraftModel) => {

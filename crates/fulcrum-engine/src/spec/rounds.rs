@@ -63,6 +63,50 @@ impl Buffers {
     }
 }
 
+/// Marks in `live` the candidate `exits` worth their shadow tokens: those that could pay if always right, and, once
+/// their acceptance is known, would pay if it rose by [`ALPHA_HEADROOM`]. Every [`REVIVE_EVERY`] rounds all exits that
+/// could pay are looked at again, for contexts where the model's early layers start to agree.
+pub(super) fn mark_live(
+    controller: &super::Controller,
+    exits: &[usize],
+    round: usize,
+    max_len: usize,
+    live: &mut [bool],
+) {
+    let revive = round.is_multiple_of(REVIVE_EVERY);
+    for (live, &exit) in live.iter_mut().zip(exits) {
+        let arm = Arm::Exit(exit);
+        let alpha = controller.acceptance(arm).and_then(|a| a.alpha());
+        let hopeful = match alpha {
+            Some(alpha) if !revive => {
+                controller.could_pay(arm, max_len, (alpha + ALPHA_HEADROOM).min(1.0))
+            }
+            _ => true,
+        };
+        *live = hopeful && controller.can_pay(arm, max_len);
+    }
+}
+
+/// Whether round `round`, which made `choice`, computes shadow tokens: every `shadow_every` rounds while an arm
+/// drafts, four times less often while plain decoding wins (the statistics only need to notice when an exit starts
+/// to pay), and then only while they have taken at most [`SHADOW_SHARE`] of the generation's time; `spent` is the
+/// shadow seconds so far and the time since the generation started.
+pub(super) fn shadow_due(
+    choice: Choice,
+    round: usize,
+    shadow_every: usize,
+    live: &[bool],
+    spent: Option<(f64, std::time::Duration)>,
+) -> bool {
+    let every = match choice.arm {
+        None => shadow_every * 4,
+        Some(_) => shadow_every,
+    };
+    let affordable = choice.arm.is_some()
+        || spent.is_none_or(|(shadow, elapsed)| shadow <= SHADOW_SHARE * elapsed.as_secs_f64());
+    live.iter().any(|&l| l) && every > 0 && round.is_multiple_of(every) && affordable
+}
+
 /// The most likely token of `logits` (lowest id on ties, NaN never) and its softmax probability.
 pub fn argmax_confidence(logits: &[f32]) -> (u32, f32) {
     let best = crate::sampler::argmax(logits);
@@ -182,23 +226,15 @@ impl Speculator {
         Ok(committed)
     }
 
-    /// Marks the candidate exits worth their shadow tokens: those that could pay if always right, and, once their
-    /// acceptance is known, would pay if it rose by [`ALPHA_HEADROOM`]. Every [`REVIVE_EVERY`] rounds all exits that
-    /// could pay are looked at again, for contexts where the model's early layers start to agree.
+    /// Marks the candidate exits worth their shadow tokens ([`mark_live`]).
     fn update_live(&mut self, max_len: usize) {
-        let revive = self.round.is_multiple_of(REVIVE_EVERY);
-        for (live, &exit) in self.buffers.live.iter_mut().zip(&self.exits) {
-            let arm = Arm::Exit(exit);
-            let alpha = self.controller.acceptance(arm).and_then(|a| a.alpha());
-            let hopeful = match alpha {
-                Some(alpha) if !revive => {
-                    self.controller
-                        .could_pay(arm, max_len, (alpha + ALPHA_HEADROOM).min(1.0))
-                }
-                _ => true,
-            };
-            *live = hopeful && self.controller.can_pay(arm, max_len);
-        }
+        mark_live(
+            &self.controller,
+            &self.exits,
+            self.round,
+            max_len,
+            &mut self.buffers.live,
+        );
     }
 
     /// DEL's initialisation from the prompt's last tokens, for the exits still live.
@@ -209,22 +245,19 @@ impl Speculator {
         self.learn_from_shadow(session, &captured, &targets)
     }
 
-    /// Whether this round computes shadow tokens: every `shadow_every` rounds while an exit drafts, four times
-    /// less often while plain decoding wins (the statistics only need to notice when an exit starts to pay), and
-    /// then only while they have taken at most [`SHADOW_SHARE`] of the generation's time.
+    /// Whether this round computes shadow tokens ([`shadow_due`]).
     fn is_shadow_round(&self, choice: Choice) -> bool {
-        let every = match choice.arm {
-            None => self.options.shadow_every * 4,
-            Some(_) => self.options.shadow_every,
-        };
-        let affordable = choice.arm.is_some()
-            || self.buffers.started.is_none_or(|(started, before)| {
-                self.stats.shadow_seconds - before <= SHADOW_SHARE * started.elapsed().as_secs_f64()
-            });
-        self.buffers.live.iter().any(|&l| l)
-            && every > 0
-            && self.round.is_multiple_of(every)
-            && affordable
+        let spent = self
+            .buffers
+            .started
+            .map(|(started, before)| (self.stats.shadow_seconds - before, started.elapsed()));
+        shadow_due(
+            choice,
+            self.round,
+            self.options.shadow_every,
+            &self.buffers.live,
+            spent,
+        )
     }
 
     fn choose(&mut self, max_len: usize) -> Choice {

@@ -1,0 +1,140 @@
+//! Speculation in the serving engine: DEL and `auto` (per-request controllers over the model's early exits and prompt
+//! lookup), batched with other requests, give exactly the greedy text of plain decoding; forced to draft (γ_min = 1),
+//! DEL drafts with early exits, and its drafts are verified in the shared batch.
+
+mod common;
+
+use common::model;
+use fulcrum_core::Model;
+use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Event, Params, Speculation};
+use fulcrum_engine::sampler::SamplerConfig;
+use fulcrum_engine::scheduler::Limits;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const NEW_TOKENS: usize = 32;
+
+const PROMPTS: [&str; 5] = [
+    "The capital of France is",
+    "def quicksort(xs):",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3, 4, 5,",
+    "Once upon a time",
+    "def fib(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+];
+
+fn start(model: &Arc<Model>, spec_gamma_min: usize) -> EngineHandle {
+    engine::start(
+        model.clone(),
+        EngineConfig {
+            threads: 2,
+            kv_tokens: 4096,
+            block_size: 16,
+            prefix_caching: true,
+            max_seq_len: 512,
+            limits: Limits {
+                token_budget: 128,
+                max_running: 8,
+                max_waiting: 16,
+            },
+            tbt_target: None,
+            spec_gamma_min,
+        },
+    )
+}
+
+fn greedy() -> SamplerConfig {
+    SamplerConfig {
+        temperature: 0.0,
+        ..SamplerConfig::default()
+    }
+}
+
+/// Submits every prompt at once (so that they share batches) and collects each one's tokens.
+fn generate(
+    engine: &EngineHandle,
+    model: &Model,
+    spec: Speculation,
+    sampler: SamplerConfig,
+) -> Vec<Vec<u32>> {
+    let receivers: Vec<_> = PROMPTS
+        .iter()
+        .map(|p| {
+            let prompt = model.tokenizer.encode(p, true, true);
+            let params = Params {
+                max_tokens: NEW_TOKENS,
+                sampler: sampler.clone(),
+                logprobs: None,
+                stop_at_eog: true,
+                spec,
+            };
+            engine.submit(prompt, params).expect("accepted").1
+        })
+        .collect();
+    receivers
+        .into_iter()
+        .map(|rx| {
+            let mut tokens = Vec::new();
+            for event in rx {
+                match event {
+                    Event::Token { id, .. } => tokens.push(id),
+                    Event::Finished { .. } => break,
+                    Event::Failed(e) => panic!("request failed: {e}"),
+                }
+            }
+            tokens
+        })
+        .collect()
+}
+
+fn exit_drafts(engine: &EngineHandle) -> (u64, u64) {
+    let by = engine.metrics.spec_by_drafter.lock().unwrap().clone();
+    by.iter()
+        .filter(|(name, _)| name.starts_with("exit:"))
+        .fold((0, 0), |(d, a), (_, c)| (d + c.drafted, a + c.accepted))
+}
+
+#[test]
+fn del_and_auto_in_the_engine_are_lossless() {
+    let model = model("qwen2.5-coder-0.5b-instruct");
+    let engine = start(&model, 0);
+    let plain = generate(&engine, &model, Speculation::Off, greedy());
+    assert!(plain.iter().all(|t| !t.is_empty()));
+    for spec in [Speculation::Del, Speculation::Auto] {
+        let got = generate(&engine, &model, spec, greedy());
+        assert_eq!(got, plain, "{spec:?} changed greedy output");
+    }
+    // The controllers learned from shadow tokens (the prompts' ends at least).
+    assert!(engine.metrics.spec_shadow_rows.load(Ordering::Relaxed) > 0);
+    // `auto` finds the counting prompt's repetition through prompt lookup.
+    let by = engine.metrics.spec_by_drafter.lock().unwrap().clone();
+    assert!(
+        by.get("lookup").is_some_and(|c| c.accepted > 0),
+        "auto accepted lookup drafts: {by:?}"
+    );
+}
+
+#[test]
+fn del_forced_to_draft_uses_early_exits_and_stays_lossless() {
+    let model = model("qwen2.5-coder-0.5b-instruct");
+    let engine = start(&model, 1);
+    let plain = generate(&engine, &model, Speculation::Off, greedy());
+    let got = generate(&engine, &model, Speculation::Del, greedy());
+    assert_eq!(got, plain, "DEL's early-exit drafts changed greedy output");
+    let (drafted, accepted) = exit_drafts(&engine);
+    assert!(drafted > 0, "DEL drafted with early exits");
+    assert!(accepted > 0, "some early-exit drafts were accepted");
+    assert!(accepted <= drafted);
+    // Sampling verifies the drafts by rejection sampling: it must still end at the length or a stop token.
+    let sampled = generate(
+        &engine,
+        &model,
+        Speculation::Del,
+        SamplerConfig {
+            seed: 7,
+            ..SamplerConfig::default()
+        },
+    );
+    for tokens in sampled {
+        assert!(!tokens.is_empty() && tokens.len() <= NEW_TOKENS);
+    }
+}

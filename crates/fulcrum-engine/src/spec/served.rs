@@ -1,0 +1,255 @@
+//! DEL and `auto` for one request of the serving engine: the controller of [`super::controller`] chooses each decode
+//! step's drafter (an early exit of the target, or prompt lookup for `auto`) and its length, learns from the step's
+//! verification, and asks for shadow states at the candidate exits on the rounds the shadow budget allows.
+//!
+//! The engine owns the forward passes (batched with other requests) and the timings; this state only decides and
+//! learns, so that every request keeps its own statistics whatever it is batched with.
+
+use super::controller::{Arm, Choice, Controller, CostUnits, Timings};
+use super::rounds::{mark_live, shadow_due};
+use super::{default_exits, lookup, SpecOptions};
+use std::time::Instant;
+
+/// One request's speculation controller.
+#[derive(Debug)]
+pub struct Adaptive {
+    controller: Controller,
+    /// Candidate exits, ascending.
+    exits: Vec<usize>,
+    /// Per candidate exit, whether it is worth its shadow tokens.
+    live: Vec<bool>,
+    with_lookup: bool,
+    options: SpecOptions,
+    round: usize,
+    started: Instant,
+    shadow_seconds: f64,
+    initialised: bool,
+    /// This round's decision, whether it captures shadow states, and what it drafted.
+    choice: Choice,
+    shadow: bool,
+    confidences: Vec<f32>,
+    lookup: Vec<u32>,
+    outcomes: Vec<(bool, f32)>,
+    /// Rounds that took a draft and rounds of shadow tokens.
+    pub rounds: usize,
+    pub shadow_rounds: usize,
+}
+
+impl Adaptive {
+    /// DEL over the default exits of an `n_layers`-layer model; `with_lookup` adds prompt lookup as an arm (`auto`).
+    pub fn new(n_layers: usize, with_lookup: bool, options: SpecOptions) -> Adaptive {
+        let exits = if options.exits.is_empty() {
+            default_exits(n_layers)
+        } else {
+            let mut e: Vec<usize> = options
+                .exits
+                .iter()
+                .copied()
+                .filter(|&e| e >= 1 && e < n_layers)
+                .collect();
+            e.sort_unstable();
+            e.dedup();
+            e
+        };
+        let mut arms: Vec<Arm> = exits.iter().map(|&e| Arm::Exit(e)).collect();
+        if with_lookup {
+            arms.push(Arm::Lookup);
+        }
+        let mut controller = Controller::new(&arms, n_layers, CostUnits::Seconds);
+        controller.gamma_min = options.gamma_min;
+        controller.reuses_exit_kv = false;
+        Adaptive {
+            controller,
+            live: vec![true; exits.len()],
+            exits,
+            with_lookup,
+            options,
+            round: 0,
+            started: Instant::now(),
+            shadow_seconds: 0.0,
+            initialised: false,
+            choice: Choice::PLAIN,
+            shadow: false,
+            confidences: Vec::new(),
+            lookup: Vec::new(),
+            outcomes: Vec::new(),
+            rounds: 0,
+            shadow_rounds: 0,
+        }
+    }
+
+    /// The controller, with its statistics.
+    pub fn controller(&self) -> &Controller {
+        &self.controller
+    }
+
+    /// Decides the decode step after `tokens` (the sequence so far), with drafts of at most `max_len` tokens, under
+    /// the engine's current `timings`.
+    pub fn plan(&mut self, timings: &Timings, tokens: &[u32], max_len: usize) -> Choice {
+        self.round += 1;
+        self.controller.timings = timings.clone();
+        let max_len = max_len.min(self.controller.gamma_max);
+        self.lookup.clear();
+        if self.with_lookup {
+            lookup::propose(tokens, max_len, &mut self.lookup);
+        }
+        mark_live(
+            &self.controller,
+            &self.exits,
+            self.round,
+            max_len.max(1),
+            &mut self.live,
+        );
+        let lookup_len = self.lookup.len();
+        let choice = if max_len == 0 {
+            Choice::PLAIN
+        } else {
+            let c = self.controller.choose(max_len, |arm| match arm {
+                Arm::Lookup => lookup_len > 0,
+                Arm::Exit(_) => true,
+                Arm::DraftModel => false,
+            });
+            match c.arm {
+                Some(Arm::Lookup) => Choice {
+                    draft_len: c.draft_len.min(lookup_len),
+                    ..c
+                },
+                _ => c,
+            }
+        };
+        let spent = Some((self.shadow_seconds, self.started.elapsed()));
+        // A prompt too short to initialise from (or served from the prefix cache up to its last token) leaves every
+        // exit unknown: the first decode step then looks at all of them.
+        let unknown = self.exits.iter().all(|&e| {
+            self.controller
+                .acceptance(Arm::Exit(e))
+                .and_then(|a| a.alpha())
+                .is_none()
+        });
+        self.shadow = (unknown && self.live.iter().any(|&l| l))
+            || shadow_due(
+                choice,
+                self.round,
+                self.options.shadow_every,
+                &self.live,
+                spent,
+            );
+        self.choice = choice;
+        self.confidences.clear();
+        choice
+    }
+
+    /// Prompt lookup's proposal for this round (`auto` only).
+    pub fn lookup_proposal(&self) -> &[u32] {
+        &self.lookup
+    }
+
+    /// τ of `exit`: drafting stops after a token less confident than this.
+    pub fn threshold(&self, exit: usize) -> Option<f32> {
+        self.controller
+            .acceptance(Arm::Exit(exit))
+            .and_then(|a| a.threshold())
+    }
+
+    /// Records the drafter's confidence in each token of this round's draft.
+    pub fn set_confidences(&mut self, confidences: &[f32]) {
+        self.confidences.clear();
+        self.confidences.extend_from_slice(confidences);
+    }
+
+    /// The exits whose hidden states this round's forward pass should copy (none unless it is a shadow round).
+    pub fn shadow_exits(&self) -> Vec<usize> {
+        if !self.shadow {
+            return Vec::new();
+        }
+        self.live_exits()
+    }
+
+    /// Whether the prompt's last tokens should still initialise the statistics, and at which exits (DEL's prefill
+    /// adjustment), under the engine's `timings`.
+    pub fn init_exits(&mut self, timings: &Timings) -> Vec<usize> {
+        if self.initialised {
+            return Vec::new();
+        }
+        self.initialised = true;
+        self.controller.timings = timings.clone();
+        let max_len = self.controller.gamma_max;
+        mark_live(&self.controller, &self.exits, 0, max_len, &mut self.live);
+        self.live_exits()
+    }
+
+    /// Positions of the prompt DEL initialises from.
+    pub fn init_window(&self) -> usize {
+        self.options.init_window
+    }
+
+    fn live_exits(&self) -> Vec<usize> {
+        self.exits
+            .iter()
+            .zip(&self.live)
+            .filter(|(_, &l)| l)
+            .map(|(&e, _)| e)
+            .collect()
+    }
+
+    /// Learns from this round's verification: `drafts` were proposed and `committed` (the accepted drafts and the
+    /// target's own token) were kept.
+    pub fn learn(&mut self, drafts: &[u32], committed: &[u32]) {
+        let k = committed.len().saturating_sub(1);
+        if let Some(arm) = self.choice.arm {
+            if !drafts.is_empty() {
+                self.rounds += 1;
+            }
+            // Shadow tokens of a live exit already cover its own positions.
+            let covered =
+                self.shadow && matches!(arm, Arm::Exit(e) if self.live_exits().contains(&e));
+            if !covered {
+                self.outcomes.clear();
+                let n = drafts.len();
+                for (j, (&d, &actual)) in
+                    drafts.iter().zip(committed).take(n.min(k + 1)).enumerate()
+                {
+                    let confidence = self.confidences.get(j).copied().unwrap_or(1.0);
+                    self.outcomes.push((d == actual, confidence));
+                }
+                self.controller.observe(arm, &self.outcomes);
+            }
+        }
+        // Lookup's proposal costs nothing, so it is checked whenever it was not used.
+        if self.with_lookup && self.choice.arm != Some(Arm::Lookup) && !self.lookup.is_empty() {
+            self.outcomes.clear();
+            for (&proposed, &actual) in self.lookup.iter().zip(committed) {
+                self.outcomes.push((proposed == actual, 1.0));
+                if proposed != actual {
+                    break;
+                }
+            }
+            self.controller.observe(Arm::Lookup, &self.outcomes);
+        }
+    }
+
+    /// Learns from shadow tokens: `predictions` (token, confidence) of `exit` at positions whose actual tokens are
+    /// `targets`; `seconds` is this request's share of their cost.
+    pub fn learn_shadow(
+        &mut self,
+        exit: usize,
+        predictions: &[(u32, f32)],
+        targets: &[u32],
+        seconds: f64,
+    ) {
+        self.outcomes.clear();
+        self.outcomes.extend(
+            predictions
+                .iter()
+                .zip(targets)
+                .map(|(&(token, confidence), &actual)| (token == actual, confidence)),
+        );
+        self.controller.observe(Arm::Exit(exit), &self.outcomes);
+        self.shadow_seconds += seconds;
+    }
+
+    /// Counts a round that computed shadow tokens.
+    pub fn count_shadow_round(&mut self) {
+        self.shadow_rounds += 1;
+    }
+}
