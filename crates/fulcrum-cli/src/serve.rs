@@ -63,10 +63,14 @@ pub struct Args {
     /// Requests queued before new ones get 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
-    /// Default speculation of requests that do not choose one ("spec" field): off, lookup[:γ], early-exit:E,γ, del or
-    /// auto.
+    /// Default speculation of requests that do not choose one ("spec" field): off, lookup[:γ], early-exit:E,γ,
+    /// draft[:MODEL[,γ]], del or auto.
     #[arg(long, default_value = "off", value_parser = request::served_spec)]
-    spec: Speculation,
+    spec: request::ServedSpec,
+    /// Draft model (sharing the model's vocabulary) for requests that ask for "draft", and for "auto"; its keys and
+    /// values take a pool of their own with as many tokens as the model's.
+    #[arg(long)]
+    draft_model: Option<String>,
     /// DEL's γ_min for `del` and `auto` requests: with 1 or more they always draft (for measuring what drafting
     /// costs where it does not pay); 0 lets the controller fall back to plain decoding.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=18))]
@@ -80,7 +84,9 @@ struct AppState {
     engine: EngineHandle,
     kv_tokens: usize,
     /// Speculation of requests that do not choose.
-    spec: Speculation,
+    spec: request::ServedSpec,
+    /// The draft model, as named on the command line, and its file stem.
+    draft: Option<(String, String)>,
 }
 
 type AppResult = Result<Response, ApiError>;
@@ -163,7 +169,28 @@ pub fn run(args: Args) -> CliResult {
     if max_seq_len == 0 || args.batch_tokens == 0 || args.parallel == 0 {
         return Err("--ctx, --batch-tokens and --parallel must be positive".into());
     }
-    check_exit(args.spec, c.n_layers)?;
+    check_exit(args.spec.spec, c.n_layers)?;
+    let draft_name = match (&args.draft_model, &args.spec.draft) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(format!(
+                "--spec names draft model {b} but --draft-model is {a}; name one draft model"
+            )
+            .into())
+        }
+        (Some(a), _) => Some(a.clone()),
+        (None, b) => b.clone(),
+    };
+    if draft_name.is_none() && matches!(args.spec.spec, Speculation::Draft { .. }) {
+        return Err("--spec draft needs a draft model: add --draft-model NAME".into());
+    }
+    let draft = match &draft_name {
+        Some(name) => {
+            let d = common::load_model(name, true)?;
+            fulcrum_engine::spec::check_vocabulary(&model, &d)?;
+            Some(d)
+        }
+        None => None,
+    };
     let block_size = 16;
     let bytes_per_token = c.n_layers * c.kv_row_bytes();
     let kv_tokens = (args.kv_memory << 20) / bytes_per_token / block_size * block_size;
@@ -178,8 +205,13 @@ pub fn run(args: Args) -> CliResult {
         "KV cache: {} MiB = {kv_tokens} tokens in blocks of {block_size}; sequences up to {max_seq_len} tokens",
         args.kv_memory
     );
+    if let Some(d) = &draft {
+        let mib = (kv_tokens * d.config.n_layers * d.config.kv_row_bytes()) >> 20;
+        eprintln!("draft model's KV pool: {mib} MiB");
+    }
     let engine = engine::start(
         model.clone(),
+        draft.clone(),
         EngineConfig {
             threads,
             kv_tokens,
@@ -208,6 +240,12 @@ pub fn run(args: Args) -> CliResult {
         engine,
         kv_tokens,
         spec: args.spec,
+        draft: draft_name.map(|n| {
+            let stem = std::path::Path::new(&n)
+                .file_stem()
+                .map_or(n.clone(), |s| s.to_string_lossy().into_owned());
+            (n, stem)
+        }),
     });
     let app = Router::new()
         .route("/health", get(health))
@@ -448,9 +486,34 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
             )
         });
     }
-    let spec = req.spec.unwrap_or(state.spec);
-    check_exit(spec, state.model.config.n_layers)
+    let spec = req.spec.clone().unwrap_or_else(|| state.spec.clone());
+    check_exit(spec.spec, state.model.config.n_layers)
         .map_err(|e| ApiError::invalid(e.to_string(), Some("spec".into())))?;
+    if let Speculation::Draft { .. } = spec.spec {
+        let known = |(name, stem): &(String, String)| {
+            spec.draft.as_ref().is_none_or(|n| n == name || n == stem)
+        };
+        match &state.draft {
+            None => {
+                return Err(ApiError::invalid(
+                    "this server has no draft model (start it with --draft-model NAME); try \"del\" or \"lookup\"",
+                    Some("spec".into()),
+                ))
+            }
+            Some(d) if !known(d) => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "this server drafts with {}, not {}",
+                        d.0,
+                        spec.draft.as_deref().unwrap_or_default()
+                    ),
+                    Some("spec".into()),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let spec = spec.spec;
     let max_tokens = req
         .max_tokens
         .unwrap_or(usize::MAX)

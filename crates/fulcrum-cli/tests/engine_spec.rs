@@ -1,6 +1,7 @@
-//! Speculation in the serving engine: DEL and `auto` (per-request controllers over the model's early exits and prompt
-//! lookup), batched with other requests, give exactly the greedy text of plain decoding; forced to draft (γ_min = 1),
-//! DEL drafts with early exits, and its drafts are verified in the shared batch.
+//! Speculation in the serving engine: DEL and `auto` (per-request controllers over the model's early exits, prompt
+//! lookup and a draft model), batched with other requests, give exactly the greedy text of plain decoding; forced to
+//! draft (γ_min = 1), DEL drafts with early exits, and its drafts are verified in the shared batch; a draft model's
+//! paged cache stays in step with every sequence's text.
 
 mod common;
 
@@ -22,9 +23,10 @@ const PROMPTS: [&str; 5] = [
     "def fib(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
 ];
 
-fn start(model: &Arc<Model>, spec_gamma_min: usize) -> EngineHandle {
+fn start(model: &Arc<Model>, draft: Option<&Arc<Model>>, spec_gamma_min: usize) -> EngineHandle {
     engine::start(
         model.clone(),
+        draft.cloned(),
         EngineConfig {
             threads: 2,
             kv_tokens: 4096,
@@ -96,7 +98,7 @@ fn exit_drafts(engine: &EngineHandle) -> (u64, u64) {
 #[test]
 fn del_and_auto_in_the_engine_are_lossless() {
     let model = model("qwen2.5-coder-0.5b-instruct");
-    let engine = start(&model, 0);
+    let engine = start(&model, None, 0);
     let plain = generate(&engine, &model, Speculation::Off, greedy());
     assert!(plain.iter().all(|t| !t.is_empty()));
     for spec in [Speculation::Del, Speculation::Auto] {
@@ -116,7 +118,7 @@ fn del_and_auto_in_the_engine_are_lossless() {
 #[test]
 fn del_forced_to_draft_uses_early_exits_and_stays_lossless() {
     let model = model("qwen2.5-coder-0.5b-instruct");
-    let engine = start(&model, 1);
+    let engine = start(&model, None, 1);
     let plain = generate(&engine, &model, Speculation::Off, greedy());
     let got = generate(&engine, &model, Speculation::Del, greedy());
     assert_eq!(got, plain, "DEL's early-exit drafts changed greedy output");
@@ -137,4 +139,57 @@ fn del_forced_to_draft_uses_early_exits_and_stays_lossless() {
     for tokens in sampled {
         assert!(!tokens.is_empty() && tokens.len() <= NEW_TOKENS);
     }
+}
+
+#[test]
+fn a_draft_model_in_the_engine_is_lossless_and_stays_in_step() {
+    let model = model("qwen2.5-coder-0.5b-instruct");
+    // The model drafting for itself: its rows round as the target's do, so every draft must be accepted unless the
+    // draft cache fell out of step with a sequence's text (after rejections, catch-ups or shared prefixes).
+    let engine = start(&model, Some(&model), 0);
+    let plain = generate(&engine, &model, Speculation::Off, greedy());
+    for gamma in [1, 4, 7] {
+        let got = generate(&engine, &model, Speculation::Draft { gamma }, greedy());
+        assert_eq!(got, plain, "draft γ={gamma} changed greedy output");
+    }
+    let by = engine.metrics.spec_by_drafter.lock().unwrap().clone();
+    let c = by.get("draft").copied().unwrap_or_default();
+    assert!(c.drafted > 0, "the draft model drafted: {by:?}");
+    assert_eq!(
+        c.accepted, c.drafted,
+        "a model drafting for itself is always right"
+    );
+    let got = generate(&engine, &model, Speculation::Auto, greedy());
+    assert_eq!(got, plain, "auto with a draft model changed greedy output");
+    let sampled = generate(
+        &engine,
+        &model,
+        Speculation::Draft { gamma: 4 },
+        SamplerConfig {
+            seed: 3,
+            ..SamplerConfig::default()
+        },
+    );
+    assert!(sampled
+        .iter()
+        .all(|t| !t.is_empty() && t.len() <= NEW_TOKENS));
+}
+
+#[test]
+fn a_smaller_draft_model_drafts_for_the_larger_one() {
+    let target = model("qwen2.5-coder-1.5b-instruct");
+    let draft = model("qwen2.5-coder-0.5b-instruct");
+    let engine = start(&target, Some(&draft), 0);
+    let plain = generate(&engine, &target, Speculation::Off, greedy());
+    let got = generate(&engine, &target, Speculation::Draft { gamma: 4 }, greedy());
+    assert_eq!(
+        got, plain,
+        "the 0.5B model's drafts changed the 1.5B model's greedy output"
+    );
+    let by = engine.metrics.spec_by_drafter.lock().unwrap().clone();
+    let c = by.get("draft").copied().unwrap_or_default();
+    assert!(
+        c.accepted > 0 && c.accepted < c.drafted,
+        "some drafts accepted, some not: {c:?}"
+    );
 }

@@ -64,8 +64,11 @@ pub enum Speculation {
     /// DEL: per decode step, the request's own controller picks the exit layer and the length (or no draft) from
     /// decayed acceptance and the engine's measured costs; drafting stops at a token below the confidence τ.
     Del,
-    /// DEL's controller choosing among the early exits and prompt lookup.
+    /// DEL's controller choosing among the early exits, prompt lookup and the engine's draft model (if it has one).
     Auto,
+    /// The engine's draft model drafts `gamma` tokens greedily, batched over every request that uses it, with its
+    /// keys and values in its own pool at the same rows as the target's.
+    Draft { gamma: usize },
 }
 
 /// Why generation ended.
@@ -243,6 +246,18 @@ struct Request {
     adaptive: Option<Box<Adaptive>>,
     /// The drafter of the step in flight.
     drafter: Option<Arm>,
+    /// Positions whose keys and values the draft model's pool holds for this sequence.
+    draft_fed: usize,
+}
+
+/// A draft model beside the target: its own pool with one row per target row (a sequence's blocks address both),
+/// and its own activations.
+struct DraftSide {
+    model: Arc<Model>,
+    kv: fulcrum_core::kv::KvCache,
+    scratch: Scratch,
+    /// Its decode step over the target's, by weight bytes.
+    ratio: Option<f64>,
 }
 
 /// Hidden states a forward pass copies at a layer boundary: rows `row..row + rows` after `exit` layers, for the
@@ -265,8 +280,9 @@ struct Pass {
     head_s: f64,
 }
 
-/// Starts the engine thread over `model`.
-pub fn start(model: Arc<Model>, config: EngineConfig) -> EngineHandle {
+/// Starts the engine thread over `model`, with `draft` (checked to share its vocabulary) for `draft` and `auto`
+/// requests.
+pub fn start(model: Arc<Model>, draft: Option<Arc<Model>>, config: EngineConfig) -> EngineHandle {
     let (tx, rx) = mpsc::channel();
     let metrics = Arc::new(Metrics::default());
     let alive = Arc::new(AtomicBool::new(true));
@@ -288,7 +304,7 @@ pub fn start(model: Arc<Model>, config: EngineConfig) -> EngineHandle {
                 }
             }
             let _alive = Alive(alive);
-            Engine::new(model, config, metrics).run(rx)
+            Engine::new(model, draft, config, metrics).run(rx)
         })
         .expect("spawn engine thread");
     handle
@@ -324,10 +340,16 @@ struct Engine {
     latency: Option<(LatencyModel, TbtTarget)>,
     /// Measured layer and classifier times by batch size, for the DEL controllers.
     timings: Timings,
+    draft: Option<DraftSide>,
 }
 
 impl Engine {
-    fn new(model: Arc<Model>, config: EngineConfig, metrics: Arc<Metrics>) -> Engine {
+    fn new(
+        model: Arc<Model>,
+        draft: Option<Arc<Model>>,
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
         let n_blocks = config.kv_tokens / config.block_size;
         let pool = ThreadPool::new(config.threads);
         let kv = model.new_kv_cache(n_blocks * config.block_size);
@@ -339,6 +361,17 @@ impl Engine {
         );
         let mut blocks = BlockPool::new(n_blocks, config.block_size);
         blocks.prefix_caching = config.prefix_caching;
+        let draft = draft.map(|d| DraftSide {
+            kv: d.new_kv_cache(n_blocks * config.block_size),
+            scratch: Scratch::new(
+                &d.config,
+                config.limits.token_budget,
+                config.max_seq_len,
+                pool.n_threads(),
+            ),
+            ratio: crate::spec::step_ratio(&d, &model),
+            model: d,
+        });
         let mut engine = Engine {
             scheduler: Scheduler::new(blocks, config.limits),
             model,
@@ -350,6 +383,7 @@ impl Engine {
             metrics,
             latency: None,
             timings: Timings::default(),
+            draft,
         };
         let model = engine.calibrate();
         if let Some(target) = config.tbt_target {
@@ -489,9 +523,14 @@ impl Engine {
                                     emitted: 0,
                                     adaptive: match params.spec {
                                         Speculation::Del | Speculation::Auto => {
+                                            let auto = params.spec == Speculation::Auto;
                                             Some(Box::new(Adaptive::new(
                                                 self.model.config.n_layers,
-                                                params.spec == Speculation::Auto,
+                                                auto,
+                                                self.draft
+                                                    .as_ref()
+                                                    .filter(|_| auto)
+                                                    .map(|d| d.ratio.unwrap_or(0.5)),
                                                 SpecOptions {
                                                     gamma_min: self.config.spec_gamma_min,
                                                     ..SpecOptions::default()
@@ -501,6 +540,7 @@ impl Engine {
                                         _ => None,
                                     },
                                     drafter: None,
+                                    draft_fed: 0,
                                     params,
                                 },
                             );
@@ -516,7 +556,7 @@ impl Engine {
     fn iterate(&mut self) {
         let Step {
             mut work,
-            preempted: _,
+            preempted,
         } = match &self.latency {
             Some((model, target)) => self.scheduler.schedule_with(&SloBudget {
                 model,
@@ -525,6 +565,12 @@ impl Engine {
             }),
             None => self.scheduler.schedule(),
         };
+        // A preempted sequence's blocks were freed: the draft model starts over with it too.
+        for id in preempted {
+            if let Some(req) = self.requests.get_mut(&id) {
+                req.draft_fed = 0;
+            }
+        }
         if work.is_empty() {
             return;
         }
@@ -614,6 +660,8 @@ impl Engine {
                 if let Some(adaptive) = &mut req.adaptive {
                     adaptive.learn(&w.draft, &committed);
                 }
+                // The draft model's rows hold the committed text up to the first rejected draft.
+                req.draft_fed = req.draft_fed.min(w.start + 1 + accepted);
             }
             if captures.iter().any(|c| c.id == w.id) {
                 committed_by.insert(w.id, committed.clone());
@@ -860,8 +908,9 @@ impl Engine {
             .token_budget
             .saturating_sub(work.iter().map(Work::rows).sum());
         let mut draft = Vec::new();
-        // Decode steps that draft with an early exit: (index in `work`, exit layer).
+        // Decode steps that draft with an early exit: (index in `work`, exit layer); and with the draft model.
         let mut early = Vec::new();
+        let mut with_model = Vec::new();
         for (i, w) in work.iter_mut().enumerate() {
             let Some(req) = self.requests.get_mut(&w.id) else {
                 continue;
@@ -886,6 +935,11 @@ impl Engine {
                     draft.resize(gamma.min(most), 0);
                     Arm::Exit(exit)
                 }
+                Speculation::Draft { gamma } if self.draft.is_some() => {
+                    draft.resize(gamma.min(most), 0);
+                    Arm::DraftModel
+                }
+                Speculation::Draft { .. } => continue,
                 Speculation::Del | Speculation::Auto => {
                     let Some(adaptive) = &mut req.adaptive else {
                         continue;
@@ -904,6 +958,10 @@ impl Engine {
                             draft.resize(choice.draft_len, 0);
                             Arm::Exit(exit)
                         }
+                        Some(Arm::DraftModel) if self.draft.is_some() => {
+                            draft.resize(choice.draft_len, 0);
+                            Arm::DraftModel
+                        }
                         _ => continue,
                     }
                 }
@@ -914,11 +972,21 @@ impl Engine {
             if self.scheduler.add_draft(w, std::mem::take(&mut draft)) {
                 left -= w.draft.len();
                 req.drafter = Some(arm);
-                if let Arm::Exit(exit) = arm {
-                    early.push((i, exit));
+                match arm {
+                    Arm::Exit(exit) => early.push((i, exit)),
+                    Arm::DraftModel => with_model.push(i),
+                    Arm::Lookup => {}
                 }
             }
             draft.clear();
+        }
+        if !with_model.is_empty() && self.draft_with_model(work, &with_model).is_err() {
+            for &i in &with_model {
+                work[i].draft.clear();
+                if let Some(req) = self.requests.get_mut(&work[i].id) {
+                    req.draft_fed = 0;
+                }
+            }
         }
         early.sort_by_key(|&(_, exit)| exit);
         for group in early.chunk_by(|a, b| a.1 == b.1) {
@@ -930,6 +998,124 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Fills the placeholder drafts of `work[i]`, `i` in `members`, with the draft model's greedy predictions: one
+    /// batched forward that catches its rows up with each sequence's text (the prompt, at first) and yields the
+    /// first draft token, then one per further draft position. A sequence with more text to catch up than the step
+    /// has room for feeds part of it and decodes plainly this step.
+    fn draft_with_model(&mut self, work: &mut [Work], members: &[usize]) -> Result<(), ModelError> {
+        let bs = self.config.block_size;
+        let Some(side) = self.draft.as_mut() else {
+            return Ok(());
+        };
+        let vocab = side.model.config.vocab_size;
+        let capacity = side.scratch.max_batch;
+        let slots: Vec<Vec<u32>> = members
+            .iter()
+            .map(|&i| {
+                let w = &work[i];
+                let seq = self.scheduler.get(w.id).expect("drafting sequence exists");
+                seq.table.slots(w.start + w.draft.len(), bs)
+            })
+            .collect();
+        // Step 0: each member's text from where its draft rows end, through the token the step decodes.
+        let mut tokens = Vec::new();
+        let mut spans = Vec::new();
+        let mut fed_to = vec![0; members.len()];
+        let mut drafting = vec![false; members.len()];
+        for (m, &i) in members.iter().enumerate() {
+            let w = &work[i];
+            let seq = self.scheduler.get(w.id).expect("drafting sequence exists");
+            let fed = self
+                .requests
+                .get(&w.id)
+                .map_or(0, |r| r.draft_fed)
+                .min(w.start);
+            let room = capacity - tokens.len();
+            let want = w.start + 1 - fed;
+            let take = want.min(room);
+            fed_to[m] = fed + take;
+            if take == 0 {
+                continue;
+            }
+            drafting[m] = take == want;
+            spans.push(SeqSpan {
+                start_row: tokens.len(),
+                len: take,
+                start_pos: fed,
+                slots: Some(&slots[m][..fed + take]),
+                logits_from: if drafting[m] { take - 1 } else { take },
+            });
+            tokens.extend_from_slice(&seq.tokens[fed..fed + take]);
+        }
+        let mut confidences: Vec<Vec<f32>> = vec![Vec::new(); members.len()];
+        let adaptive: Vec<bool> = members
+            .iter()
+            .map(|&i| {
+                self.requests
+                    .get(&work[i].id)
+                    .is_some_and(|r| r.adaptive.is_some())
+            })
+            .collect();
+        let mut step = 0;
+        let mut active: Vec<usize> = (0..members.len()).filter(|&m| drafting[m]).collect();
+        while !spans.is_empty() {
+            let started = Instant::now();
+            let logits = side.model.forward_batch(
+                &self.pool,
+                &tokens,
+                &spans,
+                &mut side.kv,
+                &mut side.scratch,
+                Rounding::BatchInvariant,
+            )?;
+            self.timings
+                .draft_step
+                .record(tokens.len(), started.elapsed().as_secs_f64());
+            for (row, &m) in active.iter().enumerate() {
+                let (token, confidence) = argmax_confidence(&logits[row * vocab..][..vocab]);
+                let w = &mut work[members[m]];
+                w.draft[step] = token;
+                confidences[m].push(confidence);
+                if side.model.tokenizer.is_eog(token) {
+                    w.draft.truncate(step + 1);
+                }
+            }
+            // The next position: each member still drafting feeds the token it just drafted.
+            step += 1;
+            active.retain(|&m| work[members[m]].draft.len() > step);
+            tokens.clear();
+            spans.clear();
+            for (row, &m) in active.iter().enumerate() {
+                let w = &work[members[m]];
+                let pos = w.start + step;
+                tokens.push(w.draft[step - 1]);
+                spans.push(SeqSpan {
+                    start_row: row,
+                    len: 1,
+                    start_pos: pos,
+                    slots: Some(&slots[m][..pos + 1]),
+                    logits_from: 0,
+                });
+                fed_to[m] = pos + 1;
+            }
+        }
+        for (m, &i) in members.iter().enumerate() {
+            if !drafting[m] {
+                work[i].draft.clear();
+            }
+            let id = work[i].id;
+            if let Some(req) = self.requests.get_mut(&id) {
+                req.draft_fed = fed_to[m];
+                if adaptive[m] {
+                    if let Some(a) = req.adaptive.as_mut() {
+                        a.set_confidences(&confidences[m]);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Fills the placeholder drafts of `work[i]`, `i` in `members`, with the greedy predictions of the first `exit`

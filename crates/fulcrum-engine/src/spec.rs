@@ -228,11 +228,7 @@ impl Speculator {
         let mut controller = Controller::new(&arms, n_layers, CostUnits::Seconds);
         controller.gamma_min = options.gamma_min;
         if let Some(runner) = &draft {
-            // Decoding reads every weight once per token, so step times scale with the files' sizes.
-            let size = |m: &Model| std::fs::metadata(&m.path).map(|m| m.len() as f64).ok();
-            controller.draft_ratio = size(&runner.session.model)
-                .zip(size(target))
-                .map(|(d, t)| d / t.max(1.0));
+            controller.draft_ratio = step_ratio(&runner.session.model, target);
         }
         Ok(Speculator {
             controller,
@@ -263,6 +259,13 @@ impl Speculator {
             .collect();
         stats
     }
+}
+
+/// A draft model's decode step as a fraction of the target's, before either is timed: decoding reads every weight
+/// once per token, so step times scale with the files' sizes.
+pub fn step_ratio(draft: &Model, target: &Model) -> Option<f64> {
+    let size = |m: &Model| std::fs::metadata(&m.path).map(|m| m.len() as f64).ok();
+    size(draft).zip(size(target)).map(|(d, t)| d / t.max(1.0))
 }
 
 /// Checks that `draft` can draft for `target`: the same output size and the same token texts.

@@ -36,15 +36,37 @@ pub struct Request {
     pub include_usage: bool,
     /// Alternatives per token, if log-probabilities were asked for.
     pub logprobs: Option<usize>,
-    /// Speculation asked for (`"spec": "off" | "lookup[:γ]" | "early-exit:E,γ" | "del" | "auto"`); `None`: the
-    /// server's default.
-    pub spec: Option<Speculation>,
+    /// Speculation asked for (`"spec": "off" | "lookup[:γ]" | "early-exit:E,γ" | "draft[:MODEL[,γ]]" | "del" |
+    /// "auto"`); `None`: the server's default.
+    pub spec: Option<ServedSpec>,
 }
 
-/// The speculation of a `spec` value the server supports: `off`, `lookup[:γ]`, `early-exit:E,γ`, `del` or `auto`.
-pub fn served_spec(spec: &str) -> Result<Speculation, String> {
+/// A `spec` value the server supports, with the draft model it names (if it names one).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServedSpec {
+    pub spec: Speculation,
+    pub draft: Option<String>,
+}
+
+/// The speculation of a `spec` value the server supports: `off`, `lookup[:γ]`, `early-exit:E,γ`, `draft` (the
+/// server's draft model), `draft:MODEL[,γ]`, `del` or `auto`.
+pub fn served_spec(spec: &str) -> Result<ServedSpec, String> {
     use fulcrum_engine::spec::SpecMode;
-    match spec.parse::<SpecMode>()? {
+    let mode = if spec == "draft" {
+        SpecMode::Draft {
+            model: String::new(),
+            gamma: fulcrum_engine::spec::mode::DRAFT_GAMMA,
+        }
+    } else {
+        spec.parse::<SpecMode>()?
+    };
+    if let SpecMode::Draft { model, gamma } = mode {
+        return Ok(ServedSpec {
+            spec: Speculation::Draft { gamma },
+            draft: (!model.is_empty()).then_some(model),
+        });
+    }
+    let spec = match mode {
         SpecMode::Off => Ok(Speculation::Off),
         SpecMode::Lookup { gamma } => Ok(Speculation::Lookup {
             gamma: gamma.unwrap_or(fulcrum_engine::spec::mode::LOOKUP_GAMMA),
@@ -53,10 +75,11 @@ pub fn served_spec(spec: &str) -> Result<Speculation, String> {
         SpecMode::Del => Ok(Speculation::Del),
         SpecMode::Auto => Ok(Speculation::Auto),
         other => Err(format!(
-            "speculation '{other}' is not served yet; the server supports 'off', 'lookup[:γ]', 'early-exit:E,γ', \
-             'del' and 'auto' (early exits and prompt lookup; generate also drafts with a draft model)"
+            "speculation '{other}' is not served; the server supports 'off', 'lookup[:γ]', 'early-exit:E,γ', \
+             'draft[:MODEL[,γ]]', 'del' and 'auto'"
         )),
-    }
+    }?;
+    Ok(ServedSpec { spec, draft: None })
 }
 
 fn number(body: &Value, key: &str) -> Result<Option<f64>, BadRequest> {
@@ -232,7 +255,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
         Some(_) => {
             return Err(bad(
                 "spec",
-                "'spec' must be a string such as \"lookup\", \"early-exit:8,3\", \"del\", \"auto\" or \"off\"",
+                "'spec' must be a string such as \"lookup\", \"early-exit:8,3\", \"draft\", \"del\", \"auto\" or \"off\"",
             ))
         }
     };

@@ -136,7 +136,20 @@ check('fulcrum_spec_drafter_accepted_tokens_total{drafter="lookup"}' in metrics_
       "speculation metrics are reported per drafter")
 shadow_rows = [l for l in metrics_text.splitlines() if l.startswith("fulcrum_spec_shadow_rows_total")]
 check(shadow_rows and float(shadow_rows[0].split()[-1]) > 0, "DEL's controllers computed shadow tokens")
-for bad_spec in ["draft:qwen2.5-coder-0.5b-instruct", "early-exit:24,3"]:
+# A draft model (the server drafts with the model itself, so every draft is right), concurrently; named or not.
+def drafter_counts(name):
+    text = urllib.request.urlopen(base + "/metrics").read().decode()
+    get = lambda series: float(([l for l in text.splitlines()
+                                 if l.startswith(f'fulcrum_spec_drafter_{series}_total{{drafter="{name}"}}')] or ["x 0"])[0].split()[-1])
+    return get("draft_tokens"), get("accepted_tokens")
+for mode in ["draft", "draft:qwen2.5-coder-0.5b-instruct,6"]:
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        drafted_text = list(pool.map(lambda p: client.completions.create(prompt=p, max_tokens=24, extra_body={"spec": mode},
+                                                                         **greedy).choices[0].text, prompts + counting_prompts))
+    check(drafted_text == plain, f"'spec': '{mode}' leaves greedy output unchanged")
+d_drafted, d_accepted = drafter_counts("draft")
+check(d_drafted > 0 and d_accepted == d_drafted, "a model drafting for itself has every draft accepted")
+for bad_spec in ["draft:gemma3-270m", "early-exit:24,3"]:
     try:
         client.completions.create(prompt="x", max_tokens=2, extra_body={"spec": bad_spec}, **greedy)
         check(False, f"speculation {bad_spec} rejected")
@@ -146,7 +159,7 @@ try:
     client.completions.create(prompt="x", max_tokens=2, extra_body={"spec": "draft:x"}, **greedy)
     check(False, "unsupported speculation rejected")
 except openai.BadRequestError as e:
-    check("not served" in str(e), "a drafter the server does not run is a 400 that says so")
+    check("drafts with" in str(e), "a draft model the server does not run is a 400 that says so")
 
 # Prefix caching: a repeated long prompt reuses its blocks and gives the same text.
 system = "You are a careful assistant. " * 20

@@ -8,7 +8,7 @@ use fulcrum_core::{ModelError, Session};
 use std::time::Instant;
 
 /// The acceptance rate at which a draft model must be expected to pay before it is tried.
-const PROBE_ALPHA: f64 = 0.9;
+pub(super) const PROBE_ALPHA: f64 = 0.9;
 
 /// How far an exit's acceptance may rise before the next look, for deciding whether it is worth watching.
 const ALPHA_HEADROOM: f64 = 0.25;

@@ -1,12 +1,13 @@
 //! DEL and `auto` for one request of the serving engine: the controller of [`super::controller`] chooses each decode
-//! step's drafter (an early exit of the target, or prompt lookup for `auto`) and its length, learns from the step's
+//! step's drafter (an early exit of the target; for `auto` also prompt lookup and the server's draft model) and its
+//! length, learns from the step's
 //! verification, and asks for shadow states at the candidate exits on the rounds the shadow budget allows.
 //!
 //! The engine owns the forward passes (batched with other requests) and the timings; this state only decides and
 //! learns, so that every request keeps its own statistics whatever it is batched with.
 
 use super::controller::{Arm, Choice, Controller, CostUnits, Timings};
-use super::rounds::{mark_live, shadow_due};
+use super::rounds::{mark_live, shadow_due, PROBE_ALPHA};
 use super::{default_exits, lookup, SpecOptions};
 use std::time::Instant;
 
@@ -19,6 +20,9 @@ pub struct Adaptive {
     /// Per candidate exit, whether it is worth its shadow tokens.
     live: Vec<bool>,
     with_lookup: bool,
+    with_draft: bool,
+    /// Rounds since the draft model last drafted.
+    draft_idle: usize,
     options: SpecOptions,
     round: usize,
     started: Instant,
@@ -36,8 +40,14 @@ pub struct Adaptive {
 }
 
 impl Adaptive {
-    /// DEL over the default exits of an `n_layers`-layer model; `with_lookup` adds prompt lookup as an arm (`auto`).
-    pub fn new(n_layers: usize, with_lookup: bool, options: SpecOptions) -> Adaptive {
+    /// DEL over the default exits of an `n_layers`-layer model; `with_lookup` adds prompt lookup as an arm, and
+    /// `draft_ratio` (a draft model's step over the target's) the draft model (`auto`).
+    pub fn new(
+        n_layers: usize,
+        with_lookup: bool,
+        draft_ratio: Option<f64>,
+        options: SpecOptions,
+    ) -> Adaptive {
         let exits = if options.exits.is_empty() {
             default_exits(n_layers)
         } else {
@@ -55,14 +65,20 @@ impl Adaptive {
         if with_lookup {
             arms.push(Arm::Lookup);
         }
+        if draft_ratio.is_some() {
+            arms.push(Arm::DraftModel);
+        }
         let mut controller = Controller::new(&arms, n_layers, CostUnits::Seconds);
         controller.gamma_min = options.gamma_min;
         controller.reuses_exit_kv = false;
+        controller.draft_ratio = draft_ratio;
         Adaptive {
             controller,
             live: vec![true; exits.len()],
             exits,
             with_lookup,
+            with_draft: draft_ratio.is_some(),
+            draft_idle: 0,
             options,
             round: 0,
             started: Instant::now(),
@@ -101,13 +117,16 @@ impl Adaptive {
             &mut self.live,
         );
         let lookup_len = self.lookup.len();
+        let with_draft = self.with_draft;
         let choice = if max_len == 0 {
             Choice::PLAIN
+        } else if let Some(probe) = self.draft_probe(max_len) {
+            probe
         } else {
             let c = self.controller.choose(max_len, |arm| match arm {
                 Arm::Lookup => lookup_len > 0,
                 Arm::Exit(_) => true,
-                Arm::DraftModel => false,
+                Arm::DraftModel => with_draft,
             });
             match c.arm {
                 Some(Arm::Lookup) => Choice {
@@ -136,7 +155,35 @@ impl Adaptive {
             );
         self.choice = choice;
         self.confidences.clear();
+        if self.with_draft {
+            self.draft_idle = if choice.arm == Some(Arm::DraftModel) {
+                0
+            } else {
+                self.draft_idle + 1
+            };
+        }
         choice
+    }
+
+    /// A round that tries the draft model: on the second round if it was never tried, and after `probe_every`
+    /// rounds without it, provided it would pay at a high acceptance.
+    fn draft_probe(&self, max_len: usize) -> Option<Choice> {
+        if !self.with_draft {
+            return None;
+        }
+        let never = self
+            .controller
+            .acceptance(Arm::DraftModel)
+            .and_then(|a| a.alpha())
+            .is_none();
+        let due = self.draft_idle >= self.options.probe_every || (never && self.round > 1);
+        let promising = self
+            .controller
+            .could_pay(Arm::DraftModel, max_len, PROBE_ALPHA);
+        (due && promising).then_some(Choice {
+            arm: Some(Arm::DraftModel),
+            draft_len: super::mode::DRAFT_GAMMA.min(max_len),
+        })
     }
 
     /// Prompt lookup's proposal for this round (`auto` only).
