@@ -657,7 +657,7 @@ impl Engine {
                 self.count_draft(w, accepted);
             }
             if let Some(req) = self.requests.get_mut(&w.id) {
-                if let Some(adaptive) = &mut req.adaptive {
+                if let Some(adaptive) = req.adaptive.as_mut().filter(|_| w.len == 1) {
                     adaptive.learn(&w.draft, &committed);
                 }
                 // The draft model's rows hold the committed text up to the first rejected draft.
@@ -714,7 +714,12 @@ impl Engine {
                 continue;
             }
             if seq.generated() > 0 {
-                for exit in adaptive.shadow_exits() {
+                // A decode step (a sequence recomputed after preemption has nothing to compare yet).
+                let exits = adaptive.take_shadow_exits();
+                if w.len != 1 {
+                    continue;
+                }
+                for exit in exits {
                     captures.push(Capture {
                         id: w.id,
                         exit,
@@ -908,6 +913,12 @@ impl Engine {
             .token_budget
             .saturating_sub(work.iter().map(Work::rows).sum());
         let mut draft = Vec::new();
+        // The decode steps sharing this step, for the controllers: a draft's extra time delays every one of them.
+        // Prefill chunks are left out: their work is done whenever it is scheduled, so a long step does not make
+        // drafting cheaper.
+        let n_layers = self.model.config.n_layers as f64;
+        let decoding = work.iter().filter(|w| w.len == 1 && w.wants_logits).count();
+        let mut rows = decoding;
         // Decode steps that draft with an early exit: (index in `work`, exit layer); and with the draft model.
         let mut early = Vec::new();
         let mut with_model = Vec::new();
@@ -944,7 +955,16 @@ impl Engine {
                     let Some(adaptive) = &mut req.adaptive else {
                         continue;
                     };
-                    let choice = adaptive.plan(&self.timings, &seq.tokens, most);
+                    let t = &self.timings;
+                    let batch = t
+                        .layer
+                        .estimate(rows.max(1))
+                        .zip(t.head.estimate(decoding.max(1)))
+                        .map(|(layer, head)| crate::spec::controller::Batch {
+                            other_tokens: decoding.saturating_sub(1) as f64,
+                            seconds: n_layers * layer + head,
+                        });
+                    let choice = adaptive.plan(&self.timings, batch, &seq.tokens, most);
                     match choice.arm {
                         Some(Arm::Lookup) => {
                             let proposal = adaptive.lookup_proposal();
@@ -971,6 +991,7 @@ impl Engine {
             }
             if self.scheduler.add_draft(w, std::mem::take(&mut draft)) {
                 left -= w.draft.len();
+                rows += w.draft.len();
                 req.drafter = Some(arm);
                 match arm {
                     Arm::Exit(exit) => early.push((i, exit)),

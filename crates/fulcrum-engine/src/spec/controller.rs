@@ -203,6 +203,16 @@ pub struct Controller {
     /// Whether verification of an early-exit draft reuses the keys and values the draft left below the exit (a
     /// single sequence's rounds do; the serving engine recomputes every layer in the batch).
     pub reuses_exit_kv: bool,
+    /// The step this sequence shares (serving): the tokens the other sequences commit in it and its seconds without
+    /// any draft. A draft's extra time then delays them all, so a round is rated by the step's tokens per second.
+    pub batch: Option<Batch>,
+}
+
+/// A shared step, as [`Controller::batch`] describes it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Batch {
+    pub other_tokens: f64,
+    pub seconds: f64,
 }
 
 impl Controller {
@@ -218,6 +228,7 @@ impl Controller {
             timings: Timings::default(),
             draft_ratio: None,
             reuses_exit_kv: true,
+            batch: None,
         }
     }
 
@@ -268,6 +279,15 @@ impl Controller {
         }
     }
 
+    /// Tokens per unit of cost of a round that yields `tokens` for `cost` (plain decoding costing `plain`): alone,
+    /// the ratio; in a shared step, the step's tokens over its time with this round's extra cost.
+    fn rate(&self, tokens: f64, cost: f64, plain: f64) -> f64 {
+        match self.batch {
+            None => tokens / cost,
+            Some(b) => (b.other_tokens + tokens) / (b.seconds + (cost - plain).max(0.0)),
+        }
+    }
+
     /// The (arm, draft length) with the most expected tokens per unit of cost, among the arms `usable` allows and
     /// lengths up to `max_len`; plain decoding when nothing beats it (or nothing is known yet).
     pub fn choose(&self, max_len: usize, usable: impl Fn(Arm) -> bool) -> Choice {
@@ -276,7 +296,7 @@ impl Controller {
             return Choice::PLAIN;
         };
         let plain_rate = if self.gamma_min == 0 {
-            1.0 / plain_cost
+            self.rate(1.0, plain_cost, plain_cost)
         } else {
             f64::NEG_INFINITY
         };
@@ -290,7 +310,7 @@ impl Controller {
                 let Some(cost) = self.cost(Some(*arm), d) else {
                     continue;
                 };
-                let rate = expected_tokens(alpha, d) / cost;
+                let rate = self.rate(expected_tokens(alpha, d), cost, plain_cost);
                 if rate > best.0 {
                     best = (
                         rate,
@@ -317,8 +337,10 @@ impl Controller {
             return true;
         };
         (1..=max_len.min(self.gamma_max).max(1)).any(|d| {
-            self.cost(Some(arm), d)
-                .is_none_or(|cost| expected_tokens(alpha, d) / cost > 1.0 / plain_cost)
+            self.cost(Some(arm), d).is_none_or(|cost| {
+                self.rate(expected_tokens(alpha, d), cost, plain_cost)
+                    > self.rate(1.0, plain_cost, plain_cost)
+            })
         })
     }
 
@@ -442,5 +464,33 @@ mod tests {
         assert!(exits.can_pay(Arm::Exit(4), 8));
         // Without lookup, the draft model still pays at α = 0.8 and a third of a target step per draft token.
         assert_eq!(c.choose(8, |a| a != Arm::Lookup).arm, Some(Arm::DraftModel));
+    }
+
+    #[test]
+    fn a_shared_step_makes_drafts_pay_for_everyone_they_delay() {
+        let mut c = Controller::new(&[Arm::DraftModel], 24, CostUnits::Seconds);
+        c.timings.layer.record(1, 1e-3);
+        c.timings.layer.record(9, 1.8e-3);
+        c.timings.head.record(1, 2e-3);
+        c.timings.head.record(9, 4e-3);
+        c.timings.draft_step.record(1, 8e-3);
+        c.observe(Arm::DraftModel, &[(true, 1.0); 8]);
+        c.observe(Arm::DraftModel, &[(false, 1.0); 2]);
+        let plain = c.cost(None, 0).unwrap();
+        let alone = c.choose(8, |_| true);
+        assert_eq!(alone.arm, Some(Arm::DraftModel));
+        // Alone described as a batch of one: the same decision.
+        c.batch = Some(Batch {
+            other_tokens: 0.0,
+            seconds: plain,
+        });
+        assert_eq!(c.choose(8, |_| true), alone);
+        // Seven other sequences in a step 1.3× as long: each draft token's time now costs eight sequences.
+        c.batch = Some(Batch {
+            other_tokens: 7.0,
+            seconds: 1.3 * plain,
+        });
+        assert_eq!(c.choose(8, |_| true), Choice::PLAIN);
+        assert!(!c.could_pay(Arm::DraftModel, 8, 0.8));
     }
 }

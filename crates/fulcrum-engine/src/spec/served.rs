@@ -6,7 +6,7 @@
 //! The engine owns the forward passes (batched with other requests) and the timings; this state only decides and
 //! learns, so that every request keeps its own statistics whatever it is batched with.
 
-use super::controller::{Arm, Choice, Controller, CostUnits, Timings};
+use super::controller::{Arm, Batch, Choice, Controller, CostUnits, Timings};
 use super::rounds::{mark_live, shadow_due, PROBE_ALPHA};
 use super::{default_exits, lookup, SpecOptions};
 use std::time::Instant;
@@ -31,6 +31,8 @@ pub struct Adaptive {
     /// This round's decision, whether it captures shadow states, and what it drafted.
     choice: Choice,
     shadow: bool,
+    /// Whether this round's shadow states are still to be captured.
+    pending_shadow: bool,
     confidences: Vec<f32>,
     lookup: Vec<u32>,
     outcomes: Vec<(bool, f32)>,
@@ -86,6 +88,7 @@ impl Adaptive {
             initialised: false,
             choice: Choice::PLAIN,
             shadow: false,
+            pending_shadow: false,
             confidences: Vec::new(),
             lookup: Vec::new(),
             outcomes: Vec::new(),
@@ -100,10 +103,17 @@ impl Adaptive {
     }
 
     /// Decides the decode step after `tokens` (the sequence so far), with drafts of at most `max_len` tokens, under
-    /// the engine's current `timings`.
-    pub fn plan(&mut self, timings: &Timings, tokens: &[u32], max_len: usize) -> Choice {
+    /// the engine's current `timings`, in a step shared as `batch` says.
+    pub fn plan(
+        &mut self,
+        timings: &Timings,
+        batch: Option<Batch>,
+        tokens: &[u32],
+        max_len: usize,
+    ) -> Choice {
         self.round += 1;
         self.controller.timings = timings.clone();
+        self.controller.batch = batch;
         let max_len = max_len.min(self.controller.gamma_max);
         self.lookup.clear();
         if self.with_lookup {
@@ -154,6 +164,7 @@ impl Adaptive {
                 spent,
             );
         self.choice = choice;
+        self.pending_shadow = self.shadow;
         self.confidences.clear();
         if self.with_draft {
             self.draft_idle = if choice.arm == Some(Arm::DraftModel) {
@@ -204,9 +215,10 @@ impl Adaptive {
         self.confidences.extend_from_slice(confidences);
     }
 
-    /// The exits whose hidden states this round's forward pass should copy (none unless it is a shadow round).
-    pub fn shadow_exits(&self) -> Vec<usize> {
-        if !self.shadow {
+    /// The exits whose hidden states this round's forward pass should copy (none unless it is a shadow round);
+    /// asked once per round.
+    pub fn take_shadow_exits(&mut self) -> Vec<usize> {
+        if !std::mem::take(&mut self.pending_shadow) {
             return Vec::new();
         }
         self.live_exits()
