@@ -964,7 +964,9 @@ impl Engine {
                             other_tokens: decoding.saturating_sub(1) as f64,
                             seconds: n_layers * layer + head,
                         });
-                    let choice = adaptive.plan(&self.timings, batch, &seq.tokens, most);
+                    let behind = seq.tokens.len().saturating_sub(req.draft_fed);
+                    let choice =
+                        adaptive.plan(&self.timings, batch, &seq.tokens, most, (room, behind));
                     match choice.arm {
                         Some(Arm::Lookup) => {
                             let proposal = adaptive.lookup_proposal();

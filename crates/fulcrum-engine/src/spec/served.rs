@@ -11,6 +11,11 @@ use super::rounds::{mark_live, shadow_due, PROBE_ALPHA};
 use super::{default_exits, lookup, SpecOptions};
 use std::time::Instant;
 
+/// The largest share of a generation's remaining (plain-decoding) time that a draft-model probe may spend catching
+/// the draft model's cache up with the text (its whole prompt, the first time), counted once for every sequence the
+/// catch-up delays.
+const CATCH_UP_SHARE: f64 = 0.25;
+
 /// One request's speculation controller.
 #[derive(Debug)]
 pub struct Adaptive {
@@ -103,13 +108,15 @@ impl Adaptive {
     }
 
     /// Decides the decode step after `tokens` (the sequence so far), with drafts of at most `max_len` tokens, under
-    /// the engine's current `timings`, in a step shared as `batch` says.
+    /// the engine's current `timings`, in a step shared as `batch` says; `room` tokens may still be generated and
+    /// the draft model's cache lags the text by `draft_behind` tokens.
     pub fn plan(
         &mut self,
         timings: &Timings,
         batch: Option<Batch>,
         tokens: &[u32],
         max_len: usize,
+        (room, draft_behind): (usize, usize),
     ) -> Choice {
         self.round += 1;
         self.controller.timings = timings.clone();
@@ -130,7 +137,7 @@ impl Adaptive {
         let with_draft = self.with_draft;
         let choice = if max_len == 0 {
             Choice::PLAIN
-        } else if let Some(probe) = self.draft_probe(max_len) {
+        } else if let Some(probe) = self.draft_probe(max_len, room, draft_behind) {
             probe
         } else {
             let c = self.controller.choose(max_len, |arm| match arm {
@@ -177,8 +184,9 @@ impl Adaptive {
     }
 
     /// A round that tries the draft model: on the second round if it was never tried, and after `probe_every`
-    /// rounds without it, provided it would pay at a high acceptance.
-    fn draft_probe(&self, max_len: usize) -> Option<Choice> {
+    /// rounds without it, provided it would pay at a high acceptance and catching its cache up (`behind` tokens)
+    /// costs at most [`CATCH_UP_SHARE`] of plain decoding's time for the `room` tokens left.
+    fn draft_probe(&self, max_len: usize, room: usize, behind: usize) -> Option<Choice> {
         if !self.with_draft {
             return None;
         }
@@ -191,7 +199,23 @@ impl Adaptive {
         let promising = self
             .controller
             .could_pay(Arm::DraftModel, max_len, PROBE_ALPHA);
-        (due && promising).then_some(Choice {
+        // The draft model's catch-up, priced as the target's batch of as many rows scaled by their step ratio.
+        let c = &self.controller;
+        let t = &c.timings;
+        let catch_up = t
+            .layer
+            .estimate(behind.max(1))
+            .zip(t.head.estimate(1))
+            .zip(c.draft_ratio)
+            .map(|((layer, head), ratio)| ratio * (c.n_layers as f64 * layer + head));
+        let affordable = match (catch_up, c.cost(None, 0)) {
+            (Some(catch_up), Some(plain)) => {
+                let delayed = 1.0 + c.batch.map_or(0.0, |b| b.other_tokens);
+                catch_up * delayed <= CATCH_UP_SHARE * room as f64 * plain
+            }
+            _ => true,
+        };
+        (due && promising && affordable).then_some(Choice {
             arm: Some(Arm::DraftModel),
             draft_len: super::mode::DRAFT_GAMMA.min(max_len),
         })
