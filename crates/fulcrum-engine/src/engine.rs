@@ -1023,25 +1023,43 @@ impl Engine {
         }
     }
 
-    /// Fills the placeholder drafts of `work[i]`, `i` in `members`, with the draft model's greedy predictions: one
-    /// batched forward that catches its rows up with each sequence's text (the prompt, at first) and yields the
-    /// first draft token, then one per further draft position. A sequence with more text to catch up than the step
-    /// has room for feeds part of it and decodes plainly this step.
-    fn draft_with_model(&mut self, work: &mut [Work], members: &[usize]) -> Result<(), ModelError> {
+    /// Each member's cache rows for every position its draft reaches, built once; a drafting step reads a prefix.
+    fn draft_slots(&self, work: &[Work], members: &[usize]) -> Vec<Vec<u32>> {
         let bs = self.config.block_size;
-        let Some(side) = self.draft.as_mut() else {
-            return Ok(());
-        };
-        let vocab = side.model.config.vocab_size;
-        let capacity = side.scratch.max_batch;
-        let slots: Vec<Vec<u32>> = members
+        members
             .iter()
             .map(|&i| {
                 let w = &work[i];
                 let seq = self.scheduler.get(w.id).expect("drafting sequence exists");
                 seq.table.slots(w.start + w.draft.len(), bs)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Whether each member's request has a DEL controller (which wants the drafts' confidences).
+    fn adaptive_members(&self, work: &[Work], members: &[usize]) -> Vec<bool> {
+        members
+            .iter()
+            .map(|&i| {
+                self.requests
+                    .get(&work[i].id)
+                    .is_some_and(|r| r.adaptive.is_some())
+            })
+            .collect()
+    }
+
+    /// Fills the placeholder drafts of `work[i]`, `i` in `members`, with the draft model's greedy predictions: one
+    /// batched forward that catches its rows up with each sequence's text (the prompt, at first) and yields the
+    /// first draft token, then one per further draft position. A sequence with more text to catch up than the step
+    /// has room for feeds part of it and decodes plainly this step.
+    fn draft_with_model(&mut self, work: &mut [Work], members: &[usize]) -> Result<(), ModelError> {
+        let slots = self.draft_slots(work, members);
+        let adaptive = self.adaptive_members(work, members);
+        let Some(side) = self.draft.as_mut() else {
+            return Ok(());
+        };
+        let vocab = side.model.config.vocab_size;
+        let capacity = side.scratch.max_batch;
         // Step 0: each member's text from where its draft rows end, through the token the step decodes.
         let mut tokens = Vec::new();
         let mut spans = Vec::new();
@@ -1073,14 +1091,6 @@ impl Engine {
             tokens.extend_from_slice(&seq.tokens[fed..fed + take]);
         }
         let mut confidences: Vec<Vec<f32>> = vec![Vec::new(); members.len()];
-        let adaptive: Vec<bool> = members
-            .iter()
-            .map(|&i| {
-                self.requests
-                    .get(&work[i].id)
-                    .is_some_and(|r| r.adaptive.is_some())
-            })
-            .collect();
         let mut step = 0;
         let mut active: Vec<usize> = (0..members.len()).filter(|&m| drafting[m]).collect();
         while !spans.is_empty() {
@@ -1150,7 +1160,6 @@ impl Engine {
         members: &[usize],
         exit: usize,
     ) -> Result<(), fulcrum_core::ModelError> {
-        let bs = self.config.block_size;
         let vocab = self.model.config.vocab_size;
         let longest = members
             .iter()
@@ -1158,23 +1167,9 @@ impl Engine {
             .max()
             .unwrap_or(0);
         // Each member's rows for every position its draft reaches, built once; step `s` reads a prefix.
-        let slots: Vec<Vec<u32>> = members
-            .iter()
-            .map(|&i| {
-                let w = &work[i];
-                let seq = self.scheduler.get(w.id).expect("drafting sequence exists");
-                seq.table.slots(w.start + w.draft.len(), bs)
-            })
-            .collect();
+        let slots = self.draft_slots(work, members);
         // DEL's confidence stop, per member: drafting ends after a token below its τ.
-        let adaptive: Vec<bool> = members
-            .iter()
-            .map(|&i| {
-                self.requests
-                    .get(&work[i].id)
-                    .is_some_and(|r| r.adaptive.is_some())
-            })
-            .collect();
+        let adaptive = self.adaptive_members(work, members);
         let taus: Vec<Option<f32>> = members
             .iter()
             .map(|&i| {
