@@ -105,7 +105,24 @@ fn del_and_auto_in_the_engine_are_lossless() {
         let got = generate(&engine, &model, spec, greedy());
         assert_eq!(got, plain, "{spec:?} changed greedy output");
     }
-    // The controllers learned from shadow tokens (the prompts' ends at least).
+    // Alone, with a prompt the prefix cache has not seen, DEL initialises its exits' statistics from the prompt's
+    // last tokens (in a batch of five, whether any exit could pay depends on the measured timings).
+    let prompt = model
+        .tokenizer
+        .encode("Write a haiku about the sea and the wind.", true, true);
+    let params = Params {
+        max_tokens: 4,
+        sampler: greedy(),
+        logprobs: None,
+        stop_at_eog: true,
+        spec: Speculation::Del,
+    };
+    let rx = engine.submit(prompt, params).expect("accepted").1;
+    for event in rx {
+        if let Event::Finished { .. } | Event::Failed(_) = event {
+            break;
+        }
+    }
     assert!(engine.metrics.spec_shadow_rows.load(Ordering::Relaxed) > 0);
     // `auto` finds the counting prompt's repetition through prompt lookup.
     let by = engine.metrics.spec_by_drafter.lock().unwrap().clone();

@@ -130,6 +130,9 @@ for mode in ["del", "auto"]:
         adaptive = list(pool.map(lambda p: client.completions.create(prompt=p, max_tokens=24, extra_body={"spec": mode},
                                                                      **greedy).choices[0].text, prompts + counting_prompts))
     check(adaptive == plain, f"'spec': '{mode}' leaves greedy output unchanged")
+# Alone, with a prompt not in the prefix cache, DEL initialises its exits' statistics from the prompt's end.
+client.completions.create(prompt="Write a haiku about the sea and the wind.", max_tokens=4, extra_body={"spec": "del"},
+                          **greedy)
 metrics_text = urllib.request.urlopen(base + "/metrics").read().decode()
 check('fulcrum_spec_drafter_accepted_tokens_total{drafter="lookup"}' in metrics_text
       and 'fulcrum_spec_drafter_draft_tokens_total{drafter="exit:20"}' in metrics_text,
