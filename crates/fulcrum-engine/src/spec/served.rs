@@ -126,13 +126,7 @@ impl Adaptive {
         if self.with_lookup {
             lookup::propose(tokens, max_len, &mut self.lookup);
         }
-        mark_live(
-            &self.controller,
-            &self.exits,
-            self.round,
-            max_len.max(1),
-            &mut self.live,
-        );
+        self.mark_live(self.round, max_len.max(1));
         let lookup_len = self.lookup.len();
         let with_draft = self.with_draft;
         let choice = if max_len == 0 {
@@ -221,6 +215,21 @@ impl Adaptive {
         })
     }
 
+    /// Marks the exits worth their shadow tokens; with γ_min ≥ 1 every exit, since drafting is forced anyway.
+    fn mark_live(&mut self, round: usize, max_len: usize) {
+        if self.options.gamma_min > 0 {
+            self.live.iter_mut().for_each(|l| *l = true);
+        } else {
+            mark_live(
+                &self.controller,
+                &self.exits,
+                round,
+                max_len,
+                &mut self.live,
+            );
+        }
+    }
+
     /// Prompt lookup's proposal for this round (`auto` only).
     pub fn lookup_proposal(&self) -> &[u32] {
         &self.lookup
@@ -257,7 +266,7 @@ impl Adaptive {
         self.initialised = true;
         self.controller.timings = timings.clone();
         let max_len = self.controller.gamma_max;
-        mark_live(&self.controller, &self.exits, 0, max_len, &mut self.live);
+        self.mark_live(0, max_len);
         self.live_exits()
     }
 
