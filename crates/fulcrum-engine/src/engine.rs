@@ -896,7 +896,6 @@ impl Engine {
                 adaptive.learn_shadow(exit, preds, &targets, per_row * n as f64);
                 if !seen.contains(&id) {
                     seen.push(id);
-                    adaptive.count_shadow_round();
                 }
             }
         }
@@ -970,10 +969,10 @@ impl Engine {
                     match choice.arm {
                         Some(Arm::Lookup) => {
                             let proposal = adaptive.lookup_proposal();
+                            // Lookup is sure of its proposals: no confidences (they count as 1).
                             draft.extend_from_slice(
                                 &proposal[..choice.draft_len.min(proposal.len())],
                             );
-                            adaptive.set_confidences(&vec![1.0; draft.len()]);
                             Arm::Lookup
                         }
                         Some(Arm::Exit(exit)) => {
@@ -1054,7 +1053,6 @@ impl Engine {
     /// has room for feeds part of it and decodes plainly this step.
     fn draft_with_model(&mut self, work: &mut [Work], members: &[usize]) -> Result<(), ModelError> {
         let slots = self.draft_slots(work, members);
-        let adaptive = self.adaptive_members(work, members);
         let Some(side) = self.draft.as_mut() else {
             return Ok(());
         };
@@ -1141,10 +1139,8 @@ impl Engine {
             let id = work[i].id;
             if let Some(req) = self.requests.get_mut(&id) {
                 req.draft_fed = fed_to[m];
-                if adaptive[m] {
-                    if let Some(a) = req.adaptive.as_mut() {
-                        a.set_confidences(&confidences[m]);
-                    }
+                if let Some(a) = req.adaptive.as_mut() {
+                    a.set_confidences(&confidences[m]);
                 }
             }
         }
@@ -1250,9 +1246,6 @@ impl Engine {
             self.timings.head.record(active.len(), head_s);
         }
         for (m, &i) in members.iter().enumerate() {
-            if !adaptive[m] {
-                continue;
-            }
             let id = work[i].id;
             if let Some(a) = self.requests.get_mut(&id).and_then(|r| r.adaptive.as_mut()) {
                 a.set_confidences(&confidences[m]);

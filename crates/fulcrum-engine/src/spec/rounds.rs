@@ -107,6 +107,37 @@ pub(super) fn shadow_due(
     live.iter().any(|&l| l) && every > 0 && round.is_multiple_of(every) && affordable
 }
 
+/// Writes to `out` whether each of a round's `drafts` matches the `committed` text (the accepted drafts and the
+/// target's own token, so the list stops at the first rejection, its position included), with the drafter's
+/// confidence in it (1 where none was given).
+pub(super) fn draft_outcomes(
+    drafts: &[u32],
+    confidences: &[f32],
+    committed: &[u32],
+    out: &mut Vec<(bool, f32)>,
+) {
+    out.clear();
+    out.extend(
+        drafts
+            .iter()
+            .zip(committed)
+            .enumerate()
+            .map(|(j, (&d, &actual))| (d == actual, confidences.get(j).copied().unwrap_or(1.0))),
+    );
+}
+
+/// Writes to `out` prompt lookup's `proposal` checked against the `committed` text, up to and including its first
+/// miss (lookup's proposals cost nothing, so they are judged even in rounds that did not use them).
+pub(super) fn lookup_outcomes(proposal: &[u32], committed: &[u32], out: &mut Vec<(bool, f32)>) {
+    out.clear();
+    for (&proposed, &actual) in proposal.iter().zip(committed) {
+        out.push((proposed == actual, 1.0));
+        if proposed != actual {
+            break;
+        }
+    }
+}
+
 /// The most likely token of `logits` (lowest id on ties, NaN never) and its softmax probability.
 pub fn argmax_confidence(logits: &[f32]) -> (u32, f32) {
     let best = crate::sampler::argmax(logits);
@@ -578,16 +609,7 @@ impl Speculator {
             };
             let covered_by_shadow = shadow && matches!(arm, Arm::Exit(e) if live_exit(e));
             if !covered_by_shadow {
-                b.outcomes.clear();
-                let judged = b
-                    .drafts
-                    .iter()
-                    .zip(&b.confidences)
-                    .zip(committed)
-                    .take(n.min(k + 1));
-                b.outcomes.extend(
-                    judged.map(|((&draft, &confidence), &actual)| (draft == actual, confidence)),
-                );
+                draft_outcomes(&b.drafts, &b.confidences, committed, &mut b.outcomes);
                 self.controller.observe(arm, &b.outcomes);
             }
         }
@@ -596,13 +618,7 @@ impl Speculator {
             && !b.lookup.is_empty()
             && self.controller.acceptance(Arm::Lookup).is_some()
         {
-            b.outcomes.clear();
-            for (&proposed, &actual) in b.lookup.iter().zip(committed) {
-                b.outcomes.push((proposed == actual, 1.0));
-                if proposed != actual {
-                    break;
-                }
-            }
+            lookup_outcomes(&b.lookup, committed, &mut b.outcomes);
             self.controller.observe(Arm::Lookup, &b.outcomes);
         }
         if shadow {

@@ -7,7 +7,7 @@
 //! learns, so that every request keeps its own statistics whatever it is batched with.
 
 use super::controller::{Arm, Batch, Choice, Controller, CostUnits, Timings};
-use super::rounds::{mark_live, shadow_due, PROBE_ALPHA};
+use super::rounds::{draft_outcomes, lookup_outcomes, mark_live, shadow_due, PROBE_ALPHA};
 use super::{default_exits, lookup, SpecOptions};
 use std::time::Instant;
 
@@ -41,9 +41,6 @@ pub struct Adaptive {
     confidences: Vec<f32>,
     lookup: Vec<u32>,
     outcomes: Vec<(bool, f32)>,
-    /// Rounds that took a draft and rounds of shadow tokens.
-    pub rounds: usize,
-    pub shadow_rounds: usize,
 }
 
 impl Adaptive {
@@ -97,14 +94,7 @@ impl Adaptive {
             confidences: Vec::new(),
             lookup: Vec::new(),
             outcomes: Vec::new(),
-            rounds: 0,
-            shadow_rounds: 0,
         }
-    }
-
-    /// The controller, with its statistics.
-    pub fn controller(&self) -> &Controller {
-        &self.controller
     }
 
     /// Decides the decode step after `tokens` (the sequence so far), with drafts of at most `max_len` tokens, under
@@ -287,35 +277,18 @@ impl Adaptive {
     /// Learns from this round's verification: `drafts` were proposed and `committed` (the accepted drafts and the
     /// target's own token) were kept.
     pub fn learn(&mut self, drafts: &[u32], committed: &[u32]) {
-        let k = committed.len().saturating_sub(1);
         if let Some(arm) = self.choice.arm {
-            if !drafts.is_empty() {
-                self.rounds += 1;
-            }
             // Shadow tokens of a live exit already cover its own positions.
             let covered =
                 self.shadow && matches!(arm, Arm::Exit(e) if self.live_exits().contains(&e));
             if !covered {
-                self.outcomes.clear();
-                let n = drafts.len();
-                for (j, (&d, &actual)) in
-                    drafts.iter().zip(committed).take(n.min(k + 1)).enumerate()
-                {
-                    let confidence = self.confidences.get(j).copied().unwrap_or(1.0);
-                    self.outcomes.push((d == actual, confidence));
-                }
+                draft_outcomes(drafts, &self.confidences, committed, &mut self.outcomes);
                 self.controller.observe(arm, &self.outcomes);
             }
         }
         // Lookup's proposal costs nothing, so it is checked whenever it was not used.
         if self.with_lookup && self.choice.arm != Some(Arm::Lookup) && !self.lookup.is_empty() {
-            self.outcomes.clear();
-            for (&proposed, &actual) in self.lookup.iter().zip(committed) {
-                self.outcomes.push((proposed == actual, 1.0));
-                if proposed != actual {
-                    break;
-                }
-            }
+            lookup_outcomes(&self.lookup, committed, &mut self.outcomes);
             self.controller.observe(Arm::Lookup, &self.outcomes);
         }
     }
@@ -338,10 +311,5 @@ impl Adaptive {
         );
         self.controller.observe(Arm::Exit(exit), &self.outcomes);
         self.shadow_seconds += seconds;
-    }
-
-    /// Counts a round that computed shadow tokens.
-    pub fn count_shadow_round(&mut self) {
-        self.shadow_rounds += 1;
     }
 }
