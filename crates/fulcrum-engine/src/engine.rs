@@ -964,8 +964,13 @@ impl Engine {
                             seconds: n_layers * layer + head,
                         });
                     let behind = seq.tokens.len().saturating_sub(req.draft_fed);
-                    let choice =
-                        adaptive.plan(&self.timings, batch, &seq.tokens, most, (room, behind));
+                    let choice = adaptive.plan(
+                        &self.timings,
+                        batch,
+                        &seq.tokens,
+                        most,
+                        (room, seq.generated(), behind),
+                    );
                     match choice.arm {
                         Some(Arm::Lookup) => {
                             let proposal = adaptive.lookup_proposal();

@@ -133,6 +133,19 @@ struct DraftRunner {
     idle: usize,
 }
 
+impl DraftRunner {
+    /// How many leading tokens of `history` the draft cache holds and can keep (never the last one, whose logits
+    /// the next draft starts from).
+    fn cached_prefix(&self, history: &[u32]) -> usize {
+        self.fed
+            .iter()
+            .zip(history)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(history.len().saturating_sub(1))
+    }
+}
+
 /// Drives speculative decoding of one sequence of a target [`Session`].
 pub struct Speculator {
     pub mode: SpecMode,
@@ -143,6 +156,8 @@ pub struct Speculator {
     draft: Option<DraftRunner>,
     fsm_gamma: usize,
     round: usize,
+    /// Tokens of the prompt [`Speculator::prefill`] evaluated: the rest of the history was generated.
+    prompt_len: usize,
     buffers: rounds::Buffers,
     pub stats: SpecStats,
 }
@@ -237,6 +252,7 @@ impl Speculator {
             draft,
             fsm_gamma,
             round: 0,
+            prompt_len: 0,
             mode,
             options,
             stats: SpecStats::default(),

@@ -83,13 +83,22 @@ pub fn tokens_per_layer(alpha: f64, exit: usize, d: usize, n_layers: usize) -> f
     expected_tokens(alpha, d) / (n_layers + d * exit) as f64
 }
 
-/// An estimate of t(b) = a + c·(b − 1) seconds for a batch of b tokens, from decayed measurements.
+/// Batch sizes measured one by one: up to a draft of [`GAMMA_MAX`] tokens plus the target's own row.
+const MEASURED_SIZES: usize = GAMMA_MAX + 1;
+
+/// An estimate of t(b) seconds for a batch of b tokens, from decayed measurements: the batch sizes a verification
+/// uses (up to [`MEASURED_SIZES`]) are kept one by one, since on a CPU t(b) is far from affine there (a second
+/// row can cost nothing while the weights stream from memory, an eighth costs a lot once the multiply-adds no longer
+/// hide under that stream); other sizes are interpolated between measured ones, or extrapolated from the largest
+/// with the slope c of an affine fit t(b) = a + c·(b − 1) to every batch timed.
 #[derive(Clone, Debug, Default)]
 pub struct BatchTime {
     single: Option<f64>,
     per_extra: Option<f64>,
     /// A larger batch timed before any single token was (a prompt), turned into a slope once one is.
     early: Option<(usize, f64)>,
+    /// `by_size[b − 2]`: the decayed time of a batch of b, for b = 2..=[`MEASURED_SIZES`].
+    by_size: [Option<f64>; MEASURED_SIZES - 1],
 }
 
 /// Weight of the old estimate against a new timing: fast enough that one verification corrects a slope first
@@ -107,20 +116,43 @@ impl BatchTime {
             if let Some((b, seconds)) = self.early.take() {
                 self.record(b, seconds);
             }
-        } else if self.single.is_none() {
-            self.early = Some((b, seconds));
-        } else if let Some(a) = self.single {
-            let slope = ((seconds - a) / (b - 1) as f64).max(0.0);
-            self.per_extra = Some(blend(self.per_extra, slope));
+            return;
         }
+        let Some(a) = self.single else {
+            self.early = Some((b, seconds));
+            return;
+        };
+        if let Some(slot) = self.by_size.get_mut(b - 2) {
+            *slot = Some(blend(*slot, seconds));
+        }
+        let slope = ((seconds - a) / (b - 1) as f64).max(0.0);
+        self.per_extra = Some(blend(self.per_extra, slope));
     }
 
     /// Estimated seconds for a batch of `b`; before any batch larger than one was timed, each extra token is assumed
     /// to cost a tenth of the first (weight reads dominate small batches on a CPU).
     pub fn estimate(&self, b: usize) -> Option<f64> {
         let a = self.single?;
-        let c = self.per_extra.unwrap_or(a * 0.1);
-        Some(a + c * b.saturating_sub(1) as f64)
+        if b <= 1 {
+            return Some(a);
+        }
+        let measured = |size: usize| match size {
+            1 => Some(a),
+            _ => self.by_size.get(size - 2).copied().flatten(),
+        };
+        // The nearest measured sizes at or below b and above it (1 is always measured).
+        let below = (1..=b.min(MEASURED_SIZES))
+            .rev()
+            .find_map(|s| Some((s, measured(s)?)));
+        let (lo, t_lo) = below.unwrap_or((1, a));
+        if lo == b {
+            return Some(t_lo);
+        }
+        let above = (b + 1..=MEASURED_SIZES).find_map(|s| Some((s, measured(s)?)));
+        Some(match above {
+            Some((hi, t_hi)) => t_lo + (t_hi - t_lo) * (b - lo) as f64 / (hi - lo) as f64,
+            None => t_lo + self.per_extra.unwrap_or(a * 0.1) * (b - lo) as f64,
+        })
     }
 }
 
@@ -344,6 +376,37 @@ impl Controller {
         })
     }
 
+    /// Whether a round trying `arm` is worth `setup` seconds of preparation first (a draft model catching its cache
+    /// up with the text): were its drafts accepted at `alpha`, the time it would save over the `room` tokens left
+    /// must exceed that. In a shared step both are the step's time: the preparation delays every sequence in it,
+    /// and the saving is the step's speed-up. Unknown costs: yes.
+    pub fn worth_probing(
+        &self,
+        arm: Arm,
+        max_len: usize,
+        alpha: f64,
+        room: usize,
+        setup: f64,
+    ) -> bool {
+        let Some(plain) = self.cost(None, 0) else {
+            return true;
+        };
+        let plain_rate = self.rate(1.0, plain, plain);
+        let mut best = None::<f64>;
+        for d in 1..=max_len.min(self.gamma_max).max(1) {
+            let Some(cost) = self.cost(Some(arm), d) else {
+                return true;
+            };
+            let rate = self.rate(expected_tokens(alpha, d), cost, plain);
+            best = Some(best.map_or(rate, |b| b.max(rate)));
+        }
+        let Some(best) = best.filter(|&b| b > plain_rate) else {
+            return false;
+        };
+        let step = self.batch.map_or(plain, |b| b.seconds);
+        setup <= room as f64 * step * (1.0 - plain_rate / best)
+    }
+
     /// The expected speed-up of `choice` over plain decoding, by the controller's model.
     pub fn expected_speedup(&self, choice: Choice) -> Option<f64> {
         let alpha = match choice.arm {
@@ -464,6 +527,78 @@ mod tests {
         assert!(exits.can_pay(Arm::Exit(4), 8));
         // Without lookup, the draft model still pays at α = 0.8 and a third of a target step per draft token.
         assert_eq!(c.choose(8, |a| a != Arm::Lookup).arm, Some(Arm::DraftModel));
+    }
+
+    #[test]
+    fn batch_times_follow_each_measured_size() {
+        let mut t = BatchTime::default();
+        assert_eq!(t.estimate(1), None);
+        // A prompt's batch before any single token is kept until one is timed.
+        t.record(4, 0.118);
+        assert_eq!(t.estimate(4), None);
+        t.record(1, 0.080);
+        t.record(2, 0.080);
+        t.record(8, 0.212);
+        let est = |b: usize| t.estimate(b).unwrap();
+        let close =
+            |b: usize, want: f64| assert!((est(b) - want).abs() < 1e-12, "t({b}) = {}", est(b));
+        // Measured sizes are what was measured: a second row free, the eighth dear (not an affine t(b)).
+        close(1, 0.080);
+        close(2, 0.080);
+        close(4, 0.118);
+        close(8, 0.212);
+        // Between them, interpolated; past the largest, the affine fit's slope.
+        close(3, 0.099);
+        close(6, 0.165);
+        assert!(est(10) > est(8));
+        assert!((est(10) - est(9) - (est(9) - est(8))).abs() < 1e-12);
+        assert!((est(40) - est(8) - 32.0 * (est(9) - est(8))).abs() < 1e-12);
+        // A new measurement moves its own size halfway.
+        let mut t = t.clone();
+        t.record(2, 0.090);
+        assert!((t.estimate(2).unwrap() - 0.085).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_free_second_row_makes_one_token_drafts_pay() {
+        let mut c = Controller::new(&[Arm::Lookup], 24, CostUnits::Seconds);
+        c.timings.layer.record(1, 1e-3);
+        c.timings.layer.record(5, 2e-3);
+        c.timings.head.record(1, 2e-3);
+        c.timings.head.record(2, 2e-3);
+        for _ in 0..50 {
+            c.observe(Arm::Lookup, &[(true, 1.0), (false, 1.0)]);
+            for _ in 0..4 {
+                c.observe(Arm::Lookup, &[(false, 1.0)]);
+            }
+        }
+        let alpha = c.acceptance(Arm::Lookup).unwrap().alpha().unwrap();
+        assert!((0.12..0.2).contains(&alpha), "α {alpha}");
+        // An affine fit through one and five rows prices a second row at a quarter of a layer's time: no draft.
+        assert_eq!(c.choose(8, |_| true), Choice::PLAIN);
+        // Measured, the second row costs nothing, and a one-token draft at α ≈ 0.15 wins.
+        c.timings.layer.record(2, 1e-3);
+        let choice = c.choose(8, |_| true);
+        assert_eq!((choice.arm, choice.draft_len), (Some(Arm::Lookup), 1));
+    }
+
+    #[test]
+    fn a_probe_must_save_more_than_its_setup_costs() {
+        let mut c = Controller::new(&[Arm::DraftModel, Arm::Exit(23)], 24, CostUnits::Seconds);
+        c.timings.layer.record(1, 1e-3);
+        c.timings.layer.record(5, 1.4e-3);
+        c.timings.head.record(1, 2e-3);
+        c.timings.head.record(5, 3e-3);
+        c.timings.draft_step.record(1, 8e-3);
+        // At α = 0.9 the draft model runs about 1.55× plain decoding: over 100 tokens of 26 ms it saves ~0.9 s.
+        assert!(c.worth_probing(Arm::DraftModel, 8, 0.9, 100, 0.5));
+        assert!(!c.worth_probing(Arm::DraftModel, 8, 0.9, 100, 2.0));
+        assert!(!c.worth_probing(Arm::DraftModel, 8, 0.9, 10, 0.5));
+        // An arm that cannot beat plain decoding is never worth it, however cheap.
+        assert!(!c.worth_probing(Arm::Exit(23), 8, 0.9, 1000, 0.0));
+        // Without timings nothing is known: try it.
+        let fresh = Controller::new(&[Arm::DraftModel], 24, CostUnits::Seconds);
+        assert!(fresh.worth_probing(Arm::DraftModel, 8, 0.9, 1, 10.0));
     }
 
     #[test]

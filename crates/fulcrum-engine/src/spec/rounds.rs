@@ -14,7 +14,7 @@ pub(super) const PROBE_ALPHA: f64 = 0.9;
 const ALPHA_HEADROOM: f64 = 0.25;
 /// Rounds between looks at every exit that could pay.
 const REVIVE_EVERY: usize = 64;
-/// While plain decoding wins, the largest share of the generation's time that shadow tokens may take: they only
+/// While no early exit drafts, the largest share of the generation's time that shadow tokens may take: they only
 /// watch for an exit that starts to pay, and on models not trained for early exit none does.
 const SHADOW_SHARE: f64 = 0.02;
 
@@ -87,10 +87,11 @@ pub(super) fn mark_live(
     }
 }
 
-/// Whether round `round`, which made `choice`, computes shadow tokens: every `shadow_every` rounds while an arm
-/// drafts, four times less often while plain decoding wins (the statistics only need to notice when an exit starts
-/// to pay), and then only while they have taken at most [`SHADOW_SHARE`] of the generation's time; `spent` is the
-/// shadow seconds so far and the time since the generation started.
+/// Whether round `round`, which made `choice`, computes shadow tokens: every `shadow_every` rounds while an early
+/// exit drafts (its neighbours' statistics decide where it moves), four times less often otherwise (while plain
+/// decoding, lookup or a draft model wins, the statistics only need to notice when an exit starts to pay), and then
+/// only while they have taken at most [`SHADOW_SHARE`] of the generation's time; `spent` is the shadow seconds so
+/// far and the time since the generation started.
 pub(super) fn shadow_due(
     choice: Choice,
     round: usize,
@@ -98,13 +99,34 @@ pub(super) fn shadow_due(
     live: &[bool],
     spent: Option<(f64, std::time::Duration)>,
 ) -> bool {
-    let every = match choice.arm {
-        None => shadow_every * 4,
-        Some(_) => shadow_every,
+    let exit_drafts = matches!(choice.arm, Some(Arm::Exit(_)));
+    let every = if exit_drafts {
+        shadow_every
+    } else {
+        shadow_every * 4
     };
-    let affordable = choice.arm.is_some()
+    let affordable = exit_drafts
         || spent.is_none_or(|(shadow, elapsed)| shadow <= SHADOW_SHARE * elapsed.as_secs_f64());
     live.iter().any(|&l| l) && every > 0 && round.is_multiple_of(every) && affordable
+}
+
+/// The fewest tokens a generation is expected to have left when a draft model's probe is priced.
+const PROBE_HORIZON: usize = 16;
+
+/// The tokens a generation that has produced `generated` is expected to run for, of at most `left` more: as many
+/// again as it has run (an answer that has gone on for n tokens is about as likely to go on for n more as to stop),
+/// and at least [`PROBE_HORIZON`]. A probe priced on the whole `max_tokens` would pay its draft model's catch-up on
+/// every short answer.
+pub(super) fn expected_room(generated: usize, left: usize) -> usize {
+    left.min(generated.max(PROBE_HORIZON))
+}
+
+/// Seconds for a draft model to catch its cache up with `behind` tokens of text, priced as the target's batch of
+/// as many rows scaled by the draft's step ratio; `None` before the target's layers and classifier were timed.
+pub(super) fn catch_up_seconds(c: &super::Controller, behind: usize) -> Option<f64> {
+    let t = &c.timings;
+    let (layer, head) = (t.layer.estimate(behind.max(1))?, t.head.estimate(1)?);
+    Some(c.draft_ratio? * (c.n_layers as f64 * layer + head))
 }
 
 /// Writes to `out` whether each of a round's `drafts` matches the `committed` text (the accepted drafts and the
@@ -163,6 +185,7 @@ impl Speculator {
         prompt: &[u32],
     ) -> Result<Vec<f32>, ModelError> {
         let window = self.options.init_window.min(prompt.len());
+        self.prompt_len = prompt.len();
         let started = Instant::now();
         self.buffers.started = Some((started, self.stats.shadow_seconds));
         let n_layers = session.model.config.n_layers;
@@ -223,7 +246,7 @@ impl Speculator {
         if self.round > 1 {
             self.initialise_from_prompt(session)?;
         }
-        let choice = self.choose(max_len);
+        let choice = self.choose(history, max_len, max_new);
         let shadow = self.is_shadow_round(choice);
         let start = history.len();
         match choice.arm {
@@ -291,7 +314,9 @@ impl Speculator {
         )
     }
 
-    fn choose(&mut self, max_len: usize) -> Choice {
+    /// The round's choice, with drafts of at most `max_len` tokens and `room` tokens left to generate after
+    /// `history`.
+    fn choose(&mut self, history: &[u32], max_len: usize, room: usize) -> Choice {
         if max_len == 0 {
             return Choice::PLAIN;
         }
@@ -326,11 +351,18 @@ impl Speculator {
                         .and_then(|a| a.alpha())
                         .is_none();
                     let due = runner.idle >= self.options.probe_every || (never && self.round > 1);
-                    // Probed only if it would pay at a high acceptance: a draft model also pays for its own prefill.
-                    let promising =
-                        self.controller
-                            .could_pay(Arm::DraftModel, max_len, PROBE_ALPHA);
-                    if due && promising {
+                    // Probed only if, at a high acceptance, it would save more than its catch-up costs.
+                    let behind = history.len() - runner.cached_prefix(history);
+                    let setup = catch_up_seconds(&self.controller, behind).unwrap_or(0.0);
+                    let generated = history.len().saturating_sub(self.prompt_len);
+                    let worth = self.controller.worth_probing(
+                        Arm::DraftModel,
+                        max_len,
+                        PROBE_ALPHA,
+                        expected_room(generated, room),
+                        setup,
+                    );
+                    if due && worth {
                         return fixed(Arm::DraftModel, super::mode::DRAFT_GAMMA);
                     }
                 }
@@ -527,13 +559,7 @@ impl Speculator {
         };
         let started = Instant::now();
         // Keep the cache's longest prefix that is still the committed text, then feed the rest.
-        let keep = runner
-            .fed
-            .iter()
-            .zip(history.iter())
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(history.len() - 1);
+        let keep = runner.cached_prefix(history);
         runner.session.truncate(keep);
         runner.fed.truncate(keep);
         let catch_up = &history[keep..];

@@ -7,14 +7,12 @@
 //! learns, so that every request keeps its own statistics whatever it is batched with.
 
 use super::controller::{Arm, Batch, Choice, Controller, CostUnits, Timings};
-use super::rounds::{draft_outcomes, lookup_outcomes, mark_live, shadow_due, PROBE_ALPHA};
+use super::rounds::{
+    catch_up_seconds, draft_outcomes, expected_room, lookup_outcomes, mark_live, shadow_due,
+    PROBE_ALPHA,
+};
 use super::{default_exits, lookup, SpecOptions};
 use std::time::Instant;
-
-/// The largest share of a generation's remaining (plain-decoding) time that a draft-model probe may spend catching
-/// the draft model's cache up with the text (its whole prompt, the first time), counted once for every sequence the
-/// catch-up delays.
-const CATCH_UP_SHARE: f64 = 0.25;
 
 /// One request's speculation controller.
 #[derive(Debug)]
@@ -98,15 +96,15 @@ impl Adaptive {
     }
 
     /// Decides the decode step after `tokens` (the sequence so far), with drafts of at most `max_len` tokens, under
-    /// the engine's current `timings`, in a step shared as `batch` says; `room` tokens may still be generated and
-    /// the draft model's cache lags the text by `draft_behind` tokens.
+    /// the engine's current `timings`, in a step shared as `batch` says; `room` tokens may still be generated after
+    /// the `generated` so far, and the draft model's cache lags the text by `draft_behind` tokens.
     pub fn plan(
         &mut self,
         timings: &Timings,
         batch: Option<Batch>,
         tokens: &[u32],
         max_len: usize,
-        (room, draft_behind): (usize, usize),
+        (room, generated, draft_behind): (usize, usize, usize),
     ) -> Choice {
         self.round += 1;
         self.controller.timings = timings.clone();
@@ -121,7 +119,9 @@ impl Adaptive {
         let with_draft = self.with_draft;
         let choice = if max_len == 0 {
             Choice::PLAIN
-        } else if let Some(probe) = self.draft_probe(max_len, room, draft_behind) {
+        } else if let Some(probe) =
+            self.draft_probe(max_len, expected_room(generated, room), draft_behind)
+        {
             probe
         } else {
             let c = self.controller.choose(max_len, |arm| match arm {
@@ -168,8 +168,8 @@ impl Adaptive {
     }
 
     /// A round that tries the draft model: on the second round if it was never tried, and after `probe_every`
-    /// rounds without it, provided it would pay at a high acceptance and catching its cache up (`behind` tokens)
-    /// costs at most [`CATCH_UP_SHARE`] of plain decoding's time for the `room` tokens left.
+    /// rounds without it, provided that, at a high acceptance, it would save more of the `room` tokens' time than
+    /// catching its cache up (`behind` tokens) costs ([`Controller::worth_probing`]).
     fn draft_probe(&self, max_len: usize, room: usize, behind: usize) -> Option<Choice> {
         if !self.with_draft {
             return None;
@@ -180,26 +180,15 @@ impl Adaptive {
             .and_then(|a| a.alpha())
             .is_none();
         let due = self.draft_idle >= self.options.probe_every || (never && self.round > 1);
-        let promising = self
-            .controller
-            .could_pay(Arm::DraftModel, max_len, PROBE_ALPHA);
-        // The draft model's catch-up, priced as the target's batch of as many rows scaled by their step ratio.
-        let c = &self.controller;
-        let t = &c.timings;
-        let catch_up = t
-            .layer
-            .estimate(behind.max(1))
-            .zip(t.head.estimate(1))
-            .zip(c.draft_ratio)
-            .map(|((layer, head), ratio)| ratio * (c.n_layers as f64 * layer + head));
-        let affordable = match (catch_up, c.cost(None, 0)) {
-            (Some(catch_up), Some(plain)) => {
-                let delayed = 1.0 + c.batch.map_or(0.0, |b| b.other_tokens);
-                catch_up * delayed <= CATCH_UP_SHARE * room as f64 * plain
-            }
-            _ => true,
-        };
-        (due && promising && affordable).then_some(Choice {
+        let setup = catch_up_seconds(&self.controller, behind);
+        let worth = self.controller.worth_probing(
+            Arm::DraftModel,
+            max_len,
+            PROBE_ALPHA,
+            room,
+            setup.unwrap_or(0.0),
+        );
+        (due && worth).then_some(Choice {
             arm: Some(Arm::DraftModel),
             draft_len: super::mode::DRAFT_GAMMA.min(max_len),
         })
