@@ -368,11 +368,16 @@ impl Controller {
         let Some(plain_cost) = self.cost(None, 0) else {
             return true;
         };
-        (1..=max_len.min(self.gamma_max).max(1)).any(|d| {
-            self.cost(Some(arm), d).is_none_or(|cost| {
-                self.rate(expected_tokens(alpha, d), cost, plain_cost)
-                    > self.rate(1.0, plain_cost, plain_cost)
-            })
+        self.best_rate(arm, max_len, alpha, plain_cost)
+            .is_none_or(|best| best > self.rate(1.0, plain_cost, plain_cost))
+    }
+
+    /// The best rate of `arm` over draft lengths 1..=`max_len` at acceptance `alpha`, plain decoding costing
+    /// `plain`; `None` if a length's cost is unknown.
+    fn best_rate(&self, arm: Arm, max_len: usize, alpha: f64, plain: f64) -> Option<f64> {
+        (1..=max_len.min(self.gamma_max).max(1)).try_fold(f64::NEG_INFINITY, |best, d| {
+            let cost = self.cost(Some(arm), d)?;
+            Some(best.max(self.rate(expected_tokens(alpha, d), cost, plain)))
         })
     }
 
@@ -392,17 +397,12 @@ impl Controller {
             return true;
         };
         let plain_rate = self.rate(1.0, plain, plain);
-        let mut best = None::<f64>;
-        for d in 1..=max_len.min(self.gamma_max).max(1) {
-            let Some(cost) = self.cost(Some(arm), d) else {
-                return true;
-            };
-            let rate = self.rate(expected_tokens(alpha, d), cost, plain);
-            best = Some(best.map_or(rate, |b| b.max(rate)));
-        }
-        let Some(best) = best.filter(|&b| b > plain_rate) else {
-            return false;
+        let Some(best) = self.best_rate(arm, max_len, alpha, plain) else {
+            return true;
         };
+        if best <= plain_rate {
+            return false;
+        }
         let step = self.batch.map_or(plain, |b| b.seconds);
         setup <= room as f64 * step * (1.0 - plain_rate / best)
     }
@@ -499,15 +499,20 @@ mod tests {
         assert_eq!(Acceptance::default().threshold(), None);
     }
 
-    #[test]
-    fn measured_costs_favour_cheap_verification() {
-        let mut c = Controller::new(&[Arm::Lookup, Arm::DraftModel], 24, CostUnits::Seconds);
-        assert_eq!(c.choose(8, |_| true), Choice::PLAIN, "no timings yet");
+    /// Records one and five rows of 24 layers and a classifier, and a draft step of a third of a target step.
+    fn time_small_batches(c: &mut Controller) {
         c.timings.layer.record(1, 1e-3);
         c.timings.layer.record(5, 1.4e-3);
         c.timings.head.record(1, 2e-3);
         c.timings.head.record(5, 3e-3);
         c.timings.draft_step.record(1, 8e-3);
+    }
+
+    #[test]
+    fn measured_costs_favour_cheap_verification() {
+        let mut c = Controller::new(&[Arm::Lookup, Arm::DraftModel], 24, CostUnits::Seconds);
+        assert_eq!(c.choose(8, |_| true), Choice::PLAIN, "no timings yet");
+        time_small_batches(&mut c);
         c.observe(Arm::Lookup, &[(true, 1.0); 8]);
         c.observe(Arm::Lookup, &[(false, 1.0); 2]);
         c.observe(Arm::DraftModel, &[(true, 1.0); 8]);
@@ -585,11 +590,7 @@ mod tests {
     #[test]
     fn a_probe_must_save_more_than_its_setup_costs() {
         let mut c = Controller::new(&[Arm::DraftModel, Arm::Exit(23)], 24, CostUnits::Seconds);
-        c.timings.layer.record(1, 1e-3);
-        c.timings.layer.record(5, 1.4e-3);
-        c.timings.head.record(1, 2e-3);
-        c.timings.head.record(5, 3e-3);
-        c.timings.draft_step.record(1, 8e-3);
+        time_small_batches(&mut c);
         // At α = 0.9 the draft model runs about 1.55× plain decoding: over 100 tokens of 26 ms it saves ~0.9 s.
         assert!(c.worth_probing(Arm::DraftModel, 8, 0.9, 100, 0.5));
         assert!(!c.worth_probing(Arm::DraftModel, 8, 0.9, 100, 2.0));

@@ -8,7 +8,7 @@ use fulcrum_core::{ModelError, Session};
 use std::time::Instant;
 
 /// The acceptance rate at which a draft model must be expected to pay before it is tried.
-pub(super) const PROBE_ALPHA: f64 = 0.9;
+const PROBE_ALPHA: f64 = 0.9;
 
 /// How far an exit's acceptance may rise before the next look, for deciding whether it is worth watching.
 const ALPHA_HEADROOM: f64 = 0.25;
@@ -127,6 +127,30 @@ pub(super) fn catch_up_seconds(c: &super::Controller, behind: usize) -> Option<f
     let t = &c.timings;
     let (layer, head) = (t.layer.estimate(behind.max(1))?, t.head.estimate(1)?);
     Some(c.draft_ratio? * (c.n_layers as f64 * layer + head))
+}
+
+/// Whether a round tries the draft model: it is due (from the second round while it was never tried, or after
+/// `probe_every` rounds `idle`), and at [`PROBE_ALPHA`] it would save more of the `room` tokens' time than catching
+/// its cache up with `behind` tokens costs ([`super::Controller::worth_probing`]).
+pub(super) fn draft_probe_due(
+    c: &super::Controller,
+    (round, idle, probe_every): (usize, usize, usize),
+    max_len: usize,
+    room: usize,
+    behind: usize,
+) -> bool {
+    let never = c
+        .acceptance(Arm::DraftModel)
+        .and_then(|a| a.alpha())
+        .is_none();
+    let due = idle >= probe_every || (never && round > 1);
+    due && c.worth_probing(
+        Arm::DraftModel,
+        max_len,
+        PROBE_ALPHA,
+        room,
+        catch_up_seconds(c, behind).unwrap_or(0.0),
+    )
 }
 
 /// Writes to `out` whether each of a round's `drafts` matches the `committed` text (the accepted drafts and the
@@ -345,24 +369,15 @@ impl Speculator {
             SpecMode::ExitFsm { exit } => fixed(Arm::Exit(*exit), self.fsm_gamma),
             SpecMode::Del | SpecMode::Auto => {
                 if let Some(runner) = &self.draft {
-                    let never = self
-                        .controller
-                        .acceptance(Arm::DraftModel)
-                        .and_then(|a| a.alpha())
-                        .is_none();
-                    let due = runner.idle >= self.options.probe_every || (never && self.round > 1);
-                    // Probed only if, at a high acceptance, it would save more than its catch-up costs.
-                    let behind = history.len() - runner.cached_prefix(history);
-                    let setup = catch_up_seconds(&self.controller, behind).unwrap_or(0.0);
                     let generated = history.len().saturating_sub(self.prompt_len);
-                    let worth = self.controller.worth_probing(
-                        Arm::DraftModel,
+                    let probe = draft_probe_due(
+                        &self.controller,
+                        (self.round, runner.idle, self.options.probe_every),
                         max_len,
-                        PROBE_ALPHA,
                         expected_room(generated, room),
-                        setup,
+                        history.len() - runner.cached_prefix(history),
                     );
-                    if due && worth {
+                    if probe {
                         return fixed(Arm::DraftModel, super::mode::DRAFT_GAMMA);
                     }
                 }

@@ -8,8 +8,7 @@
 
 use super::controller::{Arm, Batch, Choice, Controller, CostUnits, Timings};
 use super::rounds::{
-    catch_up_seconds, draft_outcomes, expected_room, lookup_outcomes, mark_live, shadow_due,
-    PROBE_ALPHA,
+    draft_outcomes, draft_probe_due, expected_room, lookup_outcomes, mark_live, shadow_due,
 };
 use super::{default_exits, lookup, SpecOptions};
 use std::time::Instant;
@@ -167,28 +166,20 @@ impl Adaptive {
         choice
     }
 
-    /// A round that tries the draft model: on the second round if it was never tried, and after `probe_every`
-    /// rounds without it, provided that, at a high acceptance, it would save more of the `room` tokens' time than
-    /// catching its cache up (`behind` tokens) costs ([`Controller::worth_probing`]).
+    /// A round that tries the draft model, when [`draft_probe_due`] says so for the `room` tokens expected and a
+    /// cache `behind` the text by that many tokens.
     fn draft_probe(&self, max_len: usize, room: usize, behind: usize) -> Option<Choice> {
         if !self.with_draft {
             return None;
         }
-        let never = self
-            .controller
-            .acceptance(Arm::DraftModel)
-            .and_then(|a| a.alpha())
-            .is_none();
-        let due = self.draft_idle >= self.options.probe_every || (never && self.round > 1);
-        let setup = catch_up_seconds(&self.controller, behind);
-        let worth = self.controller.worth_probing(
-            Arm::DraftModel,
+        let probe = draft_probe_due(
+            &self.controller,
+            (self.round, self.draft_idle, self.options.probe_every),
             max_len,
-            PROBE_ALPHA,
             room,
-            setup.unwrap_or(0.0),
+            behind,
         );
-        (due && worth).then_some(Choice {
+        probe.then_some(Choice {
             arm: Some(Arm::DraftModel),
             draft_len: super::mode::DRAFT_GAMMA.min(max_len),
         })
