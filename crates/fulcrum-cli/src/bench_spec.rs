@@ -4,7 +4,7 @@ use crate::common::{check_threads, load_model, tokenize_prompt, CliResult};
 use crate::generate::prompt_text;
 use fulcrum_core::{Model, Session};
 use fulcrum_engine::sampler::{Sampler, SamplerConfig};
-use fulcrum_engine::spec::{default_exits, SpecMode, SpecOptions, Speculator};
+use fulcrum_engine::spec::{default_exits, Learned, SpecMode, SpecOptions, Speculator};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +41,10 @@ pub struct Args {
         default_value = "lookup,lookup:8,draft,static,fsm,del,auto"
     )]
     modes: Vec<String>,
+    /// Start every prompt's speculator from nothing; by default each mode carries its timings and answer lengths
+    /// from one prompt to the next, as a server or a chat session does.
+    #[arg(long)]
+    fresh: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -60,6 +64,8 @@ struct Run {
     drafted: usize,
     accepted: usize,
     rounds: usize,
+    /// Per drafter: `arm rounds×accepted/drafted`, for the log.
+    arms: String,
 }
 
 fn load_prompts(args: &Args, model: &Model) -> CliResult<Vec<Prompt>> {
@@ -89,14 +95,15 @@ fn load_prompts(args: &Args, model: &Model) -> CliResult<Vec<Prompt>> {
     Ok(prompts)
 }
 
-/// Greedy generation of up to `n` tokens (stopping at end of generation), timed after the prompt.
+/// Greedy generation of up to `n` tokens (stopping at end of generation), timed after the prompt; the speculator
+/// starts from `carry` (what the same mode learned on earlier prompts) and leaves what it learned there.
 fn run_one(
     target: &Arc<Model>,
     draft: &Arc<Model>,
     mode: &SpecMode,
-    prompt: &[u32],
-    n: usize,
+    (prompt, n): (&[u32], usize),
     threads: usize,
+    carry: &mut Option<Learned>,
 ) -> CliResult<Run> {
     let n_ctx = prompt.len() + n + 8;
     let greedy = SamplerConfig::greedy();
@@ -114,6 +121,9 @@ fn run_one(
             threads,
         )?),
     };
+    if let (Some(spec), Some(learned)) = (&mut spec, carry.take()) {
+        spec.resume(learned);
+    }
     let started = Instant::now();
     let mut history = prompt.to_vec();
     let logits = match &mut spec {
@@ -145,6 +155,7 @@ fn run_one(
         tokens.truncate(end + 1);
     }
     tokens.truncate(n);
+    *carry = spec.as_ref().map(Speculator::learned);
     let stats = spec.map(|s| s.final_stats()).unwrap_or_default();
     Ok(Run {
         tokens,
@@ -152,6 +163,11 @@ fn run_one(
         drafted: stats.drafted,
         accepted: stats.accepted,
         rounds: stats.rounds,
+        arms: stats
+            .per_arm
+            .iter()
+            .map(|(arm, a)| format!(" {arm} {}×{}/{}", a.rounds, a.accepted, a.drafted))
+            .collect(),
     })
 }
 
@@ -238,7 +254,8 @@ pub fn run(args: Args) -> CliResult {
     for mode in grid.iter().filter(|_| needs_grid) {
         let mut seconds = 0.0;
         for p in &dev {
-            seconds += run_one(&target, &draft, mode, &p.ids, args.n_gen, threads)?.seconds;
+            let one = (&p.ids[..], args.n_gen);
+            seconds += run_one(&target, &draft, mode, one, threads, &mut None)?.seconds;
         }
         log(format!(
             "grid {mode}: {seconds:.2} s on {} dev prompts",
@@ -265,17 +282,22 @@ pub fn run(args: Args) -> CliResult {
     // runs[mode][prompt], measured prompt by prompt with every mode back to back, so that each speed-up compares runs
     // at most a minute apart (this host's speed drifts by ±10 % over the minutes a whole set takes).
     let mut runs: Vec<Vec<Run>> = modes.iter().map(|_| Vec::new()).collect();
+    let mut carries: Vec<Option<Learned>> = modes.iter().map(|_| None).collect();
     for p in &prompts {
-        for (mode, row) in modes.iter().zip(runs.iter_mut()) {
-            let run = run_one(&target, &draft, mode, &p.ids, args.n_gen, threads)?;
+        for ((mode, row), carry) in modes.iter().zip(runs.iter_mut()).zip(&mut carries) {
+            if args.fresh {
+                *carry = None;
+            }
+            let run = run_one(&target, &draft, mode, (&p.ids, args.n_gen), threads, carry)?;
             log(format!(
-                "{mode} {}: {} tokens in {:.2} s ({:.2} t/s), {}/{} drafts accepted",
+                "{mode} {}: {} tokens in {:.2} s ({:.2} t/s), {}/{} drafts accepted{}",
                 p.name,
                 run.tokens.len(),
                 run.seconds,
                 run.tokens.len() as f64 / run.seconds,
                 run.accepted,
-                run.drafted
+                run.drafted,
+                run.arms
             ));
             row.push(run);
         }
@@ -353,9 +375,9 @@ pub fn run(args: Args) -> CliResult {
                     model,
                     &draft,
                     &SpecMode::Off,
-                    &prompts[i].ids,
-                    args.n_gen.min(64),
+                    (&prompts[i].ids, args.n_gen.min(64)),
                     threads,
+                    &mut None,
                 )?;
                 pairs.push((prompts[i].ids.clone(), out.tokens));
             }

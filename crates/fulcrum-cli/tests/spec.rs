@@ -162,6 +162,31 @@ fn a_small_draft_model_is_lossless_for_the_larger_target() {
 }
 
 #[test]
+fn a_speculator_resumed_from_an_earlier_one_is_lossless_and_remembers_it() {
+    let target = model("qwen2.5-coder-0.5b-instruct");
+    let greedy = SamplerConfig::greedy();
+    let fresh = || speculator(&target, "auto", options(), Some(target.clone()), &greedy).unwrap();
+    let first = target.tokenizer.encode("def fibonacci(n):", true, true);
+    let second = target.tokenizer.encode(
+        "def is_prime(n):\n    \"\"\"Whether n is prime.",
+        true,
+        true,
+    );
+    let (_, spec) = generate(&target, Some(fresh()), &greedy, &first, N_GEN);
+    let learned = spec.unwrap().learned();
+    assert_eq!(learned.answer_len, Some(N_GEN as f64));
+    assert!(learned.timings.layer.estimate(1).is_some());
+    assert!(!learned.exits.is_empty());
+    let mut resumed = fresh();
+    resumed.resume(learned);
+    let (out, spec) = generate(&target, Some(resumed), &greedy, &second, N_GEN);
+    let (plain, _) = generate(&target, None, &greedy, &second, N_GEN);
+    assert_eq!(out, plain, "a resumed auto changed the output");
+    // The second answer is folded into the mean length.
+    assert_eq!(spec.unwrap().learned().answer_len, Some(N_GEN as f64));
+}
+
+#[test]
 fn sampling_with_a_draft_is_reproducible() {
     let target = model("qwen2.5-coder-0.5b-instruct");
     let sampling = SamplerConfig {

@@ -341,6 +341,9 @@ struct Engine {
     /// Measured layer and classifier times by batch size, for the DEL controllers.
     timings: Timings,
     draft: Option<DraftSide>,
+    /// The decayed mean length of finished answers, which prices a draft model's catch-up against a request's
+    /// likely rest.
+    answer_len: Option<f64>,
 }
 
 impl Engine {
@@ -383,6 +386,7 @@ impl Engine {
             metrics,
             latency: None,
             timings: Timings::default(),
+            answer_len: None,
             draft,
         };
         let model = engine.calibrate();
@@ -969,7 +973,7 @@ impl Engine {
                         batch,
                         &seq.tokens,
                         most,
-                        (room, seq.generated(), behind),
+                        (room, seq.generated(), behind, self.answer_len),
                     );
                     match choice.arm {
                         Some(Arm::Lookup) => {
@@ -1355,6 +1359,9 @@ impl Engine {
     fn finish(&mut self, id: u64, reason: Option<FinishReason>) {
         let seq = self.scheduler.remove(id);
         if let Some(req) = self.requests.remove(&id) {
+            if reason.is_some() && req.emitted > 0 {
+                self.answer_len = Some(crate::spec::fold_answer_len(self.answer_len, req.emitted));
+            }
             if let (Some(reason), Some(seq)) = (reason, seq) {
                 let _ = req.events.try_send(Event::Finished {
                     reason,

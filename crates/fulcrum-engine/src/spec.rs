@@ -123,6 +123,31 @@ impl SpecStats {
     }
 }
 
+/// Weight of the earlier answers' mean length against the latest answer's.
+const ANSWER_DECAY: f64 = 0.75;
+
+/// The decayed mean length of answers, `mean` of the earlier ones folded with one of `len` tokens.
+pub fn fold_answer_len(mean: Option<f64>, len: usize) -> f64 {
+    mean.map_or(len as f64, |m| {
+        ANSWER_DECAY * m + (1.0 - ANSWER_DECAY) * len as f64
+    })
+}
+
+/// What a speculator learns that holds beyond one text: the costs it timed (layers, classifier, draft model) and
+/// how long answers run (the decayed mean of their lengths), which prices a draft model's catch-up against the
+/// answer's likely rest.
+#[derive(Clone, Debug, Default)]
+pub struct Learned {
+    /// The controller's timings.
+    pub timings: Timings,
+    /// The decayed mean length, in tokens, of the answers generated so far.
+    pub answer_len: Option<f64>,
+    /// Each early exit's acceptance: how well a model's exit agrees with its last layer changes far less from one
+    /// text to the next than lookup's or a draft model's hits, so an exit that never paid starts out without shadow
+    /// tokens (until the periodic revival tests it again).
+    pub exits: Vec<(Arm, controller::Acceptance)>,
+}
+
 /// A draft model and its own cache, kept in step with the committed text.
 struct DraftRunner {
     session: Session,
@@ -158,6 +183,10 @@ pub struct Speculator {
     round: usize,
     /// Tokens of the prompt [`Speculator::prefill`] evaluated: the rest of the history was generated.
     prompt_len: usize,
+    /// Tokens generated since that prompt.
+    generated: usize,
+    /// The decayed mean length of earlier answers (see [`Learned`]).
+    answer_len: Option<f64>,
     buffers: rounds::Buffers,
     pub stats: SpecStats,
 }
@@ -253,6 +282,8 @@ impl Speculator {
             fsm_gamma,
             round: 0,
             prompt_len: 0,
+            generated: 0,
+            answer_len: None,
             mode,
             options,
             stats: SpecStats::default(),
@@ -262,6 +293,38 @@ impl Speculator {
     /// The controller (its statistics and timings).
     pub fn controller(&self) -> &Controller {
         &self.controller
+    }
+
+    /// What this speculator learned that holds for other texts too, its current answer counted.
+    pub fn learned(&self) -> Learned {
+        let answer_len = match self.generated {
+            0 => self.answer_len,
+            n => Some(fold_answer_len(self.answer_len, n)),
+        };
+        Learned {
+            timings: self.controller.timings.clone(),
+            answer_len,
+            exits: self
+                .controller
+                .arms
+                .iter()
+                .filter(|(arm, _)| matches!(arm, Arm::Exit(_)))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Starts from what an earlier speculator of this process learned (timings, answer lengths, exits), as one
+    /// speculator reused over several texts would.
+    pub fn resume(&mut self, learned: Learned) {
+        self.controller.timings = learned.timings;
+        self.answer_len = learned.answer_len;
+        for (arm, acceptance) in learned.exits {
+            if let Some((_, mine)) = self.controller.arms.iter_mut().find(|(a, _)| *a == arm) {
+                *mine = acceptance;
+            }
+        }
+        self.generated = 0;
     }
 
     /// The statistics so far, with the controller's current α per arm.

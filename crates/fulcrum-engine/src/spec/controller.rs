@@ -86,11 +86,16 @@ pub fn tokens_per_layer(alpha: f64, exit: usize, d: usize, n_layers: usize) -> f
 /// Batch sizes measured one by one: up to a draft of [`GAMMA_MAX`] tokens plus the target's own row.
 const MEASURED_SIZES: usize = GAMMA_MAX + 1;
 
+/// Batches of at least this many rows are timed per row as well: past it the multiply-adds dominate, so a row
+/// costs about the same however many more there are (a prompt, a draft model catching up).
+const BULK_ROWS: usize = 16;
+
 /// An estimate of t(b) seconds for a batch of b tokens, from decayed measurements: the batch sizes a verification
 /// uses (up to [`MEASURED_SIZES`]) are kept one by one, since on a CPU t(b) is far from affine there (a second
 /// row can cost nothing while the weights stream from memory, an eighth costs a lot once the multiply-adds no longer
-/// hide under that stream); other sizes are interpolated between measured ones, or extrapolated from the largest
-/// with the slope c of an affine fit t(b) = a + c·(b − 1) to every batch timed.
+/// hide under that stream); other sizes are interpolated between measured ones. Larger batches cost their rows at
+/// the per-row time of the large batches timed ([`BULK_ROWS`] rows or more), or, before one was, are extrapolated
+/// from the largest measured size with the slope c of an affine fit t(b) = a + c·(b − 1) to every batch timed.
 #[derive(Clone, Debug, Default)]
 pub struct BatchTime {
     single: Option<f64>,
@@ -99,6 +104,8 @@ pub struct BatchTime {
     early: Option<(usize, f64)>,
     /// `by_size[b − 2]`: the decayed time of a batch of b, for b = 2..=[`MEASURED_SIZES`].
     by_size: [Option<f64>; MEASURED_SIZES - 1],
+    /// The decayed seconds per row of batches of [`BULK_ROWS`] rows or more.
+    per_row: Option<f64>,
 }
 
 /// Weight of the old estimate against a new timing: fast enough that one verification corrects a slope first
@@ -111,15 +118,26 @@ impl BatchTime {
         if !seconds.is_finite() || seconds < 0.0 || b == 0 {
             return;
         }
+        if b >= BULK_ROWS {
+            self.per_row = Some(blend(self.per_row, seconds / b as f64));
+        }
         if b == 1 {
             self.single = Some(blend(self.single, seconds));
             if let Some((b, seconds)) = self.early.take() {
-                self.record(b, seconds);
+                self.record_against_single(b, seconds);
             }
             return;
         }
-        let Some(a) = self.single else {
+        if self.single.is_none() {
             self.early = Some((b, seconds));
+            return;
+        }
+        self.record_against_single(b, seconds);
+    }
+
+    /// Folds a batch of `b` > 1 into its size's time and the affine slope, once a single token was timed.
+    fn record_against_single(&mut self, b: usize, seconds: f64) {
+        let Some(a) = self.single else {
             return;
         };
         if let Some(slot) = self.by_size.get_mut(b - 2) {
@@ -132,7 +150,13 @@ impl BatchTime {
     /// Estimated seconds for a batch of `b`; before any batch larger than one was timed, each extra token is assumed
     /// to cost a tenth of the first (weight reads dominate small batches on a CPU).
     pub fn estimate(&self, b: usize) -> Option<f64> {
-        let a = self.single?;
+        let Some(a) = self.single else {
+            // Only large batches timed yet: their rows' time.
+            return self
+                .per_row
+                .filter(|_| b >= BULK_ROWS)
+                .map(|r| r * b as f64);
+        };
         if b <= 1 {
             return Some(a);
         }
@@ -149,9 +173,10 @@ impl BatchTime {
             return Some(t_lo);
         }
         let above = (b + 1..=MEASURED_SIZES).find_map(|s| Some((s, measured(s)?)));
-        Some(match above {
-            Some((hi, t_hi)) => t_lo + (t_hi - t_lo) * (b - lo) as f64 / (hi - lo) as f64,
-            None => t_lo + self.per_extra.unwrap_or(a * 0.1) * (b - lo) as f64,
+        Some(match (above, self.per_row) {
+            (Some((hi, t_hi)), _) => t_lo + (t_hi - t_lo) * (b - lo) as f64 / (hi - lo) as f64,
+            (None, Some(r)) if b > MEASURED_SIZES => t_lo.max(r * b as f64),
+            _ => t_lo + self.per_extra.unwrap_or(a * 0.1) * (b - lo) as f64,
         })
     }
 }
@@ -562,6 +587,23 @@ mod tests {
         let mut t = t.clone();
         t.record(2, 0.090);
         assert!((t.estimate(2).unwrap() - 0.085).abs() < 1e-12);
+    }
+
+    #[test]
+    fn large_batches_cost_their_rows() {
+        let mut t = BatchTime::default();
+        // A draft model's calibration batch, before any single step was timed: its rows' time, for large batches.
+        t.record(16, 0.048);
+        assert_eq!(t.estimate(8), None);
+        assert!((t.estimate(200).unwrap() - 0.6).abs() < 1e-12);
+        // Once steps are timed, small sizes come from them and large ones still from the rows' time, where the
+        // small batches' slope (a second row is almost free) would price a 200-token catch-up far too low.
+        t.record(1, 0.020);
+        t.record(2, 0.021);
+        t.record(3, 0.022);
+        assert!((t.estimate(2).unwrap() - 0.021).abs() < 1e-12);
+        assert!((t.estimate(200).unwrap() - 0.6).abs() < 1e-12);
+        assert!(t.estimate(19).unwrap() < t.estimate(20).unwrap());
     }
 
     #[test]

@@ -115,19 +115,28 @@ const PROBE_HORIZON: usize = 16;
 
 /// The tokens a generation that has produced `generated` is expected to run for, of at most `left` more: as many
 /// again as it has run (an answer that has gone on for n tokens is about as likely to go on for n more as to stop),
-/// and at least [`PROBE_HORIZON`]. A probe priced on the whole `max_tokens` would pay its draft model's catch-up on
-/// every short answer.
-pub(super) fn expected_room(generated: usize, left: usize) -> usize {
-    left.min(generated.max(PROBE_HORIZON))
+/// at least [`PROBE_HORIZON`], and, where earlier answers in this process ran `typical` tokens on average, what is
+/// left of that. A probe priced on the whole `max_tokens` would pay its draft model's catch-up on every short answer.
+pub(super) fn expected_room(generated: usize, left: usize, typical: Option<f64>) -> usize {
+    let rest_of_typical = typical.map_or(0.0, |t| t - generated as f64).max(0.0) as usize;
+    left.min(generated.max(PROBE_HORIZON).max(rest_of_typical))
 }
 
-/// Seconds for a draft model to catch its cache up with `behind` tokens of text, priced as the target's batch of
-/// as many rows scaled by the draft's step ratio; `None` before the target's layers and classifier were timed.
+/// Seconds for a draft model to catch its cache up with `behind` tokens of text: its own batch of as many rows where
+/// one that large was timed, else the target's scaled by the draft's step ratio; `None` before the target's layers
+/// and classifier were timed.
 pub(super) fn catch_up_seconds(c: &super::Controller, behind: usize) -> Option<f64> {
     let t = &c.timings;
+    if let Some(seconds) = t.draft_step.estimate(behind.max(1)) {
+        return Some(seconds);
+    }
     let (layer, head) = (t.layer.estimate(behind.max(1))?, t.head.estimate(1)?);
     Some(c.draft_ratio? * (c.n_layers as f64 * layer + head))
 }
+
+/// Prompt tokens a draft model evaluates in `auto`'s first round when its batches were never timed, so that its
+/// catch-up is priced from its own speed (the work is kept: they are the start of that catch-up).
+pub(super) const CALIBRATION_ROWS: usize = 16;
 
 /// Whether a round tries the draft model: it is due (from the second round while it was never tried, or after
 /// `probe_every` rounds `idle`), and at [`PROBE_ALPHA`] it would save more of the `room` tokens' time than catching
@@ -209,6 +218,8 @@ impl Speculator {
         prompt: &[u32],
     ) -> Result<Vec<f32>, ModelError> {
         let window = self.options.init_window.min(prompt.len());
+        self.answer_len = self.learned().answer_len;
+        self.generated = 0;
         self.prompt_len = prompt.len();
         let started = Instant::now();
         self.buffers.started = Some((started, self.stats.shadow_seconds));
@@ -269,6 +280,8 @@ impl Speculator {
         self.update_live(max_len.max(1));
         if self.round > 1 {
             self.initialise_from_prompt(session)?;
+        } else {
+            self.calibrate_draft(history)?;
         }
         let choice = self.choose(history, max_len, max_new);
         let shadow = self.is_shadow_round(choice);
@@ -293,6 +306,7 @@ impl Speculator {
             }
         }
         let committed = history.len() - start;
+        self.generated = history.len().saturating_sub(self.prompt_len);
         self.learn(session, choice, &history[start..], shadow)?;
         if let Some(runner) = &mut self.draft {
             runner.idle = if choice.arm == Some(Arm::DraftModel) {
@@ -313,6 +327,37 @@ impl Speculator {
             max_len,
             &mut self.buffers.live,
         );
+    }
+
+    /// In `auto`, while the draft model's batches were never timed, evaluates the next [`CALIBRATION_ROWS`] tokens
+    /// of `history` it lacks and times them; a text shorter than that is cheap to catch up with at any speed.
+    fn calibrate_draft(&mut self, history: &[u32]) -> Result<(), ModelError> {
+        let Some(runner) = &mut self.draft else {
+            return Ok(());
+        };
+        let timed = self
+            .controller
+            .timings
+            .draft_step
+            .estimate(CALIBRATION_ROWS);
+        if self.mode != SpecMode::Auto || timed.is_some() {
+            return Ok(());
+        }
+        let keep = runner.cached_prefix(history);
+        let end = keep + CALIBRATION_ROWS;
+        if end >= history.len() {
+            return Ok(());
+        }
+        runner.session.truncate(keep);
+        runner.fed.truncate(keep);
+        let started = Instant::now();
+        runner.session.eval_last(&history[keep..end])?;
+        runner.fed.extend_from_slice(&history[keep..end]);
+        self.controller
+            .timings
+            .draft_step
+            .record(CALIBRATION_ROWS, started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// DEL's initialisation from the prompt's last tokens, for the exits still live.
@@ -374,7 +419,7 @@ impl Speculator {
                         &self.controller,
                         (self.round, runner.idle, self.options.probe_every),
                         max_len,
-                        expected_room(generated, room),
+                        expected_room(generated, room, self.answer_len),
                         history.len() - runner.cached_prefix(history),
                     );
                     if probe {
@@ -580,6 +625,18 @@ impl Speculator {
         let catch_up = &history[keep..];
         let mut logits = runner.session.eval_last(catch_up)?.to_vec();
         runner.fed.extend_from_slice(catch_up);
+        // A round's own catch-up (its bonus token, and the last draft when all were accepted) costs about a step;
+        // a longer one is timed as the batch it is, not as steps.
+        let caught_up = catch_up.len() > 2;
+        let mut stepping = started;
+        if caught_up {
+            let seconds = started.elapsed().as_secs_f64();
+            self.controller
+                .timings
+                .draft_step
+                .record(catch_up.len(), seconds);
+            stepping = Instant::now();
+        }
         let greedy = runner.sampler.config().temperature <= 0.0;
         let mut recent = history.to_vec();
         for i in 0..len {
@@ -605,11 +662,14 @@ impl Speculator {
             logits.copy_from_slice(runner.session.eval_last(&[token])?);
             runner.fed.push(token);
         }
-        let steps = b.drafts.len().max(1);
-        self.controller
-            .timings
-            .draft_step
-            .record(1, started.elapsed().as_secs_f64() / steps as f64);
+        // After a long catch-up the first draft came with it and each later one cost a step.
+        let steps = b.drafts.len().saturating_sub(usize::from(caught_up));
+        if steps > 0 {
+            self.controller
+                .timings
+                .draft_step
+                .record(1, stepping.elapsed().as_secs_f64() / steps as f64);
+        }
         Ok(())
     }
 
@@ -766,4 +826,43 @@ fn accept(
         }
     }
     drafts.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Controller, CostUnits};
+
+    #[test]
+    fn the_expected_room_follows_the_answer_and_earlier_answers() {
+        // Alone: as many tokens again as generated, at least the horizon, at most what is left.
+        assert_eq!(expected_room(0, 127, None), PROBE_HORIZON);
+        assert_eq!(expected_room(40, 87, None), 40);
+        assert_eq!(expected_room(100, 27, None), 27);
+        // Earlier answers of about 110 tokens: the rest of that, from the start.
+        assert_eq!(expected_room(1, 127, Some(110.0)), 109);
+        assert_eq!(expected_room(80, 47, Some(110.0)), 47);
+        // Longer than the earlier answers: back to as many again.
+        assert_eq!(expected_room(60, 67, Some(30.0)), 60);
+    }
+
+    #[test]
+    fn a_catch_up_is_priced_from_the_draft_models_own_batches() {
+        let mut c = Controller::new(&[Arm::DraftModel], 28, CostUnits::Seconds);
+        c.draft_ratio = Some(0.5);
+        assert_eq!(catch_up_seconds(&c, 200), None);
+        // The target's prompt of 100 rows: 15 ms a row in all, half that for the draft before it is timed.
+        c.timings.layer.record(1, 0.002);
+        c.timings.layer.record(100, 1.5 / 28.0);
+        c.timings.head.record(1, 0.005);
+        let before = catch_up_seconds(&c, 200).unwrap();
+        assert!(
+            (before - 0.5 * (200.0 * 1.5 / 100.0 + 0.005)).abs() < 1e-9,
+            "{before}"
+        );
+        // The draft model's calibration batch ran at 3 ms a row: that prices it from then on.
+        c.timings.draft_step.record(CALIBRATION_ROWS, 0.048);
+        let after = catch_up_seconds(&c, 200).unwrap();
+        assert!((after - 0.6).abs() < 1e-9, "{after}");
+    }
 }

@@ -96,14 +96,15 @@ impl Adaptive {
 
     /// Decides the decode step after `tokens` (the sequence so far), with drafts of at most `max_len` tokens, under
     /// the engine's current `timings`, in a step shared as `batch` says; `room` tokens may still be generated after
-    /// the `generated` so far, and the draft model's cache lags the text by `draft_behind` tokens.
+    /// the `generated` so far, the draft model's cache lags the text by `draft_behind` tokens, and earlier answers
+    /// ran `typical` tokens on average.
     pub fn plan(
         &mut self,
         timings: &Timings,
         batch: Option<Batch>,
         tokens: &[u32],
         max_len: usize,
-        (room, generated, draft_behind): (usize, usize, usize),
+        (room, generated, draft_behind, typical): (usize, usize, usize, Option<f64>),
     ) -> Choice {
         self.round += 1;
         self.controller.timings = timings.clone();
@@ -118,9 +119,11 @@ impl Adaptive {
         let with_draft = self.with_draft;
         let choice = if max_len == 0 {
             Choice::PLAIN
-        } else if let Some(probe) =
-            self.draft_probe(max_len, expected_room(generated, room), draft_behind)
-        {
+        } else if let Some(probe) = self.draft_probe(
+            max_len,
+            expected_room(generated, room, typical),
+            draft_behind,
+        ) {
             probe
         } else {
             let c = self.controller.choose(max_len, |arm| match arm {
