@@ -1,6 +1,6 @@
 //! `fulcrum bench spec`: speculative decoding against plain decoding, every drafter in one run, on a prompt set.
 
-use crate::common::{check_threads, load_model, tokenize_prompt, CliResult};
+use crate::common::{check_threads, load_draft, load_model, tokenize_prompt, CliResult, DraftType};
 use crate::generate::prompt_text;
 use fulcrum_core::{Model, Session};
 use fulcrum_engine::sampler::{Sampler, SamplerConfig};
@@ -18,6 +18,9 @@ pub struct Args {
     /// Draft model for `draft:` and `auto`.
     #[arg(long, default_value = "qwen2.5-coder-0.5b-instruct")]
     draft: String,
+    /// How the draft model's weights are held: q4_0 (re-quantized once into the model cache, if wider) or keep.
+    #[arg(long, value_enum, default_value_t = DraftType::Q4_0)]
+    draft_type: DraftType,
     /// Prompts, one JSON object per line: {"name", "set", "prompt", "chat": bool} (bench/spec writes HumanEval's).
     #[arg(long)]
     prompts: std::path::PathBuf,
@@ -227,7 +230,7 @@ fn layer_acceptance(
 pub fn run(args: Args) -> CliResult {
     let threads = check_threads(args.threads)?;
     let target = load_model(&args.model, !args.json)?;
-    let draft = load_model(&args.draft, !args.json)?;
+    let draft = load_draft(&args.draft, args.draft_type, !args.json)?;
     fulcrum_engine::spec::check_vocabulary(&target, &draft)?;
     let prompts = load_prompts(&args, &target)?;
     let n_layers = target.config.n_layers;

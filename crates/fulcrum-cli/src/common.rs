@@ -30,6 +30,85 @@ pub fn load_model(name_or_path: &str, verbose: bool) -> CliResult<Arc<Model>> {
     Ok(Arc::new(model))
 }
 
+/// How a draft model's weights are held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DraftType {
+    /// Re-quantized to Q4_0 once and kept in the model cache, if the file's weights are wider than 4 bits: a draft
+    /// step reads fewer bytes, and verification keeps the output the target's whatever the draft proposes.
+    #[default]
+    #[value(name = "q4_0")]
+    Q4_0,
+    /// As the file holds them.
+    Keep,
+}
+
+/// Loads the draft model `name_or_path`, held as `ty` says. A re-quantized copy that cannot be written (a read-only
+/// cache, a full disk) leaves the file's own weights, with a warning.
+pub fn load_draft(name_or_path: &str, ty: DraftType, verbose: bool) -> CliResult<Arc<Model>> {
+    let path = models::resolve(name_or_path, true)?;
+    if ty == DraftType::Keep {
+        return load_model(&path.to_string_lossy(), verbose);
+    }
+    let file = fulcrum_gguf::GgufFile::open(&path)?;
+    if !wider_than_4_bits(&file) {
+        drop(file);
+        return load_model(&path.to_string_lossy(), verbose);
+    }
+    drop(file);
+    let stem = path
+        .file_stem()
+        .map_or("draft".into(), |s| s.to_string_lossy());
+    let len = std::fs::metadata(&path)?.len();
+    let derived = models::models_dir()
+        .join("derived")
+        .join(format!("{stem}-{len}.q4_0.gguf"));
+    if !derived.exists() {
+        let made = std::fs::create_dir_all(derived.parent().unwrap_or(&derived))
+            .map_err(|e| e.into())
+            .and_then(|()| {
+                crate::quantize::write_requantized(
+                    &path,
+                    &derived,
+                    crate::quantize::Target::Q4_0,
+                    fulcrum_core::threads::default_threads(),
+                    false,
+                )
+            });
+        match made {
+            Ok(_) if verbose => eprintln!(
+                "re-quantized the draft model to Q4_0 at {} (--draft-type keep uses it as it is)",
+                derived.display()
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot write a Q4_0 copy of the draft model at {} ({e}); drafting with {}",
+                    derived.display(),
+                    path.display()
+                );
+                return load_model(&path.to_string_lossy(), verbose);
+            }
+        }
+    }
+    load_model(&derived.to_string_lossy(), verbose)
+}
+
+/// Whether most of a model's weight bytes are in types of more than 4 bits per weight.
+fn wider_than_4_bits(file: &fulcrum_gguf::GgufFile) -> bool {
+    use fulcrum_gguf::GgmlType::*;
+    let (mut wide, mut all) = (0u64, 0u64);
+    for t in file.tensors().iter().filter(|t| t.dims.len() >= 2) {
+        all += t.size_bytes;
+        if matches!(
+            t.ty,
+            F32 | F16 | BF16 | F64 | Q8_0 | Q8_1 | Q8_K | Q6_K | Q5_0 | Q5_1 | Q5_K
+        ) {
+            wide += t.size_bytes;
+        }
+    }
+    wide * 2 > all
+}
+
 /// Sampling flags shared by `generate` and `chat`.
 #[derive(ClapArgs, Clone, Debug)]
 pub struct SamplingArgs {

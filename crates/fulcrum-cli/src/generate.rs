@@ -1,8 +1,8 @@
 //! `fulcrum generate`: one prompt in, streamed text out; and the decoding loop `chat` shares.
 
 use crate::common::{
-    chat_template, check_threads, context_size, load_model, tokenize_prompt, CliResult,
-    SamplingArgs, DEFAULT_MODEL,
+    chat_template, check_threads, context_size, load_draft, load_model, tokenize_prompt, CliResult,
+    DraftType, SamplingArgs, DEFAULT_MODEL,
 };
 use fulcrum_core::tokenizer::StreamDecoder;
 use fulcrum_core::{Model, Session};
@@ -54,6 +54,9 @@ pub struct Args {
     /// Draft model that `--spec auto` may use besides early exits and prompt lookup.
     #[arg(long)]
     draft: Option<String>,
+    /// How the draft model's weights are held: q4_0 (re-quantized once into the model cache, if wider) or keep.
+    #[arg(long, value_enum, default_value_t = DraftType::Q4_0)]
+    draft_type: DraftType,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -189,7 +192,7 @@ fn speculator(
     }
     let draft_name = args.spec.draft_model().or(args.draft.as_deref());
     let draft = match draft_name {
-        Some(name) => Some(load_model(name, !args.json)?),
+        Some(name) => Some(load_draft(name, args.draft_type, !args.json)?),
         None => None,
     };
     let spec = Speculator::new(

@@ -35,7 +35,7 @@ pub struct Args {
 
 /// The weight types `quantize` writes.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum Target {
+pub(crate) enum Target {
     /// bitsandbytes' 4-bit NormalFloat with double-quantized absmax (docs/formats.md).
     #[value(name = "nf4")]
     Nf4,
@@ -144,9 +144,30 @@ pub fn run(args: Args) -> CliResult {
     if output.is_dir() {
         return Err(format!("{} is a directory", output.display()).into());
     }
-    let file = GgufFile::open(&input)?;
     let started = Instant::now();
-    let target = args.to.ty();
+    let (size, counts) = write_requantized(&input, output, args.to, threads, true)?;
+    let summary: Vec<String> = counts.iter().map(|(ty, n)| format!("{n} {ty}")).collect();
+    eprintln!(
+        "wrote {} ({:.1} MiB; tensors: {}) in {:.1} s",
+        output.display(),
+        size as f64 / (1 << 20) as f64,
+        summary.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Writes `input` re-quantized to `to` at `output` (through a temporary file, checked by reading it back, then
+/// renamed over it), with a progress bar if `progress`; returns the file's size and its tensors' types.
+pub(crate) fn write_requantized(
+    input: &Path,
+    output: &Path,
+    to: Target,
+    threads: usize,
+    progress: bool,
+) -> CliResult<(u64, Vec<(GgmlType, usize)>)> {
+    let file = GgufFile::open(input)?;
+    let target = to.ty();
 
     let mut metadata: Vec<(String, Value)> = file
         .metadata()
@@ -154,7 +175,7 @@ pub fn run(args: Args) -> CliResult {
         .filter(|(k, _)| k != "general.file_type")
         .cloned()
         .collect();
-    if let Some(ftype) = args.to.file_type() {
+    if let Some(ftype) = to.file_type() {
         metadata.push(("general.file_type".into(), Value::U32(ftype)));
     }
     let specs: Vec<TensorSpec> = file
@@ -194,7 +215,10 @@ pub fn run(args: Args) -> CliResult {
     let handle = File::create(&temp.path)
         .map_err(|e| format!("cannot create {}: {e}", temp.path.display()))?;
 
-    let progress = ProgressBar::new(file.tensors().len() as u64);
+    let progress = match progress {
+        true => ProgressBar::new(file.tensors().len() as u64),
+        false => ProgressBar::hidden(),
+    };
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} tensors {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -244,16 +268,7 @@ pub fn run(args: Args) -> CliResult {
         )
     })?;
     temp.done = true;
-
-    let summary: Vec<String> = counts.iter().map(|(ty, n)| format!("{n} {ty}")).collect();
-    eprintln!(
-        "wrote {} ({:.1} MiB; tensors: {}) in {:.1} s",
-        output.display(),
-        size as f64 / (1 << 20) as f64,
-        summary.join(", "),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok((size, counts))
 }
 
 /// Re-encodes tensor `t` (its bytes in `source`) as `to`, row by row on `threads` threads.

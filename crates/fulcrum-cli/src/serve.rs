@@ -71,6 +71,9 @@ pub struct Args {
     /// values take a pool of their own with as many tokens as the model's.
     #[arg(long)]
     draft_model: Option<String>,
+    /// How the draft model's weights are held: q4_0 (re-quantized once into the model cache, if wider) or keep.
+    #[arg(long, value_enum, default_value_t = common::DraftType::Q4_0)]
+    draft_type: common::DraftType,
     /// DEL's γ_min for `del` and `auto` requests: with 1 or more they always draft (for measuring what drafting
     /// costs where it does not pay); 0 lets the controller fall back to plain decoding.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=18))]
@@ -185,7 +188,7 @@ pub fn run(args: Args) -> CliResult {
     }
     let draft = match &draft_name {
         Some(name) => {
-            let d = common::load_model(name, true)?;
+            let d = common::load_draft(name, args.draft_type, true)?;
             fulcrum_engine::spec::check_vocabulary(&model, &d)?;
             Some(d)
         }

@@ -460,3 +460,51 @@ fn bench_json_reports_the_decode_roofline() {
     assert!(measured > 0.0 && roofline["measured_read_gb_s"] == measured);
     assert!(out["peak_rss_bytes"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn a_wide_draft_model_is_requantized_once_and_drafting_stays_lossless() {
+    let source = model("qwen2.5-coder-0.5b-instruct").path.clone();
+    let source = source.to_str().unwrap();
+    let dir = std::env::temp_dir().join(format!("fulcrum-draft-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |spec: &str, draft_type: &str| {
+        let out = Command::new(fulcrum_bin())
+            .env("FULCRUM_MODELS_DIR", &dir)
+            .args([
+                "generate", "-m", source, "--raw", "--json", "--temp", "0", "-n", "24",
+            ])
+            .args(["--spec", spec, "--draft-type", draft_type])
+            .args(["--prompt", "def fibonacci(n):"])
+            .output()
+            .expect("run fulcrum");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids(&v["tokens"])
+    };
+    let plain = run("off", "q4_0");
+    let draft_spec = format!("draft:{source},4");
+    assert_eq!(
+        run(&draft_spec, "q4_0"),
+        plain,
+        "a Q4_0 draft changed greedy output"
+    );
+    let derived: Vec<_> = std::fs::read_dir(dir.join("derived"))
+        .expect("the Q4_0 copy is in the cache")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(derived.len(), 1, "{derived:?}");
+    let written = std::fs::metadata(&derived[0]).unwrap();
+    assert!(written.len() * 4 < std::fs::metadata(source).unwrap().len() * 3);
+    // The copy is reused, and the original weights are there for the asking.
+    assert_eq!(run(&draft_spec, "q4_0"), plain);
+    assert_eq!(
+        std::fs::metadata(&derived[0]).unwrap().modified().unwrap(),
+        written.modified().unwrap()
+    );
+    assert_eq!(run(&draft_spec, "keep"), plain);
+    let _ = std::fs::remove_dir_all(&dir);
+}

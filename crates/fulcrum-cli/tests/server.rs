@@ -105,9 +105,12 @@ fn openai_client_against_fulcrum_serve() {
                 "512",
                 "--kv-memory",
                 "64",
-                // The model drafting for itself: every draft must be accepted (the client checks).
+                // The model drafting for itself, weights as they are: every draft must be accepted (the client
+                // checks).
                 "--draft-model",
                 "qwen2.5-coder-0.5b-instruct",
+                "--draft-type",
+                "keep",
                 "--port",
                 &port.to_string(),
             ])
