@@ -406,13 +406,14 @@ impl Controller {
         })
     }
 
-    /// Whether a round trying `arm` is worth `setup` seconds of preparation first (a draft model catching its cache
-    /// up with the text): were its drafts accepted at `alpha`, the time it would save over the `room` tokens left
-    /// must exceed that. In a shared step both are the step's time: the preparation delays every sequence in it,
-    /// and the saving is the step's speed-up. Unknown costs: yes.
+    /// Whether a round trying `arm` instead of `instead` (what the controller would do otherwise) is worth `setup`
+    /// seconds of preparation first (a draft model catching its cache up with the text): were its drafts accepted
+    /// at `alpha`, the time it would save over the `room` tokens left, against `instead` or plain decoding,
+    /// whichever is faster, must exceed that. In a shared step both are the step's time: the preparation delays
+    /// every sequence in it, and the saving is the step's speed-up. Unknown costs: yes.
     pub fn worth_probing(
         &self,
-        arm: Arm,
+        (arm, instead): (Arm, Choice),
         max_len: usize,
         alpha: f64,
         room: usize,
@@ -422,14 +423,29 @@ impl Controller {
             return true;
         };
         let plain_rate = self.rate(1.0, plain, plain);
+        let baseline = self
+            .expected_rate(instead)
+            .unwrap_or(plain_rate)
+            .max(plain_rate);
         let Some(best) = self.best_rate(arm, max_len, alpha, plain) else {
             return true;
         };
-        if best <= plain_rate {
+        if best <= baseline {
             return false;
         }
         let step = self.batch.map_or(plain, |b| b.seconds);
-        setup <= room as f64 * step * (1.0 - plain_rate / best)
+        setup <= room as f64 * step * (1.0 - baseline / best)
+    }
+
+    /// The rate the controller expects of `choice`, in its units; `None` while its costs or acceptance are unknown.
+    fn expected_rate(&self, choice: Choice) -> Option<f64> {
+        let plain = self.cost(None, 0)?;
+        let alpha = match choice.arm {
+            None => return Some(self.rate(1.0, plain, plain)),
+            Some(arm) => self.acceptance(arm)?.alpha()?,
+        };
+        let cost = self.cost(choice.arm, choice.draft_len)?;
+        Some(self.rate(expected_tokens(alpha, choice.draft_len), cost, plain))
     }
 
     /// The expected speed-up of `choice` over plain decoding, by the controller's model.
@@ -631,17 +647,31 @@ mod tests {
 
     #[test]
     fn a_probe_must_save_more_than_its_setup_costs() {
-        let mut c = Controller::new(&[Arm::DraftModel, Arm::Exit(23)], 24, CostUnits::Seconds);
+        let arms = [Arm::DraftModel, Arm::Exit(23), Arm::Lookup];
+        let mut c = Controller::new(&arms, 24, CostUnits::Seconds);
         time_small_batches(&mut c);
+        let worth = |c: &Controller, arm, room, setup| {
+            c.worth_probing((arm, Choice::PLAIN), 8, 0.9, room, setup)
+        };
         // At α = 0.9 the draft model runs about 1.55× plain decoding: over 100 tokens of 26 ms it saves ~0.9 s.
-        assert!(c.worth_probing(Arm::DraftModel, 8, 0.9, 100, 0.5));
-        assert!(!c.worth_probing(Arm::DraftModel, 8, 0.9, 100, 2.0));
-        assert!(!c.worth_probing(Arm::DraftModel, 8, 0.9, 10, 0.5));
+        assert!(worth(&c, Arm::DraftModel, 100, 0.5));
+        assert!(!worth(&c, Arm::DraftModel, 100, 2.0));
+        assert!(!worth(&c, Arm::DraftModel, 10, 0.5));
         // An arm that cannot beat plain decoding is never worth it, however cheap.
-        assert!(!c.worth_probing(Arm::Exit(23), 8, 0.9, 1000, 0.0));
+        assert!(!worth(&c, Arm::Exit(23), 1000, 0.0));
+        // Nor is one that would not beat what the controller does instead: lookup accepted every time.
+        for _ in 0..20 {
+            c.observe(Arm::Lookup, &[(true, 1.0); 8]);
+        }
+        let lookup = Choice {
+            arm: Some(Arm::Lookup),
+            draft_len: 8,
+        };
+        assert!(!c.worth_probing((Arm::DraftModel, lookup), 8, 0.9, 100, 0.0));
+        assert!(worth(&c, Arm::DraftModel, 100, 0.5));
         // Without timings nothing is known: try it.
         let fresh = Controller::new(&[Arm::DraftModel], 24, CostUnits::Seconds);
-        assert!(fresh.worth_probing(Arm::DraftModel, 8, 0.9, 1, 10.0));
+        assert!(worth(&fresh, Arm::DraftModel, 1, 10.0));
     }
 
     #[test]

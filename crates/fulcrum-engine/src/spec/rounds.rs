@@ -144,7 +144,7 @@ pub(super) const CALIBRATION_ROWS: usize = 16;
 pub(super) fn draft_probe_due(
     c: &super::Controller,
     (round, idle, probe_every): (usize, usize, usize),
-    max_len: usize,
+    (max_len, instead): (usize, Choice),
     room: usize,
     behind: usize,
 ) -> bool {
@@ -154,7 +154,7 @@ pub(super) fn draft_probe_due(
         .is_none();
     let due = idle >= probe_every || (never && round > 1);
     due && c.worth_probing(
-        Arm::DraftModel,
+        (Arm::DraftModel, instead),
         max_len,
         PROBE_ALPHA,
         room,
@@ -413,19 +413,6 @@ impl Speculator {
             SpecMode::EarlyExit { exit, gamma } => fixed(Arm::Exit(*exit), *gamma),
             SpecMode::ExitFsm { exit } => fixed(Arm::Exit(*exit), self.fsm_gamma),
             SpecMode::Del | SpecMode::Auto => {
-                if let Some(runner) = &self.draft {
-                    let generated = history.len().saturating_sub(self.prompt_len);
-                    let probe = draft_probe_due(
-                        &self.controller,
-                        (self.round, runner.idle, self.options.probe_every),
-                        max_len,
-                        expected_room(generated, room, self.answer_len),
-                        history.len() - runner.cached_prefix(history),
-                    );
-                    if probe {
-                        return fixed(Arm::DraftModel, super::mode::DRAFT_GAMMA);
-                    }
-                }
                 let lookup_len = self.buffers.lookup.len();
                 let has_draft = self.draft.is_some();
                 let choice = self.controller.choose(max_len, |arm| match arm {
@@ -433,10 +420,24 @@ impl Speculator {
                     Arm::DraftModel => has_draft,
                     Arm::Exit(_) => true,
                 });
-                match choice.arm {
+                let choice = match choice.arm {
                     Some(Arm::Lookup) => fixed(Arm::Lookup, choice.draft_len.min(lookup_len)),
                     _ => choice,
+                };
+                if let Some(runner) = &self.draft {
+                    let generated = history.len().saturating_sub(self.prompt_len);
+                    let probe = draft_probe_due(
+                        &self.controller,
+                        (self.round, runner.idle, self.options.probe_every),
+                        (max_len, choice),
+                        expected_room(generated, room, self.answer_len),
+                        history.len() - runner.cached_prefix(history),
+                    );
+                    if probe {
+                        return fixed(Arm::DraftModel, super::mode::DRAFT_GAMMA);
+                    }
                 }
+                choice
             }
         }
     }

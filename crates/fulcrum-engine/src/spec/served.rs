@@ -119,25 +119,22 @@ impl Adaptive {
         let with_draft = self.with_draft;
         let choice = if max_len == 0 {
             Choice::PLAIN
-        } else if let Some(probe) = self.draft_probe(
-            max_len,
-            expected_room(generated, room, typical),
-            draft_behind,
-        ) {
-            probe
         } else {
             let c = self.controller.choose(max_len, |arm| match arm {
                 Arm::Lookup => lookup_len > 0,
                 Arm::Exit(_) => true,
                 Arm::DraftModel => with_draft,
             });
-            match c.arm {
+            let c = match c.arm {
                 Some(Arm::Lookup) => Choice {
                     draft_len: c.draft_len.min(lookup_len),
                     ..c
                 },
                 _ => c,
-            }
+            };
+            let room = expected_room(generated, room, typical);
+            self.draft_probe((max_len, c), room, draft_behind)
+                .unwrap_or(c)
         };
         let spent = Some((self.shadow_seconds, self.started.elapsed()));
         // A prompt too short to initialise from (or served from the prefix cache up to its last token) leaves every
@@ -171,14 +168,19 @@ impl Adaptive {
 
     /// A round that tries the draft model, when [`draft_probe_due`] says so for the `room` tokens expected and a
     /// cache `behind` the text by that many tokens.
-    fn draft_probe(&self, max_len: usize, room: usize, behind: usize) -> Option<Choice> {
+    fn draft_probe(
+        &self,
+        (max_len, instead): (usize, Choice),
+        room: usize,
+        behind: usize,
+    ) -> Option<Choice> {
         if !self.with_draft {
             return None;
         }
         let probe = draft_probe_due(
             &self.controller,
             (self.round, self.draft_idle, self.options.probe_every),
-            max_len,
+            (max_len, instead),
             room,
             behind,
         );
