@@ -46,15 +46,9 @@ pub enum DraftType {
 /// cache, a full disk) leaves the file's own weights, with a warning.
 pub fn load_draft(name_or_path: &str, ty: DraftType, verbose: bool) -> CliResult<Arc<Model>> {
     let path = models::resolve(name_or_path, true)?;
-    if ty == DraftType::Keep {
+    if ty == DraftType::Keep || !wider_than_4_bits(&fulcrum_gguf::GgufFile::open(&path)?) {
         return load_model(&path.to_string_lossy(), verbose);
     }
-    let file = fulcrum_gguf::GgufFile::open(&path)?;
-    if !wider_than_4_bits(&file) {
-        drop(file);
-        return load_model(&path.to_string_lossy(), verbose);
-    }
-    drop(file);
     let stem = path
         .file_stem()
         .map_or("draft".into(), |s| s.to_string_lossy());

@@ -295,15 +295,19 @@ impl Speculator {
         &self.controller
     }
 
-    /// What this speculator learned that holds for other texts too, its current answer counted.
-    pub fn learned(&self) -> Learned {
-        let answer_len = match self.generated {
+    /// The decayed mean length of the answers so far, the current one counted.
+    fn answer_len_so_far(&self) -> Option<f64> {
+        match self.generated {
             0 => self.answer_len,
             n => Some(fold_answer_len(self.answer_len, n)),
-        };
+        }
+    }
+
+    /// What this speculator learned that holds for other texts too, its current answer counted.
+    pub fn learned(&self) -> Learned {
         Learned {
             timings: self.controller.timings.clone(),
-            answer_len,
+            answer_len: self.answer_len_so_far(),
             exits: self
                 .controller
                 .arms

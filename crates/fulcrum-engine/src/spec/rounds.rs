@@ -218,7 +218,7 @@ impl Speculator {
         prompt: &[u32],
     ) -> Result<Vec<f32>, ModelError> {
         let window = self.options.init_window.min(prompt.len());
-        self.answer_len = self.learned().answer_len;
+        self.answer_len = self.answer_len_so_far();
         self.generated = 0;
         self.prompt_len = prompt.len();
         let started = Instant::now();
