@@ -162,6 +162,28 @@ pub(super) fn draft_probe_due(
     )
 }
 
+/// The controller's choice among the exits, lookup (if it has a proposal of `lookup_len` tokens, to which its draft
+/// is cut) and the draft model (if `with_draft`), with drafts of at most `max_len` tokens.
+pub(super) fn choose_drafter(
+    c: &super::Controller,
+    max_len: usize,
+    lookup_len: usize,
+    with_draft: bool,
+) -> Choice {
+    let choice = c.choose(max_len, |arm| match arm {
+        Arm::Lookup => lookup_len > 0,
+        Arm::DraftModel => with_draft,
+        Arm::Exit(_) => true,
+    });
+    match choice.arm {
+        Some(Arm::Lookup) => Choice {
+            draft_len: choice.draft_len.min(lookup_len),
+            ..choice
+        },
+        _ => choice,
+    }
+}
+
 /// Writes to `out` whether each of a round's `drafts` matches the `committed` text (the accepted drafts and the
 /// target's own token, so the list stops at the first rejection, its position included), with the drafter's
 /// confidence in it (1 where none was given).
@@ -413,17 +435,12 @@ impl Speculator {
             SpecMode::EarlyExit { exit, gamma } => fixed(Arm::Exit(*exit), *gamma),
             SpecMode::ExitFsm { exit } => fixed(Arm::Exit(*exit), self.fsm_gamma),
             SpecMode::Del | SpecMode::Auto => {
-                let lookup_len = self.buffers.lookup.len();
-                let has_draft = self.draft.is_some();
-                let choice = self.controller.choose(max_len, |arm| match arm {
-                    Arm::Lookup => lookup_len > 0,
-                    Arm::DraftModel => has_draft,
-                    Arm::Exit(_) => true,
-                });
-                let choice = match choice.arm {
-                    Some(Arm::Lookup) => fixed(Arm::Lookup, choice.draft_len.min(lookup_len)),
-                    _ => choice,
-                };
+                let choice = choose_drafter(
+                    &self.controller,
+                    max_len,
+                    self.buffers.lookup.len(),
+                    self.draft.is_some(),
+                );
                 if let Some(runner) = &self.draft {
                     let generated = history.len().saturating_sub(self.prompt_len);
                     let probe = draft_probe_due(

@@ -8,7 +8,8 @@
 
 use super::controller::{Arm, Batch, Choice, Controller, CostUnits, Timings};
 use super::rounds::{
-    draft_outcomes, draft_probe_due, expected_room, lookup_outcomes, mark_live, shadow_due,
+    choose_drafter, draft_outcomes, draft_probe_due, expected_room, lookup_outcomes, mark_live,
+    shadow_due,
 };
 use super::{default_exits, lookup, SpecOptions};
 use std::time::Instant;
@@ -115,23 +116,15 @@ impl Adaptive {
             lookup::propose(tokens, max_len, &mut self.lookup);
         }
         self.mark_live(self.round, max_len.max(1));
-        let lookup_len = self.lookup.len();
-        let with_draft = self.with_draft;
         let choice = if max_len == 0 {
             Choice::PLAIN
         } else {
-            let c = self.controller.choose(max_len, |arm| match arm {
-                Arm::Lookup => lookup_len > 0,
-                Arm::Exit(_) => true,
-                Arm::DraftModel => with_draft,
-            });
-            let c = match c.arm {
-                Some(Arm::Lookup) => Choice {
-                    draft_len: c.draft_len.min(lookup_len),
-                    ..c
-                },
-                _ => c,
-            };
+            let c = choose_drafter(
+                &self.controller,
+                max_len,
+                self.lookup.len(),
+                self.with_draft,
+            );
             let room = expected_room(generated, room, typical);
             self.draft_probe((max_len, c), room, draft_behind)
                 .unwrap_or(c)
