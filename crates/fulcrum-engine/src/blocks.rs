@@ -20,18 +20,38 @@ pub struct NoSpace {
 }
 
 /// The blocks of one sequence, in order, and how many token slots of them are in use.
+///
+/// It keeps the pool row of every slot of its blocks as well, extended when a block is added, so that a step reads
+/// a sequence's slot list without rebuilding it (O(new blocks) per step, not O(context)).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BlockTable {
     pub blocks: Vec<usize>,
     pub len: usize,
+    /// Pool row of each slot: block `blocks[i]` holds positions `i·block_size..(i + 1)·block_size`.
+    rows: Vec<u32>,
 }
 
 impl BlockTable {
     /// The pool rows of positions `0..positions` (each block holds `block_size` consecutive positions).
-    pub fn slots(&self, positions: usize, block_size: usize) -> Vec<u32> {
-        (0..positions)
-            .map(|p| (self.blocks[p / block_size] * block_size + p % block_size) as u32)
-            .collect()
+    ///
+    /// Panics if the table's blocks hold fewer than `positions` slots (the scheduler grows them first).
+    pub fn slots(&self, positions: usize) -> &[u32] {
+        &self.rows[..positions]
+    }
+
+    /// Appends block `b` of a pool of `block_size`-slot blocks.
+    fn push(&mut self, b: usize, block_size: usize) {
+        self.blocks.push(b);
+        let first = b * block_size;
+        self.rows
+            .extend((first..first + block_size).map(|row| row as u32));
+    }
+
+    /// Drops every block.
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.rows.clear();
+        self.len = 0;
     }
 }
 
@@ -136,7 +156,7 @@ impl BlockPool {
             match self.by_key.get(&key) {
                 Some(&b) if self.blocks[b].tokens == chunk => {
                     self.take(b);
-                    table.blocks.push(b);
+                    table.push(b, self.block_size);
                     table.len += self.block_size;
                     parent = Some(key);
                 }
@@ -167,7 +187,7 @@ impl BlockPool {
                 self.blocks[b].tokens.clear();
             }
             self.blocks[b].refs = 1;
-            table.blocks.push(b);
+            table.push(b, self.block_size);
         }
         table.len = table.len.max(new_len);
         Ok(())
@@ -216,8 +236,7 @@ impl BlockPool {
                 self.free.insert((block.released, b));
             }
         }
-        table.blocks.clear();
-        table.len = 0;
+        table.clear();
     }
 
     fn take(&mut self, b: usize) {

@@ -590,14 +590,13 @@ impl Engine {
             }
         }
         // Gather the batch: tokens, and each sequence's cache rows for the positions it attends to.
-        let bs = self.config.block_size;
         let mut tokens = Vec::new();
         let mut slots: Vec<Vec<u32>> = Vec::new();
         for w in &work {
             let seq = self.scheduler.get(w.id).expect("scheduled sequence exists");
             tokens.extend_from_slice(&seq.tokens[w.start..w.start + w.len]);
             tokens.extend_from_slice(&w.draft);
-            slots.push(seq.table.slots(w.start + w.rows(), bs));
+            slots.push(seq.table.slots(w.start + w.rows()).to_vec());
         }
         let mut row = 0;
         let spans: Vec<SeqSpan> = work
@@ -1033,13 +1032,12 @@ impl Engine {
 
     /// Each member's cache rows for every position its draft reaches, built once; a drafting step reads a prefix.
     fn draft_slots(&self, work: &[Work], members: &[usize]) -> Vec<Vec<u32>> {
-        let bs = self.config.block_size;
         members
             .iter()
             .map(|&i| {
                 let w = &work[i];
                 let seq = self.scheduler.get(w.id).expect("drafting sequence exists");
-                seq.table.slots(w.start + w.draft.len(), bs)
+                seq.table.slots(w.start + w.draft.len()).to_vec()
             })
             .collect()
     }

@@ -5,10 +5,21 @@ use proptest::prelude::*;
 fn check(pool: &BlockPool, tables: &[BlockTable]) {
     let mut refs = vec![0usize; pool.n_blocks()];
     for t in tables {
-        assert!(t.blocks.len() * pool.block_size() >= t.len);
+        let bs = pool.block_size();
+        assert!(t.blocks.len() * bs >= t.len);
         for &b in &t.blocks {
             refs[b] += 1;
         }
+        // The incrementally kept slot list is each position's block row.
+        let want: Vec<u32> = (0..t.blocks.len() * bs)
+            .map(|p| (t.blocks[p / bs] * bs + p % bs) as u32)
+            .collect();
+        assert_eq!(
+            t.slots(want.len()),
+            &want[..],
+            "slot list of {:?}",
+            t.blocks
+        );
     }
     for (b, &r) in refs.iter().enumerate() {
         assert_eq!(pool.refs(b), r, "block {b}: ref count");
