@@ -4,7 +4,7 @@ use crate::common::{check_threads, load_draft, load_model, tokenize_prompt, CliR
 use crate::generate::prompt_text;
 use fulcrum_core::{Model, Session};
 use fulcrum_engine::sampler::{Sampler, SamplerConfig};
-use fulcrum_engine::spec::{default_exits, Learned, SpecMode, SpecOptions, Speculator};
+use fulcrum_engine::spec::{default_exits, Learned, SpecOptions, Speculation, Speculator};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -103,7 +103,7 @@ fn load_prompts(args: &Args, model: &Model) -> CliResult<Vec<Prompt>> {
 fn run_one(
     target: &Arc<Model>,
     draft: &Arc<Model>,
-    mode: &SpecMode,
+    mode: &Speculation,
     (prompt, n): (&[u32], usize),
     threads: usize,
     carry: &mut Option<Learned>,
@@ -113,7 +113,7 @@ fn run_one(
     let mut session = Session::new(target.clone(), n_ctx, threads, 512)?;
     let mut sampler = Sampler::new(greedy.clone())?;
     let mut spec = match mode {
-        SpecMode::Off => None,
+        Speculation::Off => None,
         _ => Some(Speculator::new(
             mode.clone(),
             SpecOptions::default(),
@@ -248,9 +248,9 @@ pub fn run(args: Args) -> CliResult {
         }
     }
     let exits = default_exits(n_layers);
-    let grid: Vec<SpecMode> = exits[exits.len().saturating_sub(3)..]
+    let grid: Vec<Speculation> = exits[exits.len().saturating_sub(3)..]
         .iter()
-        .flat_map(|&exit| [1, 3].map(|gamma| SpecMode::EarlyExit { exit, gamma }))
+        .flat_map(|&exit| [1, 3].map(|gamma| Speculation::EarlyExit { exit, gamma }))
         .collect();
     let mut best_static = (f64::MAX, grid[0].clone());
     let needs_grid = args.modes.iter().any(|m| m == "static" || m == "fsm");
@@ -269,15 +269,15 @@ pub fn run(args: Args) -> CliResult {
         }
     }
     let static_exit = match best_static.1 {
-        SpecMode::EarlyExit { exit, .. } => exit,
+        Speculation::EarlyExit { exit, .. } => exit,
         _ => n_layers - 1,
     };
 
-    let mut modes = vec![SpecMode::Off];
+    let mut modes = vec![Speculation::Off];
     for name in &args.modes {
         modes.push(match name.as_str() {
             "static" => best_static.1.clone(),
-            "fsm" => SpecMode::ExitFsm { exit: static_exit },
+            "fsm" => Speculation::ExitFsm { exit: static_exit },
             "draft" => format!("draft:{},4", args.draft).parse()?,
             other => other.parse()?,
         });
@@ -377,7 +377,7 @@ pub fn run(args: Args) -> CliResult {
                 let out = run_one(
                     model,
                     &draft,
-                    &SpecMode::Off,
+                    &Speculation::Off,
                     (&prompts[i].ids, args.n_gen.min(64)),
                     threads,
                     &mut None,

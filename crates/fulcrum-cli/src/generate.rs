@@ -8,7 +8,7 @@ use fulcrum_core::tokenizer::StreamDecoder;
 use fulcrum_core::{Model, Session};
 use fulcrum_engine::chat::Message;
 use fulcrum_engine::sampler::Sampler;
-use fulcrum_engine::spec::{SpecMode, SpecOptions, Speculator};
+use fulcrum_engine::spec::{SpecOptions, Speculation, Speculator};
 use serde_json::json;
 use std::io::Write;
 use std::time::Instant;
@@ -50,7 +50,7 @@ pub struct Args {
     json: bool,
     /// Speculative decoding: off, lookup[:γ], draft:MODEL[,γ], early-exit:E,γ, exit-fsm:E, del or auto.
     #[arg(long, default_value = "off")]
-    spec: SpecMode,
+    spec: Speculation,
     /// Draft model that `--spec auto` may use besides early exits and prompt lookup.
     #[arg(long)]
     draft: Option<String>,
@@ -187,7 +187,7 @@ fn speculator(
     n_ctx: usize,
     threads: usize,
 ) -> CliResult<Option<Speculator>> {
-    if args.spec == SpecMode::Off {
+    if args.spec == Speculation::Off {
         return Ok(None);
     }
     let draft_name = args.spec.draft_model().or(args.draft.as_deref());
@@ -226,7 +226,7 @@ pub fn spec_json(spec: &Speculator) -> serde_json::Value {
         .iter()
         .map(|(arm, a)| (arm.to_string(), json!(a)))
         .collect();
-    let t = &spec.controller().timings;
+    let t = spec.timings();
     let ms = |v: Option<f64>| v.map(|v| v * 1e3);
     json!({
         "mode": spec.mode.to_string(),

@@ -15,9 +15,10 @@ use axum::{Json, Router};
 use clap::Args as ClapArgs;
 use fulcrum_core::Model;
 use fulcrum_engine::chat::ChatTemplate;
-use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Params, Speculation};
+use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Params};
 use fulcrum_engine::latency::TbtTarget;
 use fulcrum_engine::scheduler::{Limits, Rejected};
+use fulcrum_engine::spec::Speculation;
 use generation::{Chunk, TokenLogprob, Usage};
 use request::{BadRequest, Prompt};
 use serde_json::{json, Value};
@@ -63,10 +64,10 @@ pub struct Args {
     /// Requests queued before new ones get 429.
     #[arg(long, default_value_t = 64)]
     queue: usize,
-    /// Default speculation of requests that do not choose one ("spec" field): off, lookup[:γ], early-exit:E,γ,
-    /// draft[:MODEL[,γ]], del or auto.
-    #[arg(long, default_value = "off", value_parser = request::served_spec)]
-    spec: request::ServedSpec,
+    /// Default speculation of requests that do not choose one ("spec" field): off, lookup[:γ], draft[:MODEL[,γ]],
+    /// early-exit:E,γ, exit-fsm:E, del or auto.
+    #[arg(long, default_value = "off")]
+    spec: Speculation,
     /// Draft model (sharing the model's vocabulary) for requests that ask for "draft", and for "auto"; its keys and
     /// values take a pool of their own with as many tokens as the model's.
     #[arg(long)]
@@ -87,7 +88,7 @@ struct AppState {
     engine: EngineHandle,
     kv_tokens: usize,
     /// Speculation of requests that do not choose.
-    spec: request::ServedSpec,
+    spec: Speculation,
     /// The draft model, as named on the command line, and its file stem.
     draft: Option<(String, String)>,
 }
@@ -172,8 +173,8 @@ pub fn run(args: Args) -> CliResult {
     if max_seq_len == 0 || args.batch_tokens == 0 || args.parallel == 0 {
         return Err("--ctx, --batch-tokens and --parallel must be positive".into());
     }
-    check_exit(args.spec.spec, c.n_layers)?;
-    let draft_name = match (&args.draft_model, &args.spec.draft) {
+    args.spec.check(c.n_layers)?;
+    let draft_name = match (&args.draft_model, args.spec.draft_model()) {
         (Some(a), Some(b)) if a != b => {
             return Err(format!(
                 "--spec names draft model {b} but --draft-model is {a}; name one draft model"
@@ -181,17 +182,13 @@ pub fn run(args: Args) -> CliResult {
             .into())
         }
         (Some(a), _) => Some(a.clone()),
-        (None, b) => b.clone(),
+        (None, b) => b.map(str::to_string),
     };
-    if draft_name.is_none() && matches!(args.spec.spec, Speculation::Draft { .. }) {
+    if draft_name.is_none() && args.spec.needs_draft_model() {
         return Err("--spec draft needs a draft model: add --draft-model NAME".into());
     }
     let draft = match &draft_name {
-        Some(name) => {
-            let d = common::load_draft(name, args.draft_type, true)?;
-            fulcrum_engine::spec::check_vocabulary(&model, &d)?;
-            Some(d)
-        }
+        Some(name) => Some(common::load_draft(name, args.draft_type, true)?),
         None => None,
     };
     let block_size = 16;
@@ -229,7 +226,7 @@ pub fn run(args: Args) -> CliResult {
             tbt_target: args.tbt_target.0,
             spec_gamma_min: args.spec_gamma_min as usize,
         },
-    );
+    )?;
     // A registry name as given; a path by its file name.
     let path = std::path::Path::new(&args.model);
     let name = match path.file_stem() {
@@ -451,16 +448,6 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// An early exit must leave at least one layer to the model it drafts for.
-fn check_exit(spec: Speculation, n_layers: usize) -> Result<(), fulcrum_engine::spec::SpecError> {
-    match spec {
-        Speculation::EarlyExit { exit, .. } if exit >= n_layers => {
-            Err(fulcrum_engine::spec::SpecError::ExitOutOfRange { exit, n_layers })
-        }
-        _ => Ok(()),
-    }
-}
-
 async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
     let req = request::parse(&body, chat)?;
     let text = match &req.prompt {
@@ -490,11 +477,11 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
         });
     }
     let spec = req.spec.clone().unwrap_or_else(|| state.spec.clone());
-    check_exit(spec.spec, state.model.config.n_layers)
+    spec.check(state.model.config.n_layers)
         .map_err(|e| ApiError::invalid(e.to_string(), Some("spec".into())))?;
-    if let Speculation::Draft { .. } = spec.spec {
+    if spec.needs_draft_model() {
         let known = |(name, stem): &(String, String)| {
-            spec.draft.as_ref().is_none_or(|n| n == name || n == stem)
+            spec.draft_model().is_none_or(|n| n == name || n == stem)
         };
         match &state.draft {
             None => {
@@ -508,7 +495,7 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
                     format!(
                         "this server drafts with {}, not {}",
                         d.0,
-                        spec.draft.as_deref().unwrap_or_default()
+                        spec.draft_model().unwrap_or_default()
                     ),
                     Some("spec".into()),
                 ))
@@ -516,7 +503,6 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
             Some(_) => {}
         }
     }
-    let spec = spec.spec;
     let max_tokens = req
         .max_tokens
         .unwrap_or(usize::MAX)

@@ -7,9 +7,10 @@ mod common;
 
 use common::model;
 use fulcrum_core::Model;
-use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Event, Params, Speculation};
+use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Event, Params};
 use fulcrum_engine::sampler::SamplerConfig;
 use fulcrum_engine::scheduler::Limits;
+use fulcrum_engine::spec::Speculation;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ fn start(model: &Arc<Model>, draft: Option<&Arc<Model>>, spec_gamma_min: usize) 
             spec_gamma_min,
         },
     )
+    .expect("engine starts")
 }
 
 fn greedy() -> SamplerConfig {
@@ -67,7 +69,7 @@ fn generate(
                 sampler: sampler.clone(),
                 logprobs: None,
                 stop_at_eog: true,
-                spec,
+                spec: spec.clone(),
             };
             engine.submit(prompt, params).expect("accepted").1
         })
@@ -102,7 +104,7 @@ fn del_and_auto_in_the_engine_are_lossless() {
     let plain = generate(&engine, &model, Speculation::Off, greedy());
     assert!(plain.iter().all(|t| !t.is_empty()));
     for spec in [Speculation::Del, Speculation::Auto] {
-        let got = generate(&engine, &model, spec, greedy());
+        let got = generate(&engine, &model, spec.clone(), greedy());
         assert_eq!(got, plain, "{spec:?} changed greedy output");
     }
     // Alone, with a prompt the prefix cache has not seen, DEL initialises its exits' statistics from the prompt's
@@ -166,7 +168,12 @@ fn a_draft_model_in_the_engine_is_lossless_and_stays_in_step() {
     let engine = start(&model, Some(&model), 0);
     let plain = generate(&engine, &model, Speculation::Off, greedy());
     for gamma in [1, 4, 7] {
-        let got = generate(&engine, &model, Speculation::Draft { gamma }, greedy());
+        let got = generate(
+            &engine,
+            &model,
+            Speculation::Draft { model: None, gamma },
+            greedy(),
+        );
         assert_eq!(got, plain, "draft γ={gamma} changed greedy output");
     }
     let by = engine.metrics.spec_by_drafter.lock().unwrap().clone();
@@ -181,7 +188,10 @@ fn a_draft_model_in_the_engine_is_lossless_and_stays_in_step() {
     let sampled = generate(
         &engine,
         &model,
-        Speculation::Draft { gamma: 4 },
+        Speculation::Draft {
+            model: None,
+            gamma: 4,
+        },
         SamplerConfig {
             seed: 3,
             ..SamplerConfig::default()
@@ -198,7 +208,15 @@ fn a_smaller_draft_model_drafts_for_the_larger_one() {
     let draft = model("qwen2.5-coder-0.5b-instruct");
     let engine = start(&target, Some(&draft), 0);
     let plain = generate(&engine, &target, Speculation::Off, greedy());
-    let got = generate(&engine, &target, Speculation::Draft { gamma: 4 }, greedy());
+    let got = generate(
+        &engine,
+        &target,
+        Speculation::Draft {
+            model: None,
+            gamma: 4,
+        },
+        greedy(),
+    );
     assert_eq!(
         got, plain,
         "the 0.5B model's drafts changed the 1.5B model's greedy output"

@@ -7,7 +7,7 @@ mod common;
 use common::{golden, ids, model};
 use fulcrum_core::{Model, Session};
 use fulcrum_engine::sampler::{Sampler, SamplerConfig};
-use fulcrum_engine::spec::{SpecError, SpecMode, SpecOptions, Speculator};
+use fulcrum_engine::spec::{SpecError, SpecOptions, Speculation, Speculator};
 use std::sync::Arc;
 
 const N_GEN: usize = 32;
@@ -60,7 +60,7 @@ fn speculator(
     sampling: &SamplerConfig,
 ) -> Result<Speculator, SpecError> {
     Speculator::new(
-        mode.parse::<SpecMode>().unwrap(),
+        mode.parse::<Speculation>().unwrap(),
         options,
         target,
         draft,

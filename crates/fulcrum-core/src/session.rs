@@ -244,6 +244,11 @@ impl Session {
             .classify(&self.pool, rows, &mut self.scratch, Rounding::Reference)
     }
 
+    /// The session's thread pool, model, cache and activation buffers, for a driver that runs the layers itself.
+    pub fn parts(&mut self) -> (&ThreadPool, &Model, &mut KvCache, &mut Scratch) {
+        (&self.pool, &self.model, &mut self.kv, &mut self.scratch)
+    }
+
     /// Declares positions `0..len` complete in every layer (after a speculative round).
     pub fn set_len(&mut self, len: usize) {
         self.kv.len = len.min(self.kv.n_ctx);

@@ -1,33 +1,42 @@
 //! Speculative decoding: drafters propose tokens, the target checks them all in one batched forward pass, and the
 //! output is exactly what plain decoding would give (greedy: token for token; sampling: in distribution).
 //!
-//! One round, with `next` the last committed token (not yet in the KV cache, at position `pos`):
-//! 1. a drafter proposes `d1..dn`: prompt lookup, a draft model, or the target's own first E layers (early exit);
-//! 2. the target runs `next, d1..dn` (positions `pos..=pos+n`) in one batch whose rows round exactly as single-token
-//!    decoding would, and yields n + 1 distributions;
-//! 3. acceptance keeps the longest agreeing prefix `d1..dk` plus one token of the target's own (the bonus, or the
-//!    replacement of the first rejected draft);
-//! 4. the cache keeps positions `..=pos+k`: drafts were written in place in the spare rows after the sequence
-//!    (BMC's insight, papers.md §6), so a rejection only resets the length.
+//! One driver serves every caller: [`step::run`] takes a batch of [`Lane`]s (every running sequence of the serving
+//! engine, or the one sequence of `generate`), fills their drafts, verifies them in one forward pass, runs the
+//! acceptance walk and lets each sequence's [`Policy`] learn. Where things are:
 //!
-//! An early-exit draft computes layers below E for the draft tokens once: verification reuses their keys and values
-//! and the saved layer-E hidden states, running layers below E only for the last draft token (papers.md §2.1).
+//! | module | job |
+//! |---|---|
+//! | [`mode`] | [`Speculation`], the one `--spec`/`"spec"` type |
+//! | [`policy`], [`rules`], [`controller`] | choosing the drafter and length per round (DEL's controller), learning |
+//! | [`lookup`], [`early_exit`], [`draft_model`] | the drafters |
+//! | [`step`], [`verify`] | the driver and the acceptance math |
+//! | [`lane`] | what the driver works on |
+//! | [`single`] | a [`Session`](fulcrum_core::Session)'s batch of one (`generate`) |
 
 pub mod controller;
+pub mod draft_model;
+pub mod early_exit;
+pub mod lane;
 pub mod lookup;
 pub mod mode;
-mod rounds;
-pub mod served;
+pub mod policy;
+pub mod rules;
+pub mod single;
+pub mod step;
 pub mod verify;
 
 pub use controller::{Arm, Choice, Controller, CostUnits, Timings};
-pub use mode::{SpecMode, SPEC_SYNTAX};
-pub use rounds::argmax_confidence;
+pub use draft_model::DraftModel;
+pub use lane::{Lane, Runner, SpecState};
+pub use mode::{Speculation, SPEC_SYNTAX};
+pub use policy::{Policy, Progress};
+pub use rules::argmax_confidence;
+pub use single::Speculator;
+pub use step::{StepOptions, Verified};
 
-use crate::sampler::{Sampler, SamplerConfig};
-use fulcrum_core::{Model, ModelError, Session};
+use fulcrum_core::{Model, ModelError};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use thiserror::Error;
 
 /// A speculative-decoding setting cannot be used with these models.
@@ -146,202 +155,6 @@ pub struct Learned {
     /// text to the next than lookup's or a draft model's hits, so an exit that never paid starts out without shadow
     /// tokens (until the periodic revival tests it again).
     pub exits: Vec<(Arm, controller::Acceptance)>,
-}
-
-/// A draft model and its own cache, kept in step with the committed text.
-struct DraftRunner {
-    session: Session,
-    sampler: Sampler,
-    /// Tokens whose keys and values the draft cache holds, in order.
-    fed: Vec<u32>,
-    /// Rounds since the draft model last drafted.
-    idle: usize,
-}
-
-impl DraftRunner {
-    /// How many leading tokens of `history` the draft cache holds and can keep (never the last one, whose logits
-    /// the next draft starts from).
-    fn cached_prefix(&self, history: &[u32]) -> usize {
-        self.fed
-            .iter()
-            .zip(history)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(history.len().saturating_sub(1))
-    }
-}
-
-/// Drives speculative decoding of one sequence of a target [`Session`].
-pub struct Speculator {
-    pub mode: SpecMode,
-    pub options: SpecOptions,
-    controller: Controller,
-    /// Candidate exits, ascending, for shadow tokens.
-    exits: Vec<usize>,
-    draft: Option<DraftRunner>,
-    fsm_gamma: usize,
-    round: usize,
-    /// Tokens of the prompt [`Speculator::prefill`] evaluated: the rest of the history was generated.
-    prompt_len: usize,
-    /// Tokens generated since that prompt.
-    generated: usize,
-    /// The decayed mean length of earlier answers (see [`Learned`]).
-    answer_len: Option<f64>,
-    buffers: rounds::Buffers,
-    pub stats: SpecStats,
-}
-
-impl Speculator {
-    /// A driver for `mode` on `target`; `draft` is the loaded draft model for `draft:` and `auto` (optional there).
-    /// `n_ctx` and `n_threads` size the draft model's session.
-    pub fn new(
-        mode: SpecMode,
-        options: SpecOptions,
-        target: &Model,
-        draft: Option<Arc<Model>>,
-        sampling: &SamplerConfig,
-        n_ctx: usize,
-        n_threads: usize,
-    ) -> Result<Speculator, SpecError> {
-        let n_layers = target.config.n_layers;
-        let check_exit = |exit: usize| {
-            if exit == 0 || exit >= n_layers {
-                Err(SpecError::ExitOutOfRange { exit, n_layers })
-            } else {
-                Ok(exit)
-            }
-        };
-        let mut exits = if options.exits.is_empty() {
-            default_exits(n_layers)
-        } else {
-            options.exits.clone()
-        };
-        exits.sort_unstable();
-        exits.dedup();
-        for &e in &exits {
-            check_exit(e)?;
-        }
-        let (arms, exits): (Vec<Arm>, Vec<usize>) = match &mode {
-            SpecMode::Off => (Vec::new(), Vec::new()),
-            SpecMode::Lookup { .. } => (vec![Arm::Lookup], Vec::new()),
-            SpecMode::Draft { .. } => (vec![Arm::DraftModel], Vec::new()),
-            SpecMode::EarlyExit { exit, .. } | SpecMode::ExitFsm { exit } => {
-                (vec![Arm::Exit(check_exit(*exit)?)], Vec::new())
-            }
-            SpecMode::Del => (exits.iter().map(|&e| Arm::Exit(e)).collect(), exits),
-            SpecMode::Auto => {
-                let mut arms: Vec<Arm> = exits.iter().map(|&e| Arm::Exit(e)).collect();
-                arms.push(Arm::Lookup);
-                if draft.is_some() {
-                    arms.push(Arm::DraftModel);
-                }
-                (arms, exits)
-            }
-        };
-        let wants_draft = matches!(mode, SpecMode::Draft { .. });
-        let draft = match draft {
-            Some(model) if wants_draft || mode == SpecMode::Auto => {
-                check_vocabulary(target, &model)?;
-                let session = Session::new(
-                    model,
-                    n_ctx,
-                    n_threads,
-                    fulcrum_core::session::DEFAULT_BATCH,
-                )?;
-                let mut config = sampling.clone();
-                config.seed ^= 0x0D4A_F7ED;
-                let sampler = Sampler::new(config).map_err(|e| {
-                    SpecError::Model(ModelError::BadBatch(format!("draft sampler: {e}")))
-                })?;
-                Some(DraftRunner {
-                    session,
-                    sampler,
-                    fed: Vec::new(),
-                    idle: 0,
-                })
-            }
-            _ => None,
-        };
-        if wants_draft && draft.is_none() {
-            return Err(SpecError::MissingDraftModel(mode.to_string()));
-        }
-        let fsm_gamma = match mode {
-            SpecMode::ExitFsm { .. } => 1,
-            _ => 0,
-        };
-        let mut controller = Controller::new(&arms, n_layers, CostUnits::Seconds);
-        controller.gamma_min = options.gamma_min;
-        if let Some(runner) = &draft {
-            controller.draft_ratio = step_ratio(&runner.session.model, target);
-        }
-        Ok(Speculator {
-            controller,
-            buffers: rounds::Buffers::new(exits.len()),
-            exits,
-            draft,
-            fsm_gamma,
-            round: 0,
-            prompt_len: 0,
-            generated: 0,
-            answer_len: None,
-            mode,
-            options,
-            stats: SpecStats::default(),
-        })
-    }
-
-    /// The controller (its statistics and timings).
-    pub fn controller(&self) -> &Controller {
-        &self.controller
-    }
-
-    /// The decayed mean length of the answers so far, the current one counted.
-    fn answer_len_so_far(&self) -> Option<f64> {
-        match self.generated {
-            0 => self.answer_len,
-            n => Some(fold_answer_len(self.answer_len, n)),
-        }
-    }
-
-    /// What this speculator learned that holds for other texts too, its current answer counted.
-    pub fn learned(&self) -> Learned {
-        Learned {
-            timings: self.controller.timings.clone(),
-            answer_len: self.answer_len_so_far(),
-            exits: self
-                .controller
-                .arms
-                .iter()
-                .filter(|(arm, _)| matches!(arm, Arm::Exit(_)))
-                .cloned()
-                .collect(),
-        }
-    }
-
-    /// Starts from what an earlier speculator of this process learned (timings, answer lengths, exits), as one
-    /// speculator reused over several texts would.
-    pub fn resume(&mut self, learned: Learned) {
-        self.controller.timings = learned.timings;
-        self.answer_len = learned.answer_len;
-        for (arm, acceptance) in learned.exits {
-            if let Some((_, mine)) = self.controller.arms.iter_mut().find(|(a, _)| *a == arm) {
-                *mine = acceptance;
-            }
-        }
-        self.generated = 0;
-    }
-
-    /// The statistics so far, with the controller's current α per arm.
-    pub fn final_stats(&self) -> SpecStats {
-        let mut stats = self.stats.clone();
-        stats.alpha = self
-            .controller
-            .arms
-            .iter()
-            .map(|(arm, acc)| (*arm, acc.alpha()))
-            .collect();
-        stats
-    }
 }
 
 /// A draft model's decode step as a fraction of the target's, before either is timed: decoding reads every weight

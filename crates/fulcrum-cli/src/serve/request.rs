@@ -2,8 +2,8 @@
 //! ignored; known fields with wrong types or values are a 400 that names the field.
 
 use fulcrum_engine::chat::Message;
-use fulcrum_engine::engine::Speculation;
 use fulcrum_engine::sampler::SamplerConfig;
+use fulcrum_engine::spec::Speculation;
 use serde_json::Value;
 
 /// A 400 error: the message and the offending parameter.
@@ -36,50 +36,8 @@ pub struct Request {
     pub include_usage: bool,
     /// Alternatives per token, if log-probabilities were asked for.
     pub logprobs: Option<usize>,
-    /// Speculation asked for (`"spec": "off" | "lookup[:γ]" | "early-exit:E,γ" | "draft[:MODEL[,γ]]" | "del" |
-    /// "auto"`); `None`: the server's default.
-    pub spec: Option<ServedSpec>,
-}
-
-/// A `spec` value the server supports, with the draft model it names (if it names one).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServedSpec {
-    pub spec: Speculation,
-    pub draft: Option<String>,
-}
-
-/// The speculation of a `spec` value the server supports: `off`, `lookup[:γ]`, `early-exit:E,γ`, `draft` (the
-/// server's draft model), `draft:MODEL[,γ]`, `del` or `auto`.
-pub fn served_spec(spec: &str) -> Result<ServedSpec, String> {
-    use fulcrum_engine::spec::SpecMode;
-    let mode = if spec == "draft" {
-        SpecMode::Draft {
-            model: String::new(),
-            gamma: fulcrum_engine::spec::mode::DRAFT_GAMMA,
-        }
-    } else {
-        spec.parse::<SpecMode>()?
-    };
-    if let SpecMode::Draft { model, gamma } = mode {
-        return Ok(ServedSpec {
-            spec: Speculation::Draft { gamma },
-            draft: (!model.is_empty()).then_some(model),
-        });
-    }
-    let spec = match mode {
-        SpecMode::Off => Ok(Speculation::Off),
-        SpecMode::Lookup { gamma } => Ok(Speculation::Lookup {
-            gamma: gamma.unwrap_or(fulcrum_engine::spec::mode::LOOKUP_GAMMA),
-        }),
-        SpecMode::EarlyExit { exit, gamma } => Ok(Speculation::EarlyExit { exit, gamma }),
-        SpecMode::Del => Ok(Speculation::Del),
-        SpecMode::Auto => Ok(Speculation::Auto),
-        other => Err(format!(
-            "speculation '{other}' is not served; the server supports 'off', 'lookup[:γ]', 'early-exit:E,γ', \
-             'draft[:MODEL[,γ]]', 'del' and 'auto'"
-        )),
-    }?;
-    Ok(ServedSpec { spec, draft: None })
+    /// Speculation asked for (`"spec"`, any `--spec` value); `None`: the server's default.
+    pub spec: Option<Speculation>,
 }
 
 fn number(body: &Value, key: &str) -> Result<Option<f64>, BadRequest> {
@@ -251,7 +209,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
     };
     let spec = match body.get("spec") {
         None | Some(Value::Null) => None,
-        Some(Value::String(spec)) => Some(served_spec(spec).map_err(|e| bad("spec", e))?),
+        Some(Value::String(spec)) => Some(spec.parse::<Speculation>().map_err(|e| bad("spec", e))?),
         Some(_) => {
             return Err(bad(
                 "spec",

@@ -84,11 +84,11 @@ pub fn tokens_per_layer(alpha: f64, exit: usize, d: usize, n_layers: usize) -> f
 }
 
 /// Batch sizes measured one by one: up to a draft of [`GAMMA_MAX`] tokens plus the target's own row.
-const MEASURED_SIZES: usize = GAMMA_MAX + 1;
+pub const MEASURED_SIZES: usize = GAMMA_MAX + 1;
 
 /// Batches of at least this many rows are timed per row as well: past it the multiply-adds dominate, so a row
 /// costs about the same however many more there are (a prompt, a draft model catching up).
-const BULK_ROWS: usize = 16;
+pub const BULK_ROWS: usize = 16;
 
 /// An estimate of t(b) seconds for a batch of b tokens, from decayed measurements: the batch sizes a verification
 /// uses (up to [`MEASURED_SIZES`]) are kept one by one, since on a CPU t(b) is far from affine there (a second

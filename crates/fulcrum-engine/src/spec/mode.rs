@@ -1,62 +1,101 @@
-//! `--spec` values: which drafter a generation uses.
+//! `--spec` values: which drafter a generation uses. One type, parsed once (`FromStr`), checked against the model
+//! once ([`Speculation::check`]), for `generate`, `chat`, `bench spec`, `serve`'s flag and its requests' `"spec"`.
 
 use super::controller::GAMMA_MAX;
+use super::SpecError;
 use std::str::FromStr;
 
-/// Draft length of prompt lookup where it cannot adapt (the server).
-pub const LOOKUP_GAMMA: usize = 8;
 /// Default draft length of a draft model.
 pub const DRAFT_GAMMA: usize = 4;
 
 /// How a generation speculates.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SpecMode {
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Speculation {
     /// Plain decoding, one token per forward pass.
+    #[default]
     Off,
     /// Prompt lookup: `gamma` tokens per round, or (`None`) as many as the controller expects to pay, none when
     /// drafting does not pay.
     Lookup { gamma: Option<usize> },
-    /// A draft model (a name or a path), `gamma` tokens per round.
-    Draft { model: String, gamma: usize },
+    /// A draft model, `gamma` tokens per round: the one named (a name or a path), or (`None`) the one loaded beside
+    /// the target (`serve --draft-model`, `generate --draft`).
+    Draft { model: Option<String>, gamma: usize },
     /// The target's first `exit` layers draft `gamma` tokens per round (LayerSkip's static setting).
     EarlyExit { exit: usize, gamma: usize },
     /// A static exit whose length follows the γ±1 rule: one longer after a fully accepted draft, one shorter otherwise.
     ExitFsm { exit: usize },
     /// DEL: the exit layer and length chosen per round from decayed acceptance, drafting stopped by confidence.
     Del,
-    /// Every drafter available (early exits, prompt lookup, the draft model if one is given), chosen per round by
+    /// Every drafter available (early exits, prompt lookup, the draft model if one is loaded), chosen per round by
     /// expected tokens per second.
     Auto,
 }
 
-impl SpecMode {
+impl Speculation {
     /// The draft model this mode names, if any.
     pub fn draft_model(&self) -> Option<&str> {
         match self {
-            SpecMode::Draft { model, .. } => Some(model),
+            Speculation::Draft { model, .. } => model.as_deref(),
             _ => None,
         }
     }
+
+    /// Whether this mode cannot run without a draft model.
+    pub fn needs_draft_model(&self) -> bool {
+        matches!(self, Speculation::Draft { .. })
+    }
+
+    /// Whether this mode drafts with a draft model when one is loaded.
+    pub fn uses_draft_model(&self) -> bool {
+        matches!(self, Speculation::Draft { .. } | Speculation::Auto)
+    }
+
+    /// The fixed exit layer of this mode, if it has one.
+    pub fn exit(&self) -> Option<usize> {
+        match self {
+            Speculation::EarlyExit { exit, .. } | Speculation::ExitFsm { exit } => Some(*exit),
+            _ => None,
+        }
+    }
+
+    /// Checks this mode against a model of `n_layers` layers: an exit must leave at least one layer to verify with.
+    pub fn check(&self, n_layers: usize) -> Result<(), SpecError> {
+        check_exit(self.exit(), n_layers)
+    }
 }
 
-impl std::fmt::Display for SpecMode {
+/// Checks that `exit`, if given, is a layer boundary strictly inside an `n_layers`-layer model.
+pub fn check_exit(exit: Option<usize>, n_layers: usize) -> Result<(), SpecError> {
+    match exit {
+        Some(exit) if exit == 0 || exit >= n_layers => {
+            Err(SpecError::ExitOutOfRange { exit, n_layers })
+        }
+        _ => Ok(()),
+    }
+}
+
+impl std::fmt::Display for Speculation {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         match self {
-            SpecMode::Off => write!(f, "off"),
-            SpecMode::Lookup { gamma: None } => write!(f, "lookup"),
-            SpecMode::Lookup { gamma: Some(gamma) } => write!(f, "lookup:{gamma}"),
-            SpecMode::Draft { model, gamma } => write!(f, "draft:{model},{gamma}"),
-            SpecMode::EarlyExit { exit, gamma } => write!(f, "early-exit:{exit},{gamma}"),
-            SpecMode::ExitFsm { exit } => write!(f, "exit-fsm:{exit}"),
-            SpecMode::Del => write!(f, "del"),
-            SpecMode::Auto => write!(f, "auto"),
+            Speculation::Off => write!(f, "off"),
+            Speculation::Lookup { gamma: None } => write!(f, "lookup"),
+            Speculation::Lookup { gamma: Some(gamma) } => write!(f, "lookup:{gamma}"),
+            Speculation::Draft { model: None, .. } => write!(f, "draft"),
+            Speculation::Draft {
+                model: Some(model),
+                gamma,
+            } => write!(f, "draft:{model},{gamma}"),
+            Speculation::EarlyExit { exit, gamma } => write!(f, "early-exit:{exit},{gamma}"),
+            Speculation::ExitFsm { exit } => write!(f, "exit-fsm:{exit}"),
+            Speculation::Del => write!(f, "del"),
+            Speculation::Auto => write!(f, "auto"),
         }
     }
 }
 
 /// The accepted spellings, for error messages.
 pub const SPEC_SYNTAX: &str =
-    "off, lookup[:γ], draft:MODEL[,γ], early-exit:E,γ, exit-fsm:E, del or auto";
+    "off, lookup[:γ], draft[:MODEL[,γ]], early-exit:E,γ, exit-fsm:E, del or auto";
 
 fn parse_gamma(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
@@ -76,21 +115,25 @@ fn parse_exit(s: &str) -> Result<usize, String> {
     }
 }
 
-impl FromStr for SpecMode {
+impl FromStr for Speculation {
     type Err = String;
 
-    fn from_str(s: &str) -> Result<SpecMode, String> {
+    fn from_str(s: &str) -> Result<Speculation, String> {
         let (name, arg) = match s.split_once(':') {
             Some((n, a)) => (n, Some(a)),
             None => (s, None),
         };
         let mode = match (name, arg) {
-            ("off", None) => SpecMode::Off,
-            ("del", None) => SpecMode::Del,
-            ("auto", None) => SpecMode::Auto,
-            ("lookup", None) => SpecMode::Lookup { gamma: None },
-            ("lookup", Some(g)) => SpecMode::Lookup {
+            ("off", None) => Speculation::Off,
+            ("del", None) => Speculation::Del,
+            ("auto", None) => Speculation::Auto,
+            ("lookup", None) => Speculation::Lookup { gamma: None },
+            ("lookup", Some(g)) => Speculation::Lookup {
                 gamma: Some(parse_gamma(g)?),
+            },
+            ("draft", None) => Speculation::Draft {
+                model: None,
+                gamma: DRAFT_GAMMA,
             },
             ("draft", Some(rest)) => {
                 // A path may hold commas; only a trailing ",<number>" is a length.
@@ -99,10 +142,13 @@ impl FromStr for SpecMode {
                     _ => (rest, DRAFT_GAMMA),
                 };
                 if model.is_empty() {
-                    return Err("draft: needs a model name or path, as in draft:MODEL".into());
+                    return Err(
+                        "draft: needs a model name or path, as in draft:MODEL (or plain draft)"
+                            .into(),
+                    );
                 }
-                SpecMode::Draft {
-                    model: model.to_string(),
+                Speculation::Draft {
+                    model: Some(model.to_string()),
                     gamma,
                 }
             }
@@ -112,15 +158,15 @@ impl FromStr for SpecMode {
                         "early-exit needs an exit layer and a length, as in early-exit:8,4".into(),
                     );
                 };
-                SpecMode::EarlyExit {
+                Speculation::EarlyExit {
                     exit: parse_exit(e)?,
                     gamma: parse_gamma(g)?,
                 }
             }
-            ("exit-fsm", Some(e)) => SpecMode::ExitFsm {
+            ("exit-fsm", Some(e)) => Speculation::ExitFsm {
                 exit: parse_exit(e)?,
             },
-            _ => return Err(format!("unknown --spec {s:?}; use {SPEC_SYNTAX}")),
+            _ => return Err(format!("unknown speculation {s:?}; use {SPEC_SYNTAX}")),
         };
         Ok(mode)
     }
@@ -136,19 +182,20 @@ mod tests {
             "off",
             "lookup",
             "lookup:8",
+            "draft",
             "draft:qwen2.5-coder-0.5b-instruct,4",
             "early-exit:8,4",
             "exit-fsm:12",
             "del",
             "auto",
         ] {
-            let mode: SpecMode = s.parse().unwrap();
+            let mode: Speculation = s.parse().unwrap();
             assert_eq!(mode.to_string(), s);
         }
         assert_eq!(
-            "draft:/m/a,b.gguf".parse::<SpecMode>().unwrap(),
-            SpecMode::Draft {
-                model: "/m/a,b.gguf".into(),
+            "draft:/m/a,b.gguf".parse::<Speculation>().unwrap(),
+            Speculation::Draft {
+                model: Some("/m/a,b.gguf".into()),
                 gamma: DRAFT_GAMMA
             }
         );
@@ -167,8 +214,19 @@ mod tests {
             "lookup:x",
             "del:3",
         ] {
-            let err = s.parse::<SpecMode>().unwrap_err();
+            let err = s.parse::<Speculation>().unwrap_err();
             assert!(!err.is_empty(), "{s}");
         }
+    }
+
+    #[test]
+    fn exits_are_checked_against_the_model() {
+        let exit = |s: &str| s.parse::<Speculation>().unwrap().check(24);
+        assert!(exit("early-exit:23,4").is_ok());
+        assert!(exit("exit-fsm:12").is_ok());
+        let err = exit("early-exit:24,4").unwrap_err().to_string();
+        assert!(err.contains("from 1 to 23"), "{err}");
+        assert!(exit("exit-fsm:30").is_err());
+        assert!(exit("del").is_ok());
     }
 }

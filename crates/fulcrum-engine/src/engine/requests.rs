@@ -1,0 +1,115 @@
+//! A request's state in the engine, and how its tokens and its end are reported: events to the caller, counters and
+//! histograms to the metrics.
+
+use super::api::{Event, FinishReason, Params, TokenLogprobs};
+use super::metrics::Metrics;
+use super::Engine;
+use crate::sampler::{log_softmax_at, top_logprobs, Sampler};
+use crate::spec::SpecState;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+use std::time::Instant;
+
+/// What the engine keeps for a request beside its sequence in the scheduler.
+pub(super) struct Request {
+    pub params: Params,
+    pub sampler: Sampler,
+    pub events: SyncSender<Event>,
+    pub submitted: Instant,
+    pub last_token: Option<Instant>,
+    /// Tokens reported so far (an end-of-generation token is not).
+    pub emitted: usize,
+    /// Its speculation state (`None`: it decodes plainly).
+    pub spec: Option<Box<SpecState>>,
+}
+
+impl Engine {
+    /// Reports one committed `token` of request `id` (its logits `row`); `first` says whether it is the step's first
+    /// (the others arrive at the same moment). Returns false once the request has ended.
+    pub(super) fn emit(&mut self, id: u64, token: u32, row: &[f32], first: bool) -> bool {
+        let Some(req) = self.requests.get_mut(&id) else {
+            return false;
+        };
+        let is_eog = req.params.stop_at_eog && self.model.tokenizer.is_eog(token);
+        let logprobs = req.params.logprobs.map(|n| TokenLogprobs {
+            logprob: log_softmax_at(row, &[token])[0],
+            top: top_logprobs(row, n),
+        });
+        let now = Instant::now();
+        match req.last_token {
+            None => Metrics::observe(&self.metrics.ttft, (now - req.submitted).as_secs_f64()),
+            Some(t) => Metrics::observe(
+                &self.metrics.tbt,
+                if first { (now - t).as_secs_f64() } else { 0.0 },
+            ),
+        }
+        req.last_token = Some(now);
+        if is_eog {
+            self.finish(id, Some(FinishReason::Stop));
+            return false;
+        }
+        req.emitted += 1;
+        // Ends at the token limit or at the context: the length as of this token (a speculative step has already
+        // appended the tokens after it).
+        let prompt_len = self.scheduler.get(id).map_or(0, |s| s.prompt_len);
+        let full = req.emitted >= req.params.max_tokens
+            || prompt_len + req.emitted >= self.config.max_seq_len;
+        self.metrics
+            .generated_tokens
+            .fetch_add(1, Ordering::Relaxed);
+        if req
+            .events
+            .try_send(Event::Token {
+                id: token,
+                logprobs,
+            })
+            .is_err()
+        {
+            // The client went away (or stopped reading): cancel at once.
+            self.finish(id, None);
+            return false;
+        }
+        if full {
+            self.finish(id, Some(FinishReason::Length));
+            return false;
+        }
+        true
+    }
+
+    /// Ends request `id`: reports `reason` (none for a cancellation) and frees its blocks.
+    pub(super) fn finish(&mut self, id: u64, reason: Option<FinishReason>) {
+        let seq = self.scheduler.remove(id);
+        if let Some(req) = self.requests.remove(&id) {
+            if reason.is_some() && req.emitted > 0 {
+                self.answer_len = Some(crate::spec::fold_answer_len(self.answer_len, req.emitted));
+            }
+            if let (Some(reason), Some(seq)) = (reason, seq) {
+                let _ = req.events.try_send(Event::Finished {
+                    reason,
+                    prompt_tokens: seq.prompt_len,
+                    completion_tokens: req.emitted,
+                    cached_tokens: seq.cached,
+                });
+            }
+            self.metrics
+                .requests_finished
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes the scheduler's and the pool's gauges.
+    pub(super) fn publish(&self) {
+        let m = &self.metrics;
+        m.waiting
+            .store(self.scheduler.n_waiting() as u64, Ordering::Relaxed);
+        m.running
+            .store(self.scheduler.n_running() as u64, Ordering::Relaxed);
+        let pool = &self.scheduler.pool;
+        m.kv_usage_ppm
+            .store((pool.usage() * 1e6) as u64, Ordering::Relaxed);
+        m.prefix_queried_tokens
+            .store(pool.queried_tokens, Ordering::Relaxed);
+        m.prefix_hit_tokens
+            .store(pool.hit_tokens, Ordering::Relaxed);
+    }
+}
