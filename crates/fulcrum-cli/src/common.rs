@@ -2,8 +2,8 @@
 
 use clap::Args as ClapArgs;
 use fulcrum_core::Model;
-use fulcrum_engine::models;
 use fulcrum_engine::sampler::SamplerConfig;
+use fulcrum_models as models;
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -6,9 +6,9 @@
 //! either the whole new file or untouched.
 
 use crate::common::{check_threads, CliResult};
-use fulcrum_engine::models;
 use fulcrum_gguf::writer::{GgufWriter, TensorSpec};
 use fulcrum_gguf::{GgmlType, GgufFile, TensorInfo, Value};
+use fulcrum_models as models;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::File;
 use std::io::BufWriter;

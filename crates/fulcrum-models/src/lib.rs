@@ -1,0 +1,16 @@
+//! fulcrum-models: model files and where they come from — the registry of default models, pulling them into the
+//! cache, and resolving a name or path to a GGUF file.
+//!
+//! Its rule: it deals in files, never in loaded models. It reads GGUF headers (`fulcrum-gguf`) and block formats
+//! (`fulcrum-quant`) but never depends on `fulcrum-core` or `fulcrum-engine`, so anything, those crates' own tests
+//! included, can use it to fetch a model.
+
+mod error;
+pub mod pull;
+pub mod registry;
+#[cfg(test)]
+mod testing;
+
+pub use error::ModelError;
+pub use pull::pull;
+pub use registry::{cached_path, find_known, known_models, models_dir, resolve, KnownModel};
