@@ -57,16 +57,21 @@ pub fn load_draft(name_or_path: &str, ty: DraftType, verbose: bool) -> CliResult
         .join("derived")
         .join(format!("{stem}-{len}.q4_0.gguf"));
     if !derived.exists() {
-        let made = std::fs::create_dir_all(derived.parent().unwrap_or(&derived))
+        let made: CliResult<_> = std::fs::create_dir_all(derived.parent().unwrap_or(&derived))
             .map_err(|e| e.into())
             .and_then(|()| {
-                crate::quantize::write_requantized(
+                let options = fulcrum_models::requantize::Options {
+                    target: fulcrum_models::requantize::Target::Q4_0,
+                    threads: 0,
+                    replace: true,
+                };
+                fulcrum_models::requantize::requantize(
                     &path,
                     &derived,
-                    crate::quantize::Target::Q4_0,
-                    fulcrum_core::threads::default_threads(),
-                    false,
+                    &options,
+                    &mut fulcrum_models::requantize::Silent,
                 )
+                .map_err(|e| e.into())
             });
         match made {
             Ok(_) if verbose => eprintln!(
