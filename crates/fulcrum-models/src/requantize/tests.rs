@@ -1,10 +1,8 @@
 use std::fs;
-use std::path::{Path, PathBuf};
-
-use fulcrum_gguf::writer::to_bytes;
+use std::path::PathBuf;
 
 use super::*;
-use crate::testing::{listing, TestDir};
+use crate::testing::{f32_bytes, listing, tiny_tensors, write_tiny_model, TestDir};
 
 fn info(name: &str, dims: &[u64], ty: GgmlType) -> TensorInfo {
     TensorInfo {
@@ -60,52 +58,6 @@ fn weights_go_to_the_target_and_the_rest_to_f32() {
         ),
         GgmlType::Q4_0
     );
-}
-
-/// `rows` rows of `n` F32 values, varied so that no two blocks quantize alike.
-fn values(n: usize, rows: usize, seed: f32) -> Vec<f32> {
-    (0..n * rows)
-        .map(|i| (i as f32 * 0.37 + seed).sin() * (1.0 + (i % 7) as f32))
-        .collect()
-}
-
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-/// The F32 tensors of the tiny model: (name, dims, values).
-fn tiny_tensors() -> Vec<(&'static str, Vec<u64>, Vec<f32>)> {
-    vec![
-        ("blk.0.attn_q.weight", vec![64, 3], values(64, 3, 0.0)),
-        ("blk.0.attn_norm.weight", vec![64], values(64, 1, 1.0)),
-        ("blk.0.odd.weight", vec![48, 2], values(48, 2, 2.0)),
-        ("blk.0.ffn_up.weight", vec![512, 2], values(512, 2, 3.0)),
-    ]
-}
-
-/// Writes a tiny all-F32 model to `path` (`general.file_type` 0, "all F32").
-fn write_tiny_model(path: &Path, tensors: &[(&'static str, Vec<u64>, Vec<f32>)]) {
-    let metadata = [
-        (
-            "general.architecture".to_string(),
-            Value::String("llama".into()),
-        ),
-        ("general.file_type".to_string(), Value::U32(0)),
-    ];
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| f32_bytes(v)).collect();
-    let specs: Vec<(TensorSpec, &[u8])> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, dims, _), data)| {
-            let spec = TensorSpec {
-                name: name.to_string(),
-                dims: dims.clone(),
-                ty: GgmlType::F32,
-            };
-            (spec, &data[..])
-        })
-        .collect();
-    fs::write(path, to_bytes(&metadata, &specs).expect("tiny GGUF")).expect("write tiny model");
 }
 
 /// The row-by-row encoding of `values` as `ty`.
