@@ -2,10 +2,14 @@
 
 use clap::Args as ClapArgs;
 use fulcrum_core::Model;
-use fulcrum_engine::models;
 use fulcrum_engine::sampler::SamplerConfig;
+use fulcrum_models as models;
+use fulcrum_models::draft::{draft_weights, DraftWeights};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+
+pub use fulcrum_models::draft::DraftType;
 
 /// A boxed error: subcommands report anything the libraries return.
 pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -15,9 +19,13 @@ pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct";
 
 /// Resolves a model name or path (pulling a known model on first use) and loads it.
 pub fn load_model(name_or_path: &str, verbose: bool) -> CliResult<Arc<Model>> {
-    let path = models::resolve(name_or_path, true)?;
+    load_file(&models::resolve(name_or_path, true)?, verbose)
+}
+
+/// Loads the model file at `path`, saying so if `verbose`.
+fn load_file(path: &Path, verbose: bool) -> CliResult<Arc<Model>> {
     let started = Instant::now();
-    let model = Model::load(&path)?;
+    let model = Model::load(path)?;
     if verbose {
         eprintln!(
             "loaded {} ({}, {} layers) in {:.0} ms",
@@ -30,77 +38,23 @@ pub fn load_model(name_or_path: &str, verbose: bool) -> CliResult<Arc<Model>> {
     Ok(Arc::new(model))
 }
 
-/// How a draft model's weights are held.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum DraftType {
-    /// Re-quantized to Q4_0 once and kept in the model cache, if the file's weights are wider than 4 bits: a draft
-    /// step reads fewer bytes, and verification keeps the output the target's whatever the draft proposes.
-    #[default]
-    #[value(name = "q4_0")]
-    Q4_0,
-    /// As the file holds them.
-    Keep,
-}
-
-/// Loads the draft model `name_or_path`, held as `ty` says. A re-quantized copy that cannot be written (a read-only
-/// cache, a full disk) leaves the file's own weights, with a warning.
+/// Loads the draft model `name_or_path`, held as `ty` says (`fulcrum_models::draft`). A re-quantized copy that
+/// cannot be written (a read-only cache, a full disk) leaves the file's own weights, with a warning.
 pub fn load_draft(name_or_path: &str, ty: DraftType, verbose: bool) -> CliResult<Arc<Model>> {
     let path = models::resolve(name_or_path, true)?;
-    if ty == DraftType::Keep || !wider_than_4_bits(&fulcrum_gguf::GgufFile::open(&path)?) {
-        return load_model(&path.to_string_lossy(), verbose);
+    let weights = draft_weights(&path, ty)?;
+    match &weights {
+        DraftWeights::Copy {
+            path,
+            written: true,
+        } if verbose => eprintln!(
+            "re-quantized the draft model to Q4_0 at {} (--draft-type keep uses it as it is)",
+            path.display()
+        ),
+        DraftWeights::Fallback { warning, .. } => eprintln!("warning: {warning}"),
+        _ => {}
     }
-    let stem = path
-        .file_stem()
-        .map_or("draft".into(), |s| s.to_string_lossy());
-    let len = std::fs::metadata(&path)?.len();
-    let derived = models::models_dir()
-        .join("derived")
-        .join(format!("{stem}-{len}.q4_0.gguf"));
-    if !derived.exists() {
-        let made = std::fs::create_dir_all(derived.parent().unwrap_or(&derived))
-            .map_err(|e| e.into())
-            .and_then(|()| {
-                crate::quantize::write_requantized(
-                    &path,
-                    &derived,
-                    crate::quantize::Target::Q4_0,
-                    fulcrum_core::threads::default_threads(),
-                    false,
-                )
-            });
-        match made {
-            Ok(_) if verbose => eprintln!(
-                "re-quantized the draft model to Q4_0 at {} (--draft-type keep uses it as it is)",
-                derived.display()
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!(
-                    "warning: cannot write a Q4_0 copy of the draft model at {} ({e}); drafting with {}",
-                    derived.display(),
-                    path.display()
-                );
-                return load_model(&path.to_string_lossy(), verbose);
-            }
-        }
-    }
-    load_model(&derived.to_string_lossy(), verbose)
-}
-
-/// Whether most of a model's weight bytes are in types of more than 4 bits per weight.
-fn wider_than_4_bits(file: &fulcrum_gguf::GgufFile) -> bool {
-    use fulcrum_gguf::GgmlType::*;
-    let (mut wide, mut all) = (0u64, 0u64);
-    for t in file.tensors().iter().filter(|t| t.dims.len() >= 2) {
-        all += t.size_bytes;
-        if matches!(
-            t.ty,
-            F32 | F16 | BF16 | F64 | Q8_0 | Q8_1 | Q8_K | Q6_K | Q5_0 | Q5_1 | Q5_K
-        ) {
-            wide += t.size_bytes;
-        }
-    }
-    wide * 2 > all
+    load_file(weights.path(), verbose)
 }
 
 /// Sampling flags shared by `generate` and `chat`.

@@ -1,7 +1,7 @@
 //! `fulcrum pull`: fetch a default model into the cache.
 
 use crate::common::CliResult;
-use fulcrum_engine::models;
+use fulcrum_models as models;
 use std::io::IsTerminal;
 
 /// Arguments of `fulcrum pull`.

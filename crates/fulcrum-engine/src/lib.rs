@@ -1,11 +1,10 @@
-//! fulcrum-engine: sampling, chat templates, the model registry, and the serving engine (block manager, scheduler,
-//! engine loop), and speculative decoding.
+//! fulcrum-engine: sampling, chat templates, the serving engine (block manager, scheduler, engine loop), and
+//! speculative decoding.
 
 pub mod blocks;
 pub mod chat;
 pub mod engine;
 pub mod latency;
-pub mod models;
 pub mod sampler;
 pub mod scheduler;
 pub mod spec;

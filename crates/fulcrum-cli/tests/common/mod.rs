@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 /// Loads a default model by name, pulling it into the cache if it is missing.
 pub fn model(name: &str) -> Arc<Model> {
-    let path =
-        fulcrum_engine::models::resolve(name, true).unwrap_or_else(|e| panic!("model {name}: {e}"));
+    let path = fulcrum_models::resolve(name, true).unwrap_or_else(|e| panic!("model {name}: {e}"));
     Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display())))
 }
 

