@@ -64,11 +64,7 @@ impl Drop for WaitForWorkers<'_> {
 impl ThreadPool {
     /// A pool of `n_threads` threads in total, the caller included (0 means all available cores).
     pub fn new(n_threads: usize) -> ThreadPool {
-        let n_threads = if n_threads == 0 {
-            default_threads()
-        } else {
-            n_threads
-        };
+        let n_threads = resolve(n_threads);
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
@@ -181,6 +177,15 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// The threads a pool asked for `n_threads` runs: that many, or one per core for 0.
+pub fn resolve(n_threads: usize) -> usize {
+    if n_threads == 0 {
+        default_threads()
+    } else {
+        n_threads
+    }
 }
 
 /// The half-open range of `0..len` that thread `index` of `n` handles, in contiguous, balanced pieces.

@@ -1,5 +1,6 @@
-//! Golden tokenization: every prompt of /work/shared/golden/golden.json (llama.cpp's
-//! `llama_tokenize(add_special = true, parse_special = true)`) must give exactly its `prompt_ids`.
+//! Golden tokenization: every prompt of the golden file (llama.cpp's `llama_tokenize(add_special = true,
+//! parse_special = true)`; the repository's copy of ../shared/golden/golden.json is in the core's tests) must give
+//! exactly its `prompt_ids`.
 
 mod common;
 
@@ -11,6 +12,7 @@ fn golden_path() -> PathBuf {
     }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     for candidate in [
+        repo.join("crates/fulcrum-core/tests/data/golden.json"),
         repo.join("shared/golden/golden.json"),
         repo.join("../shared/golden/golden.json"),
     ] {

@@ -12,9 +12,10 @@ pub fn model(name: &str) -> Arc<Model> {
     Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display())))
 }
 
-/// The llama.cpp reference outputs (a copy of ../shared/golden/golden.json).
+/// The llama.cpp reference outputs (a copy of ../shared/golden/golden.json, in the core's tests).
 pub fn golden() -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fulcrum-core/tests/data/golden.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("golden.json"))
         .expect("valid golden.json")
 }

@@ -33,7 +33,7 @@ pub struct Speculator {
 
 impl Speculator {
     /// A driver for `mode` on `target`; `draft` is the loaded draft model for `draft` and `auto` (optional there).
-    /// `n_ctx` and `n_threads` size the draft model's cache and buffers.
+    /// `n_ctx` and `n_threads` (the session's: 0 for one per core) size the draft model's cache and buffers.
     pub fn new(
         mode: Speculation,
         options: SpecOptions,
@@ -50,7 +50,7 @@ impl Speculator {
                 n_ctx,
                 fulcrum_core::session::DEFAULT_BATCH,
                 n_ctx,
-                n_threads,
+                fulcrum_core::threads::resolve(n_threads),
             )?),
             _ => None,
         };

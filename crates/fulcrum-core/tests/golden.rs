@@ -8,9 +8,8 @@
 
 mod common;
 
-use common::{floats, golden, ids, model};
+use common::{argmax, floats, golden, ids, model};
 use fulcrum_core::Session;
-use fulcrum_engine::sampler::argmax;
 
 /// The golden README's near-tie margin and logit tolerance.
 const NEAR_TIE: f32 = 0.05;

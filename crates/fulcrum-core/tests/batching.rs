@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::model;
+use common::{argmax, model};
 use fulcrum_core::model::Scratch;
 use fulcrum_core::{Model, Rounding, SeqSpan, ThreadPool};
-use fulcrum_engine::sampler::argmax;
 
 const NEW_TOKENS: usize = 6;
 
