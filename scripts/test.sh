@@ -14,5 +14,8 @@ done
 echo "== format"
 cargo fmt --all -- --check
 
+echo "== lints"
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+
 echo "== tests"
 cargo test --release --locked --workspace
