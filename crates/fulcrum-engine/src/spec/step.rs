@@ -511,3 +511,130 @@ fn learn_from_shadow(
     }
     (total, seen.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::{Sampler, SamplerConfig};
+    use crate::spec::{Policy, Progress, SpecOptions, SpecState, Speculation};
+
+    const VOCAB: usize = 8;
+
+    /// Logit rows whose greedy picks are `picks`.
+    fn rows(picks: &[u32]) -> Vec<f32> {
+        let mut out = vec![0.0; picks.len() * VOCAB];
+        for (i, &p) in picks.iter().enumerate() {
+            out[i * VOCAB + p as usize] = 5.0;
+        }
+        out
+    }
+
+    fn greedy_walk(picks: &[u32], draft: &[u32]) -> Vec<u32> {
+        let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
+        let mut buffers = WalkBuffers::default();
+        buffers.recent.extend([1, 2, 3]);
+        walk(&rows(picks), VOCAB, draft, None, &mut sampler, &mut buffers)
+    }
+
+    #[test]
+    fn the_walk_keeps_the_agreeing_prefix_and_the_targets_own_token() {
+        // No draft: the target's pick.
+        assert_eq!(greedy_walk(&[4], &[]), [4]);
+        // The target agrees with the first two drafts and replaces the third.
+        assert_eq!(greedy_walk(&[5, 6, 1, 7], &[5, 6, 2]), [5, 6, 1]);
+        // Every draft kept, then the bonus token.
+        assert_eq!(greedy_walk(&[5, 6, 2, 7], &[5, 6, 2]), [5, 6, 2, 7]);
+        // A wrong first draft: only the replacement.
+        assert_eq!(greedy_walk(&[3, 6], &[5]), [3]);
+    }
+
+    /// A DEL state on a 24-layer model that has planned a round (its first: every exit unknown, so a shadow round).
+    fn planned_del() -> SpecState {
+        let policy =
+            Policy::new(Speculation::Del, SpecOptions::default(), 24, None, false).unwrap();
+        let mut state = SpecState::new(policy, &SamplerConfig::greedy());
+        let mut draft = Vec::new();
+        state.plan(
+            &Timings::default(),
+            None,
+            &[1, 2, 3],
+            4,
+            Progress::default(),
+            &mut draft,
+        );
+        assert!(state.policy.is_shadow_round());
+        state
+    }
+
+    #[test]
+    fn a_shadow_round_captures_every_row_at_its_live_exits() {
+        let mut state = planned_del();
+        let exits: Vec<usize> = state.policy.shadow_exits().collect();
+        assert_eq!(exits, crate::spec::default_exits(24));
+        let tokens = [1, 2, 3];
+        let mut draft = vec![4, 5];
+        let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
+        let mut lanes = [Lane {
+            tokens: &tokens,
+            start: 2,
+            len: 1,
+            wants_logits: true,
+            decode: true,
+            slots: None,
+            draft: &mut draft,
+            state: Some(&mut state),
+            sampler: &mut sampler,
+        }];
+        let c = captures(&mut lanes, None, &Timings::default());
+        assert_eq!(c.iter().map(|c| c.exit).collect::<Vec<_>>(), exits);
+        assert!(c
+            .iter()
+            .all(|c| c.row == 0 && c.rows == 3 && c.targets.is_empty()));
+        // Resumed at exit 12: exits above it are captured in the pass, the exit's own rows come from the draft's
+        // saved states, and those below were copied while drafting.
+        let d = 2;
+        if let Some(s) = lanes[0].state.as_deref_mut() {
+            s.exit_hidden = vec![0.5; 3 * d];
+        }
+        let c = captures(&mut lanes, Some(12), &Timings::default());
+        assert!(c.iter().all(|c| c.exit > 12) && !c.is_empty());
+        let state = lanes[0].state.as_deref().unwrap();
+        assert_eq!(state.shadow.len(), 1);
+        assert_eq!(
+            (state.shadow[0].exit, state.shadow[0].rows.len()),
+            (12, 3 * d)
+        );
+    }
+
+    #[test]
+    fn a_prompts_last_chunk_captures_its_last_rows_once() {
+        let policy =
+            Policy::new(Speculation::Del, SpecOptions::default(), 24, None, false).unwrap();
+        let mut state = SpecState::new(policy, &SamplerConfig::greedy());
+        let tokens: Vec<u32> = (0..20).collect();
+        let mut draft = Vec::new();
+        let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
+        let mut lanes = [Lane {
+            tokens: &tokens,
+            start: 4,
+            len: 16,
+            wants_logits: true,
+            decode: false,
+            slots: None,
+            draft: &mut draft,
+            state: Some(&mut state),
+            sampler: &mut sampler,
+        }];
+        let c = captures(&mut lanes, None, &Timings::default());
+        let window = SpecOptions::default().init_window;
+        assert!(!c.is_empty());
+        for capture in &c {
+            // Rows predicting the prompt's last window - 1 tokens.
+            assert_eq!(capture.row, 16 - window);
+            assert_eq!(capture.rows, window - 1);
+            assert_eq!(capture.targets, &tokens[20 - window + 1..]);
+        }
+        // The initialisation is asked for once per generation.
+        assert!(captures(&mut lanes, None, &Timings::default()).is_empty());
+    }
+}
