@@ -10,7 +10,7 @@
 //! | [`mode`] | [`Speculation`], the one `--spec`/`"spec"` type |
 //! | [`policy`], [`rules`], [`controller`] | choosing the drafter and length per round (DEL's controller), learning |
 //! | [`lookup`], [`early_exit`], [`draft_model`] | the drafters |
-//! | [`step`], [`verify`] | the driver and the acceptance math |
+//! | [`step`], [`verify`], `shadow` | the driver, the acceptance math, DEL's shadow statistics |
 //! | [`lane`] | what the driver works on |
 //! | [`single`] | a [`Session`](fulcrum_core::Session)'s batch of one (`generate`) |
 
@@ -22,6 +22,7 @@ pub mod lookup;
 pub mod mode;
 pub mod policy;
 pub mod rules;
+mod shadow;
 pub mod single;
 pub mod step;
 pub mod verify;

@@ -1,4 +1,5 @@
-//! Acceptance of drafted tokens: the longest matching prefix under greedy decoding, rejection sampling otherwise.
+//! Acceptance of drafted tokens: the longest matching prefix under greedy decoding, rejection sampling otherwise;
+//! [`walk`] applies it to a round's verification rows, for every caller.
 //!
 //! Speculative sampling (Leviathan et al. 2023; Chen et al. 2023): a draft token x drawn from the drafter's
 //! distribution q is kept with probability min(1, p(x)/q(x)), where p is the target's distribution; on rejection the
@@ -69,8 +70,92 @@ pub fn check(
     })
 }
 
+/// Buffers of the acceptance walk, reused from lane to lane.
+#[derive(Default)]
+pub struct WalkBuffers {
+    /// The target's distribution at the current row.
+    pub p: Vec<(u32, f32)>,
+    pub residual: Vec<(u32, f32)>,
+    /// The text so far, for the repetition penalty; it grows with the walk.
+    pub recent: Vec<u32>,
+}
+
+/// The acceptance walk over a lane's `logits` rows: with no draft, the token sampled from the first row; with a
+/// draft, each draft token while the target keeps it (greedy: it is the target's pick; sampling: rejection sampling
+/// against the draft model's distributions `dists` if it sampled them, else as deterministic proposals), then the
+/// target's own token.
+pub fn walk(
+    logits: &[f32],
+    vocab: usize,
+    draft: &[u32],
+    dists: Option<&[Vec<(u32, f32)>]>,
+    sampler: &mut Sampler,
+    b: &mut WalkBuffers,
+) -> Vec<u32> {
+    let (p, residual, recent) = (&mut b.p, &mut b.residual, &mut b.recent);
+    if draft.is_empty() {
+        return vec![sampler.sample(&logits[..vocab], recent)];
+    }
+    let mut committed = Vec::with_capacity(draft.len() + 1);
+    for (j, row) in logits.chunks_exact(vocab).enumerate() {
+        sampler.distribution(row, recent, p);
+        let Some(&d) = draft.get(j) else {
+            let bonus = if p.len() == 1 {
+                p[0].0
+            } else {
+                sampler.draw_from(p)
+            };
+            committed.push(bonus);
+            break;
+        };
+        let q = dists.and_then(|q| q.get(j)).map(Vec::as_slice);
+        match check(p, q, d, sampler, residual) {
+            Verdict::Accept => {
+                committed.push(d);
+                recent.push(d);
+            }
+            Verdict::Replace(token) => {
+                committed.push(token);
+                break;
+            }
+        }
+    }
+    committed
+}
+
 #[cfg(test)]
 mod tests {
+    use super::{walk, WalkBuffers};
+    const VOCAB: usize = 8;
+
+    /// Logit rows whose greedy picks are `picks`.
+    fn rows(picks: &[u32]) -> Vec<f32> {
+        let mut out = vec![0.0; picks.len() * VOCAB];
+        for (i, &p) in picks.iter().enumerate() {
+            out[i * VOCAB + p as usize] = 5.0;
+        }
+        out
+    }
+
+    fn greedy_walk(picks: &[u32], draft: &[u32]) -> Vec<u32> {
+        let mut sampler = Sampler::new(crate::sampler::SamplerConfig::greedy()).unwrap();
+        let mut buffers = WalkBuffers::default();
+        buffers.recent.extend([1, 2, 3]);
+        walk(&rows(picks), VOCAB, draft, None, &mut sampler, &mut buffers)
+    }
+
+    #[test]
+    fn the_walk_keeps_the_agreeing_prefix_and_the_targets_own_token() {
+        // No draft: the target's pick.
+        assert_eq!(greedy_walk(&[4], &[]), [4]);
+        // The target agrees with the first two drafts and replaces the third.
+        assert_eq!(greedy_walk(&[5, 6, 1, 7], &[5, 6, 2]), [5, 6, 1]);
+        // Every draft kept, then the bonus token.
+        assert_eq!(greedy_walk(&[5, 6, 2, 7], &[5, 6, 2]), [5, 6, 2, 7]);
+        // A wrong first draft: only the replacement.
+        assert_eq!(greedy_walk(&[3, 6], &[5]), [3]);
+    }
+
     use super::*;
     use crate::sampler::{Rng, SamplerConfig};
 
