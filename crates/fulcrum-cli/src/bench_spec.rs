@@ -1,13 +1,12 @@
 //! `fulcrum bench spec`: speculative decoding against plain decoding, every drafter in one run, on a prompt set.
 
-use crate::common::{check_threads, load_draft, load_model, tokenize_prompt, CliResult, DraftType};
-use crate::generate::prompt_text;
+use crate::common::{check_threads, load_draft, load_model, CliResult, DraftType};
 use fulcrum_core::{Model, Session};
 use fulcrum_engine::sampler::{Sampler, SamplerConfig};
 use fulcrum_engine::spec::{default_exits, Learned, SpecOptions, Speculation, Speculator};
+use fulcrum_engine::{generation, prompt};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Arguments of `fulcrum bench spec`.
 #[derive(clap::Args)]
@@ -85,11 +84,11 @@ fn load_prompts(args: &Args, model: &Model) -> CliResult<Vec<Prompt>> {
         let field = |k: &str| v[k].as_str().map(str::to_string);
         let prompt = field("prompt").ok_or(format!("line {}: no \"prompt\"", i + 1))?;
         let chat = v["chat"].as_bool().unwrap_or(false);
-        let text = prompt_text(model, &prompt, None, !chat)?;
+        let text = prompt::user_prompt(model, &prompt, None, !chat)?;
         prompts.push(Prompt {
             name: field("name").unwrap_or_else(|| format!("prompt{i}")),
             set: field("set").unwrap_or_else(|| "default".into()),
-            ids: tokenize_prompt(model, &text),
+            ids: prompt::tokenize(model, &text),
         });
     }
     if prompts.is_empty() {
@@ -127,42 +126,22 @@ fn run_one(
     if let (Some(spec), Some(learned)) = (&mut spec, carry.take()) {
         spec.resume(learned);
     }
-    let started = Instant::now();
-    let mut history = prompt.to_vec();
-    let logits = match &mut spec {
-        Some(s) => s.prefill(&mut session, prompt)?,
-        None => session.eval_last(prompt)?.to_vec(),
-    };
-    // DEL's initialisation from the prompt runs in the first rounds, so it counts as generation time.
-    let prefill = started.elapsed().as_secs_f64();
-    history.push(sampler.sample(&logits, &history));
-    let tok = &target.tokenizer;
-    let done =
-        |h: &[u32]| h.len() - prompt.len() >= n || h[prompt.len()..].iter().any(|&t| tok.is_eog(t));
-    while !done(&history) {
-        let left = n - (history.len() - prompt.len());
-        match &mut spec {
-            Some(s) => {
-                s.step(&mut session, &mut sampler, &mut history, left)?;
-            }
-            None => {
-                let last = *history.last().unwrap_or(&0);
-                let logits = session.eval_last(&[last])?;
-                let id = sampler.sample(logits, &history);
-                history.push(id);
-            }
-        }
-    }
-    let mut tokens = history[prompt.len()..].to_vec();
-    if let Some(end) = tokens.iter().position(|&t| tok.is_eog(t)) {
-        tokens.truncate(end + 1);
-    }
-    tokens.truncate(n);
+    let mut history = Vec::new();
+    let generated = generation::decode(
+        &mut session,
+        &mut sampler,
+        &mut history,
+        prompt,
+        n,
+        spec.as_mut(),
+        |_| {},
+    )?;
     *carry = spec.as_ref().map(Speculator::learned);
     let stats = spec.map(|s| s.final_stats()).unwrap_or_default();
     Ok(Run {
-        tokens,
-        seconds: started.elapsed().as_secs_f64() - prefill,
+        tokens: generated.tokens,
+        // DEL's initialisation from the prompt runs in the first rounds, so it counts as generation time.
+        seconds: generated.gen_seconds,
         drafted: stats.drafted,
         accepted: stats.accepted,
         rounds: stats.rounds,

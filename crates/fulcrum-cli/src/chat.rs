@@ -1,13 +1,12 @@
 //! `fulcrum chat`: an interactive conversation that keeps its history (and reuses its KV cache between turns).
 
 use crate::common::{
-    chat_template, check_threads, context_size, load_model, tokenize_prompt, CliResult,
-    SamplingArgs, DEFAULT_MODEL,
+    check_threads, context_size, load_model, CliResult, SamplingArgs, DEFAULT_MODEL,
 };
-use crate::generate::decode_loop;
 use fulcrum_core::Session;
 use fulcrum_engine::chat::Message;
 use fulcrum_engine::sampler::Sampler;
+use fulcrum_engine::{generation, prompt};
 use std::io::{BufRead, Write};
 
 /// Arguments of `fulcrum chat`.
@@ -37,7 +36,7 @@ pub fn run(args: Args) -> CliResult {
     let model = load_model(&args.model, true)?;
     let mut sampler = Sampler::new(args.sampling.config_for(&model)?)?;
     let n_ctx = context_size(&model, args.ctx)?;
-    let template = chat_template(&model)?;
+    let template = prompt::chat_template(&model)?;
     if template.is_fallback() {
         eprintln!("(this model has no chat template; using a plain 'role: text' format)");
     }
@@ -80,7 +79,7 @@ pub fn run(args: Args) -> CliResult {
             role: "user".into(),
             content: text.to_string(),
         });
-        let ids = tokenize_prompt(&model, &template.render(&messages, true)?);
+        let ids = prompt::tokenize(&model, &template.render(&messages, true)?);
         if ids.is_empty() {
             messages.pop();
             eprintln!("error: the conversation renders to no tokens");
@@ -100,7 +99,7 @@ pub fn run(args: Args) -> CliResult {
         session.truncate(common);
         cached.truncate(common);
         let stdout = std::io::stdout();
-        let reply = decode_loop(
+        let reply = generation::decode(
             &mut session,
             &mut sampler,
             &mut cached,

@@ -168,28 +168,3 @@ pub fn check_threads(n: usize) -> CliResult<usize> {
     }
     Ok(n)
 }
-
-/// The model's chat template (or the plain fallback), with its BOS and EOS texts.
-pub fn chat_template(model: &Model) -> CliResult<fulcrum_engine::chat::ChatTemplate> {
-    let tok = &model.tokenizer;
-    let special = |id: Option<u32>| {
-        id.map(|i| tok.token_text(i).to_string())
-            .unwrap_or_default()
-    };
-    Ok(fulcrum_engine::chat::ChatTemplate::new(
-        model.chat_template(),
-        &special(tok.bos()),
-        &special(tok.eos()),
-    )?)
-}
-
-/// Tokenizes text the way llama.cpp does for a prompt: BOS per the model's flag (unless the text already starts
-/// with it), special-token text parsed into special tokens.
-pub fn tokenize_prompt(model: &Model, text: &str) -> Vec<u32> {
-    let tok = &model.tokenizer;
-    let mut ids = tok.encode(text, true, true);
-    if tok.add_bos() && ids.len() >= 2 && ids[0] == ids[1] && Some(ids[0]) == tok.bos() {
-        ids.remove(0);
-    }
-    ids
-}

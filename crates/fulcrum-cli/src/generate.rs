@@ -1,17 +1,15 @@
 //! `fulcrum generate`: one prompt in, streamed text out; and the decoding loop `chat` shares.
 
 use crate::common::{
-    chat_template, check_threads, context_size, load_draft, load_model, tokenize_prompt, CliResult,
-    DraftType, SamplingArgs, DEFAULT_MODEL,
+    check_threads, context_size, load_draft, load_model, CliResult, DraftType, SamplingArgs,
+    DEFAULT_MODEL,
 };
-use fulcrum_core::tokenizer::StreamDecoder;
 use fulcrum_core::{Model, Session};
-use fulcrum_engine::chat::Message;
 use fulcrum_engine::sampler::Sampler;
 use fulcrum_engine::spec::{SpecOptions, Speculation, Speculator};
+use fulcrum_engine::{generation, prompt};
 use serde_json::json;
 use std::io::Write;
-use std::time::Instant;
 
 /// Arguments of `fulcrum generate`.
 #[derive(clap::Args)]
@@ -59,124 +57,6 @@ pub struct Args {
     draft_type: DraftType,
     #[command(flatten)]
     sampling: SamplingArgs,
-}
-
-/// What one generation produced.
-pub struct Generation {
-    pub tokens: Vec<u32>,
-    pub text: String,
-    pub prompt_seconds: f64,
-    pub gen_seconds: f64,
-    /// "stop" (end-of-generation token) or "length" (token limit or full context).
-    pub finish_reason: &'static str,
-}
-
-/// Evaluates `new_tokens` after what `session` holds, then samples up to `max_tokens` tokens, passing each piece of
-/// complete UTF-8 text to `on_text`. `history` holds every token in the session, for the repetition penalty. With a
-/// speculator, tokens come in speculative rounds; the output is the same as without (in distribution when sampling).
-pub fn decode_loop(
-    session: &mut Session,
-    sampler: &mut Sampler,
-    history: &mut Vec<u32>,
-    new_tokens: &[u32],
-    max_tokens: usize,
-    mut spec: Option<&mut Speculator>,
-    mut on_text: impl FnMut(&str),
-) -> CliResult<Generation> {
-    let model = session.model.clone();
-    let tok = &model.tokenizer;
-    let started = Instant::now();
-    let mut logits = match spec.as_deref_mut() {
-        Some(spec) => spec.prefill(session, new_tokens)?,
-        None => session.eval_last(new_tokens)?.to_vec(),
-    };
-    history.extend_from_slice(new_tokens);
-    let prompt_seconds = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    let mut decoder = StreamDecoder::new();
-    let mut out = Generation {
-        tokens: Vec::new(),
-        text: String::new(),
-        prompt_seconds,
-        gen_seconds: 0.0,
-        finish_reason: "length",
-    };
-    // Takes one committed token; false when generation is over.
-    let mut emit = |out: &mut Generation, id: u32| {
-        out.tokens.push(id);
-        if tok.is_eog(id) {
-            out.finish_reason = "stop";
-            return false;
-        }
-        let piece = decoder.push(tok, id);
-        if !piece.is_empty() {
-            on_text(&piece);
-            out.text.push_str(&piece);
-        }
-        out.tokens.len() < max_tokens
-    };
-    if max_tokens > 0 {
-        let id = sampler.sample(&logits, history);
-        history.push(id);
-        let mut going = emit(&mut out, id);
-        while going && session.len() < session.n_ctx() {
-            match spec.as_deref_mut() {
-                Some(spec) => {
-                    let start = history.len();
-                    spec.step(session, sampler, history, max_tokens - out.tokens.len())?;
-                    for &id in &history[start..] {
-                        going = emit(&mut out, id);
-                        if !going {
-                            break;
-                        }
-                    }
-                }
-                None => {
-                    logits.copy_from_slice(session.eval_last(&[id_of(history)])?);
-                    let id = sampler.sample(&logits, history);
-                    history.push(id);
-                    going = emit(&mut out, id);
-                }
-            }
-        }
-    }
-    let rest = decoder.flush();
-    if !rest.is_empty() {
-        on_text(&rest);
-        out.text.push_str(&rest);
-    }
-    out.gen_seconds = started.elapsed().as_secs_f64();
-    Ok(out)
-}
-
-/// The last token of `history`, the next one to evaluate.
-fn id_of(history: &[u32]) -> u32 {
-    history[history.len() - 1]
-}
-
-/// The prompt text to tokenize: the chat template applied to a user message unless `raw` or the model has none.
-pub(crate) fn prompt_text(
-    model: &Model,
-    prompt: &str,
-    system: Option<&str>,
-    raw: bool,
-) -> CliResult<String> {
-    if raw || model.chat_template().is_none() {
-        return Ok(prompt.to_string());
-    }
-    let template = chat_template(model)?;
-    let mut messages = Vec::new();
-    if let Some(s) = system {
-        messages.push(Message {
-            role: "system".into(),
-            content: s.into(),
-        });
-    }
-    messages.push(Message {
-        role: "user".into(),
-        content: prompt.into(),
-    });
-    Ok(template.render(&messages, true)?)
 }
 
 /// The speculative driver `--spec` asks for (none for `off`), with its draft model loaded.
@@ -263,8 +143,8 @@ pub fn run(args: Args) -> CliResult {
     let seed = sampler_config.seed;
     let mut sampler = Sampler::new(sampler_config)?;
     let n_ctx = context_size(&model, args.ctx)?;
-    let text = prompt_text(&model, &prompt, args.system.as_deref(), args.raw)?;
-    let prompt_ids = tokenize_prompt(&model, &text);
+    let text = prompt::user_prompt(&model, &prompt, args.system.as_deref(), args.raw)?;
+    let prompt_ids = prompt::tokenize(&model, &text);
     if prompt_ids.is_empty() {
         return Err("the prompt is empty".into());
     }
@@ -287,7 +167,7 @@ pub fn run(args: Args) -> CliResult {
     let mut history = Vec::new();
     let stdout = std::io::stdout();
     let json = args.json;
-    let result = decode_loop(
+    let result = generation::decode(
         &mut session,
         &mut sampler,
         &mut history,
@@ -310,7 +190,7 @@ pub fn run(args: Args) -> CliResult {
             "prompt_tokens": prompt_ids,
             "tokens": result.tokens,
             "text": result.text,
-            "finish_reason": result.finish_reason,
+            "finish_reason": result.finish_reason.as_str(),
             "seed": seed,
             "speculation": speculator.as_ref().map(spec_json),
             "timings": {
@@ -329,7 +209,7 @@ pub fn run(args: Args) -> CliResult {
             prompt_tps,
             result.tokens.len(),
             gen_tps,
-            result.finish_reason
+            result.finish_reason.as_str()
         );
         if let Some(spec) = &speculator {
             let stats = spec.final_stats();

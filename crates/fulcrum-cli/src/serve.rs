@@ -17,6 +17,7 @@ use fulcrum_core::Model;
 use fulcrum_engine::chat::ChatTemplate;
 use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Params};
 use fulcrum_engine::latency::TbtTarget;
+use fulcrum_engine::prompt;
 use fulcrum_engine::scheduler::{Limits, Rejected};
 use fulcrum_engine::spec::Speculation;
 use generation::{Chunk, TokenLogprob, Usage};
@@ -234,7 +235,7 @@ pub fn run(args: Args) -> CliResult {
         _ => args.model.clone(),
     };
     let state = Arc::new(AppState {
-        template: common::chat_template(&model)?,
+        template: prompt::chat_template(&model)?,
         model,
         name,
         engine,
@@ -456,7 +457,7 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
             ApiError::invalid(format!("chat template: {e}"), Some("messages".into()))
         })?,
     };
-    let prompt = common::tokenize_prompt(&state.model, &text);
+    let prompt = prompt::tokenize(&state.model, &text);
     let limit = state.engine.max_seq_len;
     if prompt.is_empty() {
         return Err(ApiError::invalid(

@@ -1,10 +1,13 @@
-//! fulcrum-engine: sampling, chat templates, the serving engine (block manager, scheduler, engine loop), and
-//! speculative decoding.
+//! fulcrum-engine: everything around a forward pass that the CLI and the server share: sampling, chat templates and
+//! prompts, a session's generation loop, speculative decoding (one driver for every caller), and the serving engine
+//! (block manager, scheduler, engine loop).
 
 pub mod blocks;
 pub mod chat;
 pub mod engine;
+pub mod generation;
 pub mod latency;
+pub mod prompt;
 pub mod sampler;
 pub mod scheduler;
 pub mod spec;

@@ -3,7 +3,7 @@
 //! blocking thread; when the consumer goes away it cancels the request in the engine.
 
 use fulcrum_core::Model;
-use fulcrum_engine::engine::{EngineHandle, Event, FinishReason};
+use fulcrum_engine::engine::{EngineHandle, Event};
 use fulcrum_tokenizer::StreamDecoder;
 use std::sync::mpsc::Receiver;
 use tokio::sync::mpsc::UnboundedSender;
@@ -134,10 +134,7 @@ pub fn relay(
                     });
                 }
                 let _ = send(Chunk::Done {
-                    reason: match reason {
-                        FinishReason::Stop => "stop",
-                        FinishReason::Length => "length",
-                    },
+                    reason: reason.as_str(),
                     usage: Usage {
                         prompt_tokens,
                         completion_tokens,

@@ -52,6 +52,16 @@ pub enum FinishReason {
     Length,
 }
 
+impl FinishReason {
+    /// Its name in OpenAI's API and in `--json` output: `stop` or `length`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
 /// One generated token's log-probabilities.
 #[derive(Debug, Clone)]
 pub struct TokenLogprobs {
