@@ -1,5 +1,5 @@
-//! Helpers shared by the core's integration tests: the default models (pulled on first use), llama.cpp's golden
-//! outputs, and the greedy pick.
+//! Helpers shared by the integration tests of the core, the engine and the CLI (the other two include this file): the
+//! default models (pulled on first use), llama.cpp's golden outputs, and the greedy pick.
 
 #![allow(dead_code)]
 
@@ -13,9 +13,10 @@ pub fn model(name: &str) -> Arc<Model> {
     Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display())))
 }
 
-/// The llama.cpp reference outputs (a copy of ../shared/golden/golden.json).
+/// The llama.cpp reference outputs (a copy of ../shared/golden/golden.json, kept with the core's tests).
 pub fn golden() -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fulcrum-core/tests/data/golden.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("golden.json"))
         .expect("valid golden.json")
 }

@@ -8,7 +8,7 @@
 //! position. After verification `draft_fed` drops to the first rejected position, so the next catch-up overwrites
 //! the stale rows.
 
-use super::lane::Lane;
+use super::lane::{draft_batch, Lane};
 use super::rules::{argmax_confidence, CALIBRATION_ROWS};
 use super::{check_vocabulary, step_ratio, verify, SpecError, Timings};
 use fulcrum_core::kv::KvCache;
@@ -169,24 +169,10 @@ impl DraftModel {
             if active.is_empty() {
                 break;
             }
-            tokens.clear();
-            let spans: Vec<SeqSpan> = active
-                .iter()
-                .enumerate()
-                .map(|(row, &i)| {
-                    let lane = &lanes[members[i]];
-                    let pos = lane.start + step;
-                    tokens.push(lane.draft[step - 1]);
-                    fed[i] = pos + 1;
-                    SeqSpan {
-                        start_row: row,
-                        len: 1,
-                        start_pos: pos,
-                        slots: lane.slots_to(pos + 1),
-                        logits_from: 0,
-                    }
-                })
-                .collect();
+            let spans = draft_batch(lanes, members, &active, step, &mut tokens);
+            for &i in &active {
+                fed[i] = lanes[members[i]].start + step + 1;
+            }
             let logits = self.timed_forward(pool, &tokens, &spans, timings)?;
             for (row, &i) in active.iter().enumerate() {
                 let lane = &mut lanes[members[i]];

@@ -7,10 +7,10 @@
 //! draft token also runs through the first E layers, every row's layer-E state is kept, and on a shadow round the
 //! states at the live candidate exits below E are copied on the way.
 
-use super::lane::{Lane, Runner, ShadowRows};
+use super::lane::{draft_batch, Lane, Runner, ShadowRows};
 use super::rules::argmax_confidence;
 use super::Timings;
-use fulcrum_core::{ModelError, Rounding, SeqSpan};
+use fulcrum_core::ModelError;
 use std::time::Instant;
 
 /// Fills the placeholder drafts of `lanes[m]`, `m` in `members`, with the greedy predictions of the first `exit`
@@ -63,38 +63,12 @@ pub(super) fn fill(
         if active.is_empty() {
             break;
         }
-        tokens.clear();
-        let spans: Vec<SeqSpan> = active
-            .iter()
-            .enumerate()
-            .map(|(row, &i)| {
-                let lane = &lanes[members[i]];
-                let pos = lane.start + step;
-                tokens.push(match step {
-                    0 => lane.tokens[lane.start],
-                    _ => lane.draft[step - 1],
-                });
-                SeqSpan {
-                    start_row: row,
-                    len: 1,
-                    start_pos: pos,
-                    slots: lane.slots_to(pos + 1),
-                    logits_from: 0,
-                }
-            })
-            .collect();
+        let spans = draft_batch(lanes, members, &active, step, &mut tokens);
         let started = Instant::now();
-        target.model.embed(&tokens, target.scratch)?;
+        target.embed(&tokens)?;
         let mut from = 0;
         for &boundary in boundaries.iter().chain(std::iter::once(&exit)) {
-            target.model.run_layers(
-                target.pool,
-                from..boundary,
-                &spans,
-                target.kv,
-                target.scratch,
-                Rounding::BatchInvariant,
-            )?;
+            target.run_layers(from..boundary, &spans)?;
             from = boundary;
             let hidden = target.scratch.hidden(active.len(), d);
             for (row, &i) in active.iter().enumerate() {
@@ -119,12 +93,8 @@ pub(super) fn fill(
             continue;
         }
         let head = Instant::now();
-        let logits = target.model.classify(
-            target.pool,
-            drafting.len(),
-            target.scratch,
-            Rounding::BatchInvariant,
-        );
+        let model = target.model;
+        let logits = target.classify(drafting.len());
         timings
             .head
             .record(drafting.len(), head.elapsed().as_secs_f64());
@@ -133,7 +103,7 @@ pub(super) fn fill(
             let (token, confidence) = argmax_confidence(&logits[row * vocab..][..vocab]);
             lane.draft[step] = token;
             let unsure = taus[i].is_some_and(|tau| confidence < tau);
-            if unsure || target.model.tokenizer.is_eog(token) {
+            if unsure || model.tokenizer.is_eog(token) {
                 // Kept, but the last of this draft; its spare rows stay unused.
                 lane.draft.truncate(step + 1);
             }

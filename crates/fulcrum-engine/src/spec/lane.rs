@@ -7,7 +7,7 @@ use super::Timings;
 use crate::sampler::{Sampler, SamplerConfig};
 use fulcrum_core::kv::KvCache;
 use fulcrum_core::model::Scratch;
-use fulcrum_core::{Model, ThreadPool};
+use fulcrum_core::{Model, ModelError, Rounding, SeqSpan, ThreadPool};
 
 /// What a forward pass runs on: the thread pool, a model, its KV rows (a sequence's contiguous cache or a paged
 /// pool) and its activation buffers.
@@ -48,6 +48,55 @@ impl<'a> Lane<'a> {
     /// Its cache rows of positions `0..end`, or `None` where row = position.
     pub fn slots_to(&self, end: usize) -> Option<&'a [u32]> {
         self.slots.map(|s| &s[..end])
+    }
+
+    /// The token a drafting step feeds at draft position `step`: its own token first, then its draft so far.
+    pub fn draft_input(&self, step: usize) -> u32 {
+        match step {
+            0 => self.tokens[self.start],
+            _ => self.draft[step - 1],
+        }
+    }
+
+    /// The one-token span of draft position `step`, in row `row` of a drafting batch.
+    pub fn draft_span(&self, row: usize, step: usize) -> SeqSpan<'a> {
+        let pos = self.start + step;
+        SeqSpan {
+            start_row: row,
+            len: 1,
+            start_pos: pos,
+            slots: self.slots_to(pos + 1),
+            logits_from: 0,
+        }
+    }
+}
+
+impl Runner<'_> {
+    /// Embeds `tokens` into the front of the residual stream.
+    pub fn embed(&mut self, tokens: &[u32]) -> Result<(), ModelError> {
+        self.model.embed(tokens, self.scratch)
+    }
+
+    /// Runs the residual stream's rows (the `spans`' tokens) through `layers`, every row rounded as if alone.
+    pub fn run_layers(
+        &mut self,
+        layers: std::ops::Range<usize>,
+        spans: &[SeqSpan],
+    ) -> Result<(), ModelError> {
+        self.model.run_layers(
+            self.pool,
+            layers,
+            spans,
+            self.kv,
+            self.scratch,
+            Rounding::BatchInvariant,
+        )
+    }
+
+    /// Final norm and classifier over the stream's first `rows` rows, every row rounded as if alone.
+    pub fn classify(&mut self, rows: usize) -> &[f32] {
+        self.model
+            .classify(self.pool, rows, self.scratch, Rounding::BatchInvariant)
     }
 }
 
@@ -149,4 +198,25 @@ impl SpecState {
     pub(super) fn draft_sampler(&mut self) -> Option<&mut Sampler> {
         self.draft_sampler.as_mut()
     }
+}
+
+/// The batch of draft position `step` for the lanes `lanes[members[i]]`, `i` in `active`: each feeds one token
+/// (written to `tokens`) in its own row.
+pub(super) fn draft_batch<'a>(
+    lanes: &[Lane<'a>],
+    members: &[usize],
+    active: &[usize],
+    step: usize,
+    tokens: &mut Vec<u32>,
+) -> Vec<SeqSpan<'a>> {
+    tokens.clear();
+    active
+        .iter()
+        .enumerate()
+        .map(|(row, &i)| {
+            let lane = &lanes[members[i]];
+            tokens.push(lane.draft_input(step));
+            lane.draft_span(row, step)
+        })
+        .collect()
 }

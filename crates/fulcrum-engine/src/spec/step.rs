@@ -23,7 +23,7 @@ use super::lane::{Lane, Runner};
 use super::shadow::{captures, copy_captured, learn_from_shadow};
 use super::verify::{walk, WalkBuffers};
 use super::{early_exit, Timings};
-use fulcrum_core::{ModelError, Rounding, SeqSpan};
+use fulcrum_core::{ModelError, SeqSpan};
 use std::time::Instant;
 
 /// How a step may run its drafters.
@@ -205,7 +205,7 @@ fn forward(
             exit
         }
         None => {
-            model.embed(&tokens, target.scratch)?;
+            target.embed(&tokens)?;
             0
         }
     };
@@ -217,37 +217,16 @@ fn forward(
         .into_iter()
         .filter(|&e| e > first_layer && e < n_layers)
     {
-        model.run_layers(
-            target.pool,
-            from..boundary,
-            &spans,
-            target.kv,
-            target.scratch,
-            Rounding::BatchInvariant,
-        )?;
+        target.run_layers(from..boundary, &spans)?;
         let hidden = target.scratch.hidden(tokens.len(), d);
         copy_captured(&captures, boundary, hidden, d, lanes);
         from = boundary;
     }
-    model.run_layers(
-        target.pool,
-        from..n_layers,
-        &spans,
-        target.kv,
-        target.scratch,
-        Rounding::BatchInvariant,
-    )?;
+    target.run_layers(from..n_layers, &spans)?;
     let layers_s = started.elapsed().as_secs_f64();
     let logit_rows: usize = spans.iter().map(|s| s.len - s.logits_from).sum();
     let head = Instant::now();
-    let logits = model
-        .classify(
-            target.pool,
-            logit_rows,
-            target.scratch,
-            Rounding::BatchInvariant,
-        )
-        .to_vec();
+    let logits = target.classify(logit_rows).to_vec();
     let head_s = head.elapsed().as_secs_f64();
     let layers = (n_layers - first_layer).max(1);
     timings.layer.record(tokens.len(), layers_s / layers as f64);
