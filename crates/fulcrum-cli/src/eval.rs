@@ -2,6 +2,7 @@
 
 use crate::common::{check_threads, context_size, load_model, CliResult, DEFAULT_MODEL};
 use fulcrum_core::Session;
+use fulcrum_engine::eval;
 use serde_json::json;
 use std::io::Write;
 
@@ -48,13 +49,6 @@ pub fn run(args: Args) -> CliResult {
     }
 }
 
-/// `log p(token)` under the softmax of `logits`, with the sum of exponentials in f64 as llama.cpp does.
-fn log_prob(logits: &[f32], token: u32) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    (logits[token as usize] - max) as f64 - sum.ln()
-}
-
 fn perplexity(args: PplArgs) -> CliResult {
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
@@ -84,38 +78,15 @@ fn perplexity(args: PplArgs) -> CliResult {
         check_threads(args.threads)?,
         n_ctx.min(512),
     )?;
-    let vocab = model.config.vocab_size;
-    let first = n_ctx / 2;
-    let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
     let started = std::time::Instant::now();
-    for chunk in 0..n_chunks {
-        let mut window = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
-        if tok.add_bos() {
-            if let Some(bos) = tok.bos() {
-                window[0] = bos;
-            }
-        }
-        session.truncate(0);
-        let logits = session.eval_from(&window, first)?;
-        for i in 0..n_ctx - 1 - first {
-            let lp = log_prob(&logits[i * vocab..(i + 1) * vocab], window[first + i + 1]);
-            nll -= lp;
-            nll2 += lp * lp;
-        }
-        count += n_ctx - 1 - first;
-        if !args.json {
-            eprint!("[{}]{:.4},", chunk + 1, (nll / count as f64).exp());
+    let json = args.json;
+    let result = eval::perplexity(&mut session, &tokens, n_chunks, |chunk, ppl| {
+        if !json {
+            eprint!("[{chunk}]{ppl:.4},");
             let _ = std::io::stderr().flush();
         }
-    }
-    let mean = nll / count as f64;
-    let ppl = mean.exp();
-    let var = nll2 / count as f64 - mean * mean;
-    let plus_minus = if var > 0.0 {
-        (var / (count as f64 - 1.0)).sqrt() * ppl
-    } else {
-        0.0
-    };
+    })?;
+    let (ppl, plus_minus, count) = (result.ppl, result.plus_minus, result.tokens_scored);
     if args.json {
         println!(
             "{}",

@@ -5,6 +5,7 @@
 pub mod blocks;
 pub mod chat;
 pub mod engine;
+pub mod eval;
 pub mod generation;
 pub mod latency;
 pub mod prompt;

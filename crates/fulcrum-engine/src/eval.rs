@@ -1,0 +1,83 @@
+//! Evaluation of a model on a text: perplexity as llama.cpp's `llama-perplexity` computes it (windows of the
+//! context's length, each scored on its second half, the first token of each window replaced by BOS where the model
+//! adds one).
+
+use fulcrum_core::{ModelError, Session};
+
+/// A perplexity and its spread.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Perplexity {
+    pub ppl: f64,
+    /// One standard error of the perplexity.
+    pub plus_minus: f64,
+    pub chunks: usize,
+    pub tokens_scored: usize,
+}
+
+/// `log p(token)` under the softmax of `logits`, with the sum of exponentials in f64 as llama.cpp does.
+pub fn log_prob(logits: &[f32], token: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    (logits[token as usize] - max) as f64 - sum.ln()
+}
+
+/// The perplexity of `tokens` over `n_chunks` windows of the session's context length, calling `on_chunk` with the
+/// running perplexity after each window.
+pub fn perplexity(
+    session: &mut Session,
+    tokens: &[u32],
+    n_chunks: usize,
+    mut on_chunk: impl FnMut(usize, f64),
+) -> Result<Perplexity, ModelError> {
+    let model = session.model.clone();
+    let tok = &model.tokenizer;
+    let n_ctx = session.n_ctx();
+    let vocab = model.config.vocab_size;
+    let first = n_ctx / 2;
+    let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
+    for chunk in 0..n_chunks.min(tokens.len() / n_ctx) {
+        let mut window = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
+        if tok.add_bos() {
+            if let Some(bos) = tok.bos() {
+                window[0] = bos;
+            }
+        }
+        session.truncate(0);
+        let logits = session.eval_from(&window, first)?;
+        for i in 0..n_ctx - 1 - first {
+            let lp = log_prob(&logits[i * vocab..(i + 1) * vocab], window[first + i + 1]);
+            nll -= lp;
+            nll2 += lp * lp;
+        }
+        count += n_ctx - 1 - first;
+        on_chunk(chunk + 1, (nll / count as f64).exp());
+    }
+    let mean = nll / count.max(1) as f64;
+    let ppl = mean.exp();
+    let var = nll2 / count.max(1) as f64 - mean * mean;
+    let plus_minus = if var > 0.0 && count > 1 {
+        (var / (count as f64 - 1.0)).sqrt() * ppl
+    } else {
+        0.0
+    };
+    Ok(Perplexity {
+        ppl,
+        plus_minus,
+        chunks: n_chunks.min(tokens.len() / n_ctx),
+        tokens_scored: count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_prob;
+
+    #[test]
+    fn log_prob_is_the_log_softmax() {
+        let logits = [1.0f32, 2.0, 3.0];
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        for (i, &l) in logits.iter().enumerate() {
+            assert!((log_prob(&logits, i as u32) - ((l as f64) - z.ln())).abs() < 1e-6);
+        }
+    }
+}
