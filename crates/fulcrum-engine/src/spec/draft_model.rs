@@ -8,9 +8,11 @@
 //! position. After verification `draft_fed` drops to the first rejected position, so the next catch-up overwrites
 //! the stale rows.
 
+use super::controller::Timings;
+use super::error::SpecError;
 use super::lane::{draft_batch, Lane};
 use super::rules::{argmax_confidence, CALIBRATION_ROWS};
-use super::{check_vocabulary, step_ratio, verify, SpecError, Timings};
+use super::verify;
 use fulcrum_core::kv::KvCache;
 use fulcrum_core::model::Scratch;
 use fulcrum_core::{Model, ModelError, Rounding, SeqSpan, ThreadPool};
@@ -256,4 +258,37 @@ fn draw(lane: &mut Lane, step: usize, logits: &[f32], model: &Model) {
     if model.tokenizer.is_eog(token) {
         lane.draft.truncate(step + 1);
     }
+}
+
+/// A draft model's decode step as a fraction of the target's, before either is timed: decoding reads every weight
+/// once per token, so step times scale with the files' sizes.
+pub fn step_ratio(draft: &Model, target: &Model) -> Option<f64> {
+    let size = |m: &Model| std::fs::metadata(&m.path).map(|m| m.len() as f64).ok();
+    size(draft).zip(size(target)).map(|(d, t)| d / t.max(1.0))
+}
+
+/// Checks that `draft` can draft for `target`: the same output size and the same token texts.
+pub fn check_vocabulary(target: &Model, draft: &Model) -> Result<(), SpecError> {
+    let (t, d) = (&target.tokenizer, &draft.tokenizer);
+    if target.config.vocab_size != draft.config.vocab_size {
+        return Err(SpecError::VocabularyMismatch(format!(
+            "its output has {} tokens, the target's {}",
+            draft.config.vocab_size, target.config.vocab_size
+        )));
+    }
+    if t.vocab_size() != d.vocab_size() {
+        return Err(SpecError::VocabularyMismatch(format!(
+            "its tokenizer has {} tokens, the target's {}",
+            d.vocab_size(),
+            t.vocab_size()
+        )));
+    }
+    if let Some(id) = (0..t.vocab_size() as u32).find(|&id| t.token_text(id) != d.token_text(id)) {
+        return Err(SpecError::VocabularyMismatch(format!(
+            "token {id} is {:?} in the draft and {:?} in the target",
+            d.token_text(id),
+            t.token_text(id)
+        )));
+    }
+    Ok(())
 }

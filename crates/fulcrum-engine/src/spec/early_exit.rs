@@ -7,9 +7,9 @@
 //! draft token also runs through the first E layers, every row's layer-E state is kept, and on a shadow round the
 //! states at the live candidate exits below E are copied on the way.
 
+use super::controller::Timings;
 use super::lane::{draft_batch, Lane, Runner, ShadowRows};
 use super::rules::argmax_confidence;
-use super::Timings;
 use fulcrum_core::ModelError;
 use std::time::Instant;
 

@@ -2,8 +2,8 @@
 //! rows, its draft, its sampler), and a [`SpecState`] is what a speculating sequence keeps between steps (its policy,
 //! how far the draft model's cache holds its text, and the round's working buffers).
 
+use super::controller::{Arm, Batch, Timings};
 use super::policy::{Policy, Progress};
-use super::Timings;
 use crate::sampler::{Sampler, SamplerConfig};
 use fulcrum_core::kv::KvCache;
 use fulcrum_core::model::Scratch;
@@ -100,6 +100,17 @@ impl Runner<'_> {
     }
 }
 
+/// What one lane's round committed.
+#[derive(Clone, Debug, Default)]
+pub struct LaneResult {
+    /// Its first row in the step's logits ([`super::Verified::logits`]).
+    pub first_row: usize,
+    /// The tokens it commits: the accepted drafts and the target's own token (empty without logits).
+    pub committed: Vec<u32>,
+    /// The drafter whose draft it verified, and that draft's length.
+    pub drafter: Option<(Arm, usize)>,
+}
+
 /// Hidden states copied for DEL's statistics: `rows` (whole `d_model` rows) after `exit` layers, whose next tokens
 /// are `targets` (empty: the tokens this round commits).
 #[derive(Debug)]
@@ -157,12 +168,12 @@ impl SpecState {
     pub fn plan(
         &mut self,
         timings: &Timings,
-        batch: Option<super::controller::Batch>,
+        batch: Option<Batch>,
         tokens: &[u32],
         max_len: usize,
         progress: Progress,
         draft: &mut Vec<u32>,
-    ) -> Option<super::Arm> {
+    ) -> Option<Arm> {
         self.planned = true;
         self.confidences.clear();
         self.draft_dists.clear();

@@ -2,7 +2,7 @@
 //! once ([`Speculation::check`]), for `generate`, `chat`, `bench spec`, `serve`'s flag and its requests' `"spec"`.
 
 use super::controller::GAMMA_MAX;
-use super::SpecError;
+use super::error::SpecError;
 use std::str::FromStr;
 
 /// Default draft length of a draft model.

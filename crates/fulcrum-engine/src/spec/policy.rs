@@ -9,11 +9,15 @@
 //! only for exits that could pay; a draft model is probed only where it would save more than its catch-up costs.
 
 use super::controller::{Arm, Batch, Choice, Controller, CostUnits, Timings};
+use super::error::SpecError;
+use super::lookup;
+use super::mode::{self, Speculation};
+use super::options::{default_exits, SpecOptions};
 use super::rules::{
     choose_drafter, draft_outcomes, draft_probe_due, expected_room, lookup_outcomes, mark_live,
     shadow_due,
 };
-use super::{default_exits, lookup, mode, SpecError, SpecOptions, SpecStats, Speculation};
+use super::stats::SpecStats;
 use std::time::Instant;
 
 /// What a round's plan needs to know about the answer so far.

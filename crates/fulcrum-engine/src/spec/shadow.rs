@@ -2,10 +2,9 @@
 //! candidate exits; the last rows of a prompt for its initialisation, papers.md §2.2) and the classification of all
 //! of them in one batch, each candidate exit's predictions checked against the text that followed.
 
-use super::lane::{Lane, Runner, ShadowRows};
+use super::controller::Timings;
+use super::lane::{Lane, LaneResult, Runner, ShadowRows};
 use super::rules::argmax_confidence;
-use super::step::LaneResult;
-use super::Timings;
 use fulcrum_core::Rounding;
 use std::time::Instant;
 

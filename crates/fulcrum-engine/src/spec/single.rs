@@ -3,12 +3,15 @@
 //! decoding's), capturing the prompt's last hidden states for DEL's initialisation; every round after it is a
 //! [`step::run`] over a single lane.
 
+use super::controller::{Arm, Controller, Timings};
 use super::draft_model::DraftModel;
+use super::error::SpecError;
 use super::lane::{Lane, Runner, SpecState};
+use super::mode::Speculation;
+use super::options::SpecOptions;
 use super::policy::{Policy, Progress};
+use super::stats::{fold_answer_len, Learned, SpecStats};
 use super::step::{self, StepOptions};
-use super::{fold_answer_len, Controller, Learned, SpecError, SpecOptions, SpecStats, Speculation};
-use super::{Arm, Timings};
 use crate::sampler::{Sampler, SamplerConfig};
 use fulcrum_core::{Model, ModelError, Session};
 use std::sync::Arc;

@@ -18,11 +18,12 @@
 //! and a rejection only moves the length.
 
 use super::controller::Arm;
+use super::controller::Timings;
 use super::draft_model::DraftModel;
-use super::lane::{Lane, Runner};
+use super::early_exit;
+use super::lane::{Lane, LaneResult, Runner};
 use super::shadow::{captures, copy_captured, learn_from_shadow};
 use super::verify::{walk, WalkBuffers};
-use super::{early_exit, Timings};
 use fulcrum_core::{ModelError, SeqSpan};
 use std::time::Instant;
 
@@ -32,17 +33,6 @@ pub struct StepOptions {
     /// Forward passes a draft model's catch-up may take in one step: one in a shared step (the rest waits for the
     /// next), as many as needed for a single sequence.
     pub catch_up_batches: usize,
-}
-
-/// What one lane's round committed.
-#[derive(Clone, Debug, Default)]
-pub struct LaneResult {
-    /// Its first row in [`Verified::logits`].
-    pub first_row: usize,
-    /// The tokens it commits: the accepted drafts and the target's own token (empty without logits).
-    pub committed: Vec<u32>,
-    /// The drafter whose draft it verified, and that draft's length.
-    pub drafter: Option<(Arm, usize)>,
 }
 
 /// What a step did.

@@ -1,27 +1,11 @@
-//! A request's state in the engine, and how its tokens and its end are reported: events to the caller, counters and
-//! histograms to the metrics.
+//! How a request's tokens and its end are reported: events to the caller, counters and histograms to the metrics.
 
-use super::api::{Event, FinishReason, Params, TokenLogprobs};
+use super::api::{Event, FinishReason, TokenLogprobs};
 use super::metrics::Metrics;
 use super::Engine;
-use crate::sampler::{log_softmax_at, top_logprobs, Sampler};
-use crate::spec::SpecState;
+use crate::sampler::{log_softmax_at, top_logprobs};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::SyncSender;
 use std::time::Instant;
-
-/// What the engine keeps for a request beside its sequence in the scheduler.
-pub(super) struct Request {
-    pub params: Params,
-    pub sampler: Sampler,
-    pub events: SyncSender<Event>,
-    pub submitted: Instant,
-    pub last_token: Option<Instant>,
-    /// Tokens reported so far (an end-of-generation token is not).
-    pub emitted: usize,
-    /// Its speculation state (`None`: it decodes plainly).
-    pub spec: Option<Box<SpecState>>,
-}
 
 impl Engine {
     /// Reports one committed `token` of request `id` (its logits `row`); `first` says whether it is the step's first
