@@ -1,5 +1,5 @@
-//! The kernel table: per type, function pointers to the scalar reference or, when the CPU has them, the AVX2
-//! kernels. Built once, on first use, from run-time CPU feature detection.
+//! The kernel table: per type, function pointers to the scalar reference or, when the CPU has them, the x86 SIMD
+//! kernels (`x86/`). Built once, on first use, from run-time CPU feature detection.
 
 use crate::formats::{float, nf4, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 use crate::GgmlType;
@@ -125,9 +125,9 @@ fn build() -> Table {
         return table;
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::avx2::available() {
-        crate::avx2::install(&mut table);
-        crate::avx2::nf4::install(&mut table);
+    if crate::x86::available() {
+        crate::x86::install(&mut table);
+        crate::x86::nf4::install(&mut table);
     }
     table
 }

@@ -193,9 +193,9 @@ fn kernels() -> &'static Kernels {
         if crate::dispatch::simd() {
             return Kernels {
                 attend: if crate::expf::matches_libm() {
-                    crate::avx2::f16vec::attend
+                    crate::x86::f16vec::attend
                 } else {
-                    crate::avx2::f16vec::attend_libm_exp
+                    crate::x86::f16vec::attend_libm_exp
                 },
             };
         }
@@ -212,10 +212,10 @@ pub type AttendFn = fn(&Queries, &Head, Range<usize>, &mut [f16], &mut [f32]);
 pub fn simd_attends() -> Vec<AttendFn> {
     let mut variants: Vec<AttendFn> = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    if crate::avx2::available() {
-        variants.push(crate::avx2::f16vec::attend_libm_exp);
+    if crate::x86::available() {
+        variants.push(crate::x86::f16vec::attend_libm_exp);
         if crate::expf::matches_libm() {
-            variants.push(crate::avx2::f16vec::attend);
+            variants.push(crate::x86::f16vec::attend);
         }
     }
     variants

@@ -1,5 +1,5 @@
 //! GGUF tensor block formats: layouts, quantizers, dequantizers and dot products that mirror llama.cpp's CPU
-//! backend, with scalar reference kernels and AVX2/FMA kernels chosen at run time.
+//! backend, with scalar reference kernels and x86 SIMD kernels (AVX2/FMA, VNNI, AVX-512; `x86/`) chosen at run time.
 //!
 //! A matmul row `w · x` is computed as in ggml: the f32 activation row `x` is first quantized to the weight type's
 //! [`vec_dot_type`] with [`quantize_row`], then [`vec_dot`] takes the integer (or float) dot product block by block.
@@ -16,7 +16,7 @@ mod tile;
 pub mod vecf32;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+mod x86;
 
 pub use fulcrum_gguf::GgmlType;
 pub use tile::{dot_tile, dot_tile_raw, Order};

@@ -41,8 +41,8 @@ impl Nf4Dot {
     /// The SIMD kernel of the path, if this CPU can run one (whatever `FULCRUM_FORCE_SCALAR` says).
     pub fn simd(self) -> Option<Nf4DotFn> {
         #[cfg(target_arch = "x86_64")]
-        if crate::avx2::available() {
-            return Some(crate::avx2::nf4::kernel(self));
+        if crate::x86::available() {
+            return Some(crate::x86::nf4::kernel(self));
         }
         None
     }

@@ -1,5 +1,7 @@
-//! AVX2 + FMA (+ F16C) kernels, following the integer dot-product scheme of llama.cpp's x86 paths: unpack codes to
-//! bytes, `maddubs` (u8 × i8 → i16 pairs), `madd` (i16 → i32), then one float FMA per block.
+//! The x86-64 kernels: AVX2 + FMA (+ F16C) dot products, quantizers, NF4 and f16 attention, and the matmul tiles,
+//! which also come in AVX-VNNI, AVX512-VNNI and AVX-512 forms (`tiles.rs`, `k_tiles512.rs`), picked by
+//! `tiles::Isa::detect`. The integer dot products follow llama.cpp's x86 paths: unpack codes to bytes, `maddubs`
+//! (u8 × i8 → i16 pairs) and `madd` (i16 → i32) or one VNNI `vpdpbusd`, then one float FMA per block.
 //!
 //! Every kernel here is an `unsafe fn` with `#[target_feature]`; [`install`] puts safe wrappers into the dispatch
 //! table only after [`available`] has confirmed the CPU features, which is what makes the wrappers sound.
