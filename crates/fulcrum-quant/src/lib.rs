@@ -12,6 +12,7 @@ pub mod f16vec;
 pub mod formats;
 mod fp;
 pub mod nf4;
+mod table;
 mod tile;
 pub mod vecf32;
 
@@ -19,7 +20,8 @@ pub mod vecf32;
 mod x86;
 
 pub use fulcrum_gguf::GgmlType;
-pub use tile::{dot_tile, dot_tile_raw, Order};
+pub use table::Order;
+pub use tile::{dot_tile, dot_tile_raw};
 
 /// Why a type or row length cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,7 +112,7 @@ pub fn check_tensor(ty: GgmlType, n: usize, data: &[u8]) -> Result<(), QuantErro
     Ok(())
 }
 
-fn kernels(ty: GgmlType) -> &'static dispatch::Kernels {
+fn kernels(ty: GgmlType) -> &'static table::Kernels {
     dispatch::table()
         .get(ty)
         .unwrap_or_else(|| panic!("tensor type {ty} is not supported; check is_supported first"))
@@ -129,7 +131,7 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 }
 
 /// [`quantize_row`] with the kernels `k` of `ty`.
-fn quantize_with(k: &dispatch::Kernels, ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+fn quantize_with(k: &table::Kernels, ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     let bytes = row_bytes(ty, src.len());
     let quantize = k
         .quantize
@@ -194,7 +196,8 @@ pub fn simd_level() -> &'static str {
 /// The scalar reference kernels, whatever the CPU supports (for tests, benchmarks and bisecting).
 pub mod scalar {
     use super::{row_bytes, vec_dot_type, GgmlType};
-    use crate::dispatch::{scalar_kernels, Kernels};
+    use crate::dispatch::scalar_kernels;
+    use crate::table::Kernels;
 
     fn kernels(ty: GgmlType) -> Kernels {
         scalar_kernels(ty).unwrap_or_else(|| {

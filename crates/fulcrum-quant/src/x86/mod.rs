@@ -16,7 +16,7 @@ pub mod nf4;
 mod quantize;
 mod tiles;
 
-use crate::dispatch::{Table, TileFn};
+use crate::table::{DotFn, Order, QuantizeFn, Table, TileFn};
 use crate::GgmlType;
 
 /// Whether this CPU can run these kernels.
@@ -103,7 +103,7 @@ quantizer_wrappers! {
 /// Replaces the scalar dot products in `table` with these kernels. Call only when [`available`] is true.
 pub fn install(table: &mut Table) {
     use GgmlType::*;
-    let dots: [(GgmlType, crate::dispatch::DotFn); 12] = [
+    let dots: [(GgmlType, DotFn); 12] = [
         (F32, dot_f32),
         (F16, dot_f16),
         (BF16, dot_bf16),
@@ -128,15 +128,12 @@ pub fn install(table: &mut Table) {
     if let Some(kernels) = table.by_id[Q6_K as usize].as_mut() {
         kernels.vec_dot_tiled = Some(dot_q6_k_tiled);
     }
-    for (ty, quantize) in [
-        (Q8_0, quantize_q8_0 as crate::dispatch::QuantizeFn),
-        (Q8_K, quantize_q8_k),
-    ] {
+    for (ty, quantize) in [(Q8_0, quantize_q8_0 as QuantizeFn), (Q8_K, quantize_q8_k)] {
         if let Some(kernels) = table.by_id[ty as usize].as_mut() {
             kernels.quantize = Some(quantize);
         }
     }
-    use crate::Order::{Grouped, Plain, Tiled};
+    use Order::{Grouped, Plain, Tiled};
     // The tiles of the 32-element formats form the same exact integer lanes with whichever instructions the CPU has
     // (the wrappers are sound: `Isa::detect` confirmed the features).
     let isa = tiles::Isa::detect();
@@ -155,7 +152,7 @@ pub fn install(table: &mut Table) {
         tiles::Isa::Avx512 => (tile_q4_k_avx512, tile_q4_k_grouped_avx512, tile_q6_k_avx512),
         _ => (tile_q4_k, tile_q4_k_grouped, tile_q6_k),
     };
-    let tiles: [(GgmlType, crate::Order, TileFn); 7] = [
+    let tiles: [(GgmlType, Order, TileFn); 7] = [
         (Q4_0, Plain, q4_0),
         (Q5_0, Plain, q5_0),
         (Q8_0, Plain, q8_0),

@@ -8,10 +8,10 @@
 
 use super::helpers::{dot_i8_i8, half, hsum_f32};
 use crate::block::cast;
-use crate::dispatch::Table;
 use crate::formats::nf4::{Row, BLOCK, CODES, CODES_I8, CODE_BYTES, INT8_SCALE};
 use crate::formats::q8_0::BlockQ8_0;
 use crate::nf4::{Nf4Dot, Nf4DotFn};
+use crate::table::{slot, Table};
 use crate::GgmlType;
 use std::arch::x86_64::*;
 
@@ -125,7 +125,7 @@ pub fn kernel(path: Nf4Dot) -> Nf4DotFn {
 
 /// Puts the selected NF4 path's kernel into `table`. Call only when [`super::available`] is true.
 pub fn install(table: &mut Table) {
-    if let Some(kernels) = table.by_id[crate::dispatch::slot(GgmlType::NF4)].as_mut() {
+    if let Some(kernels) = table.by_id[slot(GgmlType::NF4)].as_mut() {
         kernels.vec_dot = Some(kernel(crate::nf4::selected()));
     }
 }
