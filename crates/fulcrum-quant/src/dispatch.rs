@@ -73,7 +73,12 @@ fn build() -> Table {
     #[cfg(target_arch = "x86_64")]
     if crate::x86::available() {
         crate::x86::install(&mut table);
-        crate::x86::nf4::install(&mut table);
+    }
+    // NF4 takes the SIMD kernel of the path `FULCRUM_NF4_DOT` selected.
+    if let Some(dot) = crate::nf4::selected().simd() {
+        if let Some(kernels) = table.by_id[slot(GgmlType::NF4)].as_mut() {
+            kernels.vec_dot = Some(dot);
+        }
     }
     table
 }
