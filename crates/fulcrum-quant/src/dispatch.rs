@@ -94,3 +94,13 @@ pub fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(build)
 }
+
+/// The process-wide table's kernels of `ty`.
+///
+/// # Panics
+/// If `ty` is not supported (callers check [`crate::is_supported`] first).
+pub fn kernels(ty: GgmlType) -> &'static Kernels {
+    table()
+        .get(ty)
+        .unwrap_or_else(|| panic!("tensor type {ty} is not supported; check is_supported first"))
+}

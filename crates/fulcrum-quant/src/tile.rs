@@ -3,8 +3,10 @@
 //! independent accumulators in flight, but every output is still summed in exactly the order of its single dot
 //! product, so a tile is bit-identical to calling [`crate::vec_dot_in_batch`] for each pair.
 
+use crate::dispatch::kernels;
+use crate::rows::{row_bytes, vec_dot_type};
 use crate::table::{DotFn, Order};
-use crate::{kernels, row_bytes, vec_dot_type, GgmlType};
+use crate::GgmlType;
 use std::ops::Range;
 
 // `Order` itself lives with the table it indexes (`table.rs`); its batch rule reads the process table, so it is here.
