@@ -7,6 +7,7 @@
 //! The input is a plain [`VocabSpec`] filled from GGUF metadata, so this crate does not read files.
 
 mod bpe;
+mod byte_level;
 mod fxhash;
 mod pretokenize;
 mod special;
