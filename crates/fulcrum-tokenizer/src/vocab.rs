@@ -3,7 +3,7 @@
 
 use crate::byte_level;
 use crate::fxhash::FxHashMap;
-use crate::{TokenizerError, VocabSpec};
+use crate::spec::{TokenizerError, VocabSpec};
 
 /// Token attribute bits (a subset of llama.cpp's `llama_token_attr`).
 pub(crate) mod attr {
