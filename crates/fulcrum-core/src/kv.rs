@@ -57,6 +57,33 @@ impl KvCache {
     }
 }
 
+/// Where each position's keys and values live in one layer's cache: row `p`, or row `slots[p]` of a paged pool.
+#[derive(Clone, Copy)]
+pub struct KvView<'a> {
+    pub kv: &'a LayerKv,
+    /// Cache row of each position, for a paged pool; `None` for a contiguous cache.
+    pub slots: Option<&'a [u32]>,
+}
+
+impl KvView<'_> {
+    #[inline]
+    fn row(&self, p: usize) -> usize {
+        self.slots.map_or(p, |s| s[p] as usize)
+    }
+
+    /// Keys of position `p`, kv head `g`.
+    #[inline]
+    pub fn k(&self, p: usize, g: usize, hd: usize, kv_dim: usize) -> &[f16] {
+        &self.kv.k[self.row(p) * kv_dim + g * hd..][..hd]
+    }
+
+    /// Values of position `p`, kv head `g`.
+    #[inline]
+    pub fn v(&self, p: usize, g: usize, hdv: usize, kv_dim_v: usize) -> &[f16] {
+        &self.kv.v[self.row(p) * kv_dim_v + g * hdv..][..hdv]
+    }
+}
+
 fn to_f16(src: &[f32], dst: &mut [f16]) {
     use half::slice::HalfFloatSliceExt;
     dst.convert_from_f32_slice(src);

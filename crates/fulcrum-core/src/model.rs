@@ -1,9 +1,9 @@
 //! A loaded model and its forward pass over a batch of tokens of one sequence.
 
-use crate::attention::{self, AttentionScratch, AttentionShape, KvView};
+use crate::attention::{self, AttentionScratch, AttentionShape};
 use crate::config::{Activation, Config};
 use crate::error::ModelError;
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvView};
 use crate::ops::{self, QuantBuffer};
 use crate::threads::ThreadPool;
 use crate::trace;
