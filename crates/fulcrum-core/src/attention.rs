@@ -53,7 +53,7 @@ impl AttentionScratch {
 /// The arithmetic is that of llama.cpp's CPU flash attention, so that results agree bit for bit. For batches of fewer
 /// than 64 queries (its online-softmax path) the query is rounded to f16 and dotted with the f16 keys, the running
 /// maximum and sum are kept in f32, and the weighted values accumulate in an f16 row that is rescaled whenever the
-/// maximum grows; larger batches take its tiled path ([`tiled`]) unless `online_only` asks for results that do not
+/// maximum grows; larger batches take its tiled path (`attention/tiled.rs`) unless `online_only` asks for results that do not
 /// depend on the batch size (serving).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(

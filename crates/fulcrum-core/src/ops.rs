@@ -251,8 +251,8 @@ pub fn matmul_quantized(
 }
 
 /// [`matmul_quantized`] for several matrices `(W, its bytes, out)` of the same input, in one parallel step: the
-/// pool's threads take bands of weight rows (whole [`ROW_BLOCK`]s) of any of them and dot each band with
-/// [`TOKEN_BLOCK`] inputs at a time, straight into its `out`.
+/// pool's threads take bands of weight rows (whole `ROW_BLOCK`s) of any of them and dot each band with
+/// `TOKEN_BLOCK` inputs at a time, straight into its `out`.
 ///
 /// # Panics
 /// As [`matmul_quantized`], for each matrix.
