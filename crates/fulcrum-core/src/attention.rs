@@ -1,61 +1,15 @@
 //! Causal multi-head attention of a batch of query tokens over the KV cache, with optional sliding window.
 
+mod shape;
 mod tiled;
 
-use crate::kv::LayerKv;
+pub use shape::AttentionShape;
+
+use crate::kv::KvView;
 use crate::ops::SharedMut;
 use crate::threads::{split_range, ThreadPool};
 use fulcrum_quant::f16vec::{self, LANES};
 use half::f16;
-
-/// Shapes and arithmetic of one attention call.
-pub struct AttentionShape {
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    pub head_dim_v: usize,
-    /// Multiplier of q·k.
-    pub scale: f32,
-    /// Keys at distance ≥ window from the query are masked (sliding-window layers).
-    pub window: Option<usize>,
-}
-
-impl AttentionShape {
-    /// Positions a query at `pos` attends to: causal, and within the window on sliding layers.
-    pub fn visible(&self, pos: usize) -> std::ops::Range<usize> {
-        match self.window {
-            Some(w) if pos + 1 > w => pos + 1 - w..pos + 1,
-            _ => 0..pos + 1,
-        }
-    }
-}
-
-/// Where each position's keys and values live in one layer's cache: row `p`, or row `slots[p]` of a paged pool.
-#[derive(Clone, Copy)]
-pub struct KvView<'a> {
-    pub kv: &'a LayerKv,
-    /// Cache row of each position, for a paged pool; `None` for a contiguous cache.
-    pub slots: Option<&'a [u32]>,
-}
-
-impl KvView<'_> {
-    #[inline]
-    fn row(&self, p: usize) -> usize {
-        self.slots.map_or(p, |s| s[p] as usize)
-    }
-
-    /// Keys of position `p`, kv head `g`.
-    #[inline]
-    pub fn k(&self, p: usize, g: usize, hd: usize, kv_dim: usize) -> &[f16] {
-        &self.kv.k[self.row(p) * kv_dim + g * hd..][..hd]
-    }
-
-    /// Values of position `p`, kv head `g`.
-    #[inline]
-    pub fn v(&self, p: usize, g: usize, hdv: usize, kv_dim_v: usize) -> &[f16] {
-        &self.kv.v[self.row(p) * kv_dim_v + g * hdv..][..hdv]
-    }
-}
 
 /// Work buffers of [`attention`]: per thread, up to [`LANES`] rounded query rows and f16 output accumulators, and the
 /// f32 tiles of the path for large batches.
@@ -99,7 +53,7 @@ impl AttentionScratch {
 /// The arithmetic is that of llama.cpp's CPU flash attention, so that results agree bit for bit. For batches of fewer
 /// than 64 queries (its online-softmax path) the query is rounded to f16 and dotted with the f16 keys, the running
 /// maximum and sum are kept in f32, and the weighted values accumulate in an f16 row that is rescaled whenever the
-/// maximum grows; larger batches take its tiled path ([`tiled`]) unless `online_only` asks for results that do not
+/// maximum grows; larger batches take its tiled path (`attention/tiled.rs`) unless `online_only` asks for results that do not
 /// depend on the batch size (serving).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -211,7 +165,7 @@ pub fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::KvCache;
+    use crate::kv::{KvCache, KvView};
 
     /// Plain softmax attention for one query head, in f64.
     fn reference(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], scale: f32) -> Vec<f32> {

@@ -6,6 +6,9 @@ use fulcrum_gguf::GgufFile;
 /// The architectures Fulcrum implements, by their GGUF `general.architecture` names.
 pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "gemma3"];
 
+/// Most rotating dimensions per head that [`crate::ops::Rope`] supports (its angle table lives on the stack).
+pub const MAX_ROPE_DIMS: usize = 1024;
+
 /// Model family; differences between families are the other fields of [`Config`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -172,12 +175,12 @@ impl Config {
                 reason: format!("{n_kv_heads} does not divide the {n_heads} query heads"),
             });
         }
-        if rope_dims > head_dim || rope_dims % 2 != 0 || rope_dims > crate::ops::MAX_ROPE_DIMS {
+        if rope_dims > head_dim || rope_dims % 2 != 0 || rope_dims > MAX_ROPE_DIMS {
             return Err(ModelError::BadMetadata {
                 key: key("rope.dimension_count"),
                 reason: format!(
                     "{rope_dims} must be even, at most the head width {head_dim} and at most {}",
-                    crate::ops::MAX_ROPE_DIMS
+                    MAX_ROPE_DIMS
                 ),
             });
         }

@@ -1,15 +1,16 @@
 //! A loaded model and its forward pass over a batch of tokens of one sequence.
 
-use crate::attention::{self, AttentionScratch, AttentionShape, KvView};
+use crate::attention::{self, AttentionScratch, AttentionShape};
 use crate::config::{Activation, Config};
 use crate::error::ModelError;
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvView};
 use crate::ops::{self, QuantBuffer};
 use crate::threads::ThreadPool;
-use crate::trace;
+use crate::trace::{self, Tracer};
 use crate::weights::{Mat, Weights};
 use fulcrum_gguf::GgufFile;
 use fulcrum_tokenizer::Tokenizer;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// A model ready to run: the mapped file, its configuration, weights and tokenizer.
@@ -42,6 +43,13 @@ pub struct SeqSpan<'a> {
     pub slots: Option<&'a [u32]>,
     /// Logits are wanted for the span's tokens from this index on (`len`: none).
     pub logits_from: usize,
+}
+
+impl SeqSpan<'_> {
+    /// The batch rows of the span's tokens.
+    fn rows(&self) -> Range<usize> {
+        self.start_row..self.start_row + self.len
+    }
 }
 
 /// How a batch rounds.
@@ -99,6 +107,26 @@ impl Scratch {
         }
         self.x[..rows.len()].copy_from_slice(rows);
         Ok(())
+    }
+
+    /// Chooses the batch rows whose logits the spans ask for (`out_rows`): the last layer's feed-forward block runs
+    /// only for them, as in llama.cpp.
+    fn select_logit_rows(&mut self, spans: &[SeqSpan]) {
+        self.out_rows.clear();
+        for span in spans {
+            self.out_rows
+                .extend(span.start_row + span.logits_from..span.start_row + span.len);
+        }
+    }
+
+    /// Moves the `out_rows` of the residual stream and of the sub-layer output to the front; returns their count.
+    fn keep_logit_rows(&mut self, d_model: usize) -> usize {
+        let d = d_model;
+        for (j, &r) in self.out_rows.iter().enumerate() {
+            self.o.copy_within(r * d..(r + 1) * d, j * d);
+            self.x.copy_within(r * d..(r + 1) * d, j * d);
+        }
+        self.out_rows.len()
     }
 
     /// Buffers for `config`, batches of `max_batch` tokens, a context of `n_ctx` and `n_threads` threads.
@@ -252,9 +280,7 @@ impl Model {
                 x.iter_mut().for_each(|v| *v *= scale);
             }
         }
-        if trace::enabled() {
-            trace::tensor("inp_scaled", None, &s.x[..n * d], n);
-        }
+        Tracer::from_env().record("inp_scaled", None, &s.x[..n * d], n);
         Ok(())
     }
 
@@ -264,249 +290,296 @@ impl Model {
     pub fn run_layers(
         &self,
         pool: &ThreadPool,
-        layers: std::ops::Range<usize>,
+        layers: Range<usize>,
         spans: &[SeqSpan],
         kv: &mut KvCache,
         s: &mut Scratch,
         rounding: Rounding,
     ) -> Result<(), ModelError> {
-        let c = &self.config;
-        let w = &self.weights;
-        let n: usize = spans.iter().map(|span| span.len).sum();
-        if n == 0 {
-            return Err(ModelError::EmptyBatch);
-        }
-        if n > s.max_batch {
-            return Err(ModelError::BadBatch(format!(
-                "batch of {n} exceeds scratch capacity {}",
-                s.max_batch
-            )));
-        }
-        if layers.end > w.layers.len() || layers.start > layers.end {
-            return Err(ModelError::BadBatch(format!(
-                "layers {layers:?} of a {}-layer model",
-                w.layers.len()
-            )));
-        }
-        self.check_spans(spans, n, kv, s)?;
-        let invariant = rounding == Rounding::BatchInvariant;
-        let d = c.d_model;
-        let tr = trace::enabled();
-
-        // Rows whose logits are wanted: the last layer's feed-forward block runs only for them, as in llama.cpp
-        // (whose smaller batch there also decides how its matmuls round).
-        s.out_rows.clear();
-        for span in spans {
-            s.out_rows
-                .extend(span.start_row + span.logits_from..span.start_row + span.len);
-        }
-        let last_layer = w.layers.len() - 1;
+        let n = self.check_batch(&layers, spans, kv, s)?;
+        let p = Pass {
+            pool,
+            spans,
+            invariant: rounding == Rounding::BatchInvariant,
+            trace: Tracer::from_env(),
+        };
+        s.select_logit_rows(spans);
+        let last_layer = self.weights.layers.len() - 1;
         for l in layers {
-            let lw = &w.layers[l];
-            // Attention block.
-            let x = &s.x[..n * d];
-            ops::par_rows(pool, &mut s.xb[..n * d], d, |r0, out| {
-                ops::rms_norm(&x[r0 * d..][..out.len()], &lw.attn_norm, c.rms_eps, out)
-            });
-            let xb = &s.xb[..n * d];
-            if tr {
-                trace::tensor("attn_norm", Some(l), xb, n);
+            // x += attention(norm(x)); after the last layer's, only the rows whose logits are wanted go on.
+            let m = self.attention_block(&p, l, n, kv, s, l == last_layer);
+            if m > 0 {
+                // x += ffn(norm(x))
+                self.ffn_block(&p, l, m, s);
             }
-            self.matmuls(
-                pool,
-                xb,
-                n,
-                [(&lw.wq, &mut s.q), (&lw.wk, &mut s.k), (&lw.wv, &mut s.v)],
-                &mut s.qbuf,
-                invariant,
-            );
-            let (q, k, v) = (
-                &mut s.q[..n * c.q_dim()],
-                &mut s.k[..n * c.kv_dim()],
-                &mut s.v[..n * c.kv_dim_v()],
-            );
-            for (bias, x) in [(&lw.bq, &mut *q), (&lw.bk, &mut *k), (&lw.bv, &mut *v)] {
-                if let Some(b) = bias {
-                    ops::add_bias(x, b);
-                }
+        }
+        Ok(())
+    }
+
+    /// The attention sub-layer of layer `l` over the batch's `n` rows: `x += post_norm(attention(norm(x)) · wo)`.
+    /// After the `last` layer's attention only the rows whose logits are wanted go on, moved to the front, as in
+    /// llama.cpp (whose smaller batch there also decides how the feed-forward matmuls round); returns how many go on.
+    fn attention_block(
+        &self,
+        p: &Pass,
+        l: usize,
+        n: usize,
+        kv: &mut KvCache,
+        s: &mut Scratch,
+        last: bool,
+    ) -> usize {
+        let lw = &self.weights.layers[l];
+        self.norm(p, l, n, &lw.attn_norm, "attn_norm", s); // xb = norm(x)   (n, d_model)
+        self.qkv(p, l, n, s); // q, k, v = xb · wq, wk, wv   (n, q_dim), (n, kv_dim), (n, kv_dim_v)
+        self.qk_norm(p, l, n, s); // per-head norms of q and k, where the model has them
+        self.rope(p, l, n, s); // q and k rotated by their positions
+        self.store_kv(p, l, kv, s); // k, v → the cache rows of their positions
+        self.attend(p, l, n, kv, s); // att = softmax(q · Kᵀ) · V   (n, n_heads · head_dim_v)
+        self.out_proj(p, l, n, s); // o = att · wo   (n, d_model)
+        let m = if last {
+            s.keep_logit_rows(self.config.d_model)
+        } else {
+            n
+        };
+        if m > 0 {
+            let names = ["attn_out", "attn_post_norm", "sa_out"];
+            self.residual(p, l, m, lw.post_attn_norm.as_deref(), names, s); // x += post_norm(o)   (m, d_model)
+        }
+        m
+    }
+
+    /// The feed-forward sub-layer of layer `l` over the first `m` rows: `x += post_norm(act(xb · w_gate, xb · w_up)
+    /// · w_down)` with `xb = norm(x)`.
+    fn ffn_block(&self, p: &Pass, l: usize, m: usize, s: &mut Scratch) {
+        let lw = &self.weights.layers[l];
+        self.norm(p, l, m, &lw.ffn_norm, "ffn_norm", s); // xb = norm(x)   (m, d_model)
+        self.gate_up(p, l, m, s); // gate, up = xb · w_gate, w_up   (m, d_ff)
+        self.activation(p, l, m, s); // gate = act(gate) · up   (m, d_ff)
+        self.down_proj(p, l, m, s); // o = gate · w_down   (m, d_model)
+        let names = ["ffn_out", "ffn_post_norm", "l_out"];
+        self.residual(p, l, m, lw.post_ffn_norm.as_deref(), names, s); // x += post_norm(o)   (m, d_model)
+    }
+
+    /// `xb = rms_norm(x) · weight` for the first `rows` rows, `(rows, d_model)`, traced as `name`.
+    fn norm(&self, p: &Pass, l: usize, rows: usize, weight: &[f32], name: &str, s: &mut Scratch) {
+        let (d, eps) = (self.config.d_model, self.config.rms_eps);
+        let x = &s.x[..rows * d];
+        ops::par_rows(p.pool, &mut s.xb[..rows * d], d, |r0, out| {
+            ops::rms_norm(&x[r0 * d..][..out.len()], weight, eps, out)
+        });
+        p.trace.record(name, Some(l), &s.xb[..rows * d], rows);
+    }
+
+    /// `q, k, v = xb · wq, wk, wv` plus their biases, where the model has them: `(n, q_dim)`, `(n, kv_dim)`,
+    /// `(n, kv_dim_v)`.
+    fn qkv(&self, p: &Pass, l: usize, n: usize, s: &mut Scratch) {
+        let (c, lw) = (&self.config, &self.weights.layers[l]);
+        self.matmuls(
+            p.pool,
+            &s.xb[..n * c.d_model],
+            n,
+            [(&lw.wq, &mut s.q), (&lw.wk, &mut s.k), (&lw.wv, &mut s.v)],
+            &mut s.qbuf,
+            p.invariant,
+        );
+        let (q, k, v) = (
+            &mut s.q[..n * c.q_dim()],
+            &mut s.k[..n * c.kv_dim()],
+            &mut s.v[..n * c.kv_dim_v()],
+        );
+        for (bias, x) in [(&lw.bq, &mut *q), (&lw.bk, &mut *k), (&lw.bv, &mut *v)] {
+            if let Some(b) = bias {
+                ops::add_bias(x, b);
             }
-            if tr {
-                trace::tensor("Qcur", Some(l), q, n);
-                trace::tensor("Kcur", Some(l), k, n);
-                trace::tensor("Vcur", Some(l), v, n);
-            }
-            if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
-                ops::par_rows(pool, q, c.q_dim(), |_, q| {
-                    ops::rms_norm_inplace(q, qn, c.rms_eps)
+        }
+        p.trace.record("Qcur", Some(l), q, n);
+        p.trace.record("Kcur", Some(l), k, n);
+        p.trace.record("Vcur", Some(l), v, n);
+    }
+
+    /// Per-head RMS norms of q and k, where the model has them (Gemma 3).
+    fn qk_norm(&self, p: &Pass, l: usize, n: usize, s: &mut Scratch) {
+        let (c, lw) = (&self.config, &self.weights.layers[l]);
+        let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) else {
+            return;
+        };
+        let (q, k) = (&mut s.q[..n * c.q_dim()], &mut s.k[..n * c.kv_dim()]);
+        ops::par_rows(p.pool, q, c.q_dim(), |_, q| {
+            ops::rms_norm_inplace(q, qn, c.rms_eps)
+        });
+        ops::par_rows(p.pool, k, c.kv_dim(), |_, k| {
+            ops::rms_norm_inplace(k, kn, c.rms_eps)
+        });
+        p.trace.record("Qcur_normed", Some(l), q, n);
+        p.trace.record("Kcur_normed", Some(l), k, n);
+    }
+
+    /// Rotates every span's q and k rows by their positions (with the local base and scale on sliding-window layers).
+    fn rope(&self, p: &Pass, l: usize, n: usize, s: &mut Scratch) {
+        let c = &self.config;
+        let (base, scale) = if c.is_sliding(l) {
+            (c.rope_base_local, c.rope_scale_local)
+        } else {
+            (c.rope_base, c.rope_scale)
+        };
+        let rope = ops::Rope {
+            head_dim: c.head_dim,
+            dims: c.rope_dims,
+            base,
+            scale,
+            style: c.rope_style,
+            factors: self.weights.rope_freqs.as_deref(),
+        };
+        let (q, k) = (&mut s.q[..n * c.q_dim()], &mut s.k[..n * c.kv_dim()]);
+        for span in p.spans {
+            let rows = span.rows();
+            for (x, width) in [(&mut *q, c.q_dim()), (&mut *k, c.kv_dim())] {
+                let x = &mut x[rows.start * width..rows.end * width];
+                ops::par_rows(p.pool, x, width, |r0, x| {
+                    for (i, row) in x.chunks_exact_mut(width).enumerate() {
+                        rope.apply(row, span.start_pos + r0 + i);
+                    }
                 });
-                ops::par_rows(pool, k, c.kv_dim(), |_, k| {
-                    ops::rms_norm_inplace(k, kn, c.rms_eps)
-                });
-                if tr {
-                    trace::tensor("Qcur_normed", Some(l), q, n);
-                    trace::tensor("Kcur_normed", Some(l), k, n);
-                }
             }
-            let sliding = c.is_sliding(l);
-            let (base, scale) = if sliding {
-                (c.rope_base_local, c.rope_scale_local)
-            } else {
-                (c.rope_base, c.rope_scale)
-            };
-            let rope = ops::Rope {
-                head_dim: c.head_dim,
-                dims: c.rope_dims,
-                base,
-                scale,
-                style: c.rope_style,
-                factors: w.rope_freqs.as_deref(),
-            };
-            for span in spans {
-                let rows = span.start_row..span.start_row + span.len;
-                for (x, width) in [(&mut *q, c.q_dim()), (&mut *k, c.kv_dim())] {
-                    let x = &mut x[rows.start * width..rows.end * width];
-                    ops::par_rows(pool, x, width, |r0, x| {
-                        for (i, row) in x.chunks_exact_mut(width).enumerate() {
-                            rope.apply(row, span.start_pos + r0 + i);
-                        }
-                    });
-                }
-            }
-            if tr {
-                trace::tensor("Qcur_rope", Some(l), q, n);
-                trace::tensor("Kcur_rope", Some(l), k, n);
-            }
-            for span in spans {
-                let rows = span.start_row..span.start_row + span.len;
-                let (ks, vs) = (
-                    &k[rows.start * c.kv_dim()..rows.end * c.kv_dim()],
-                    &v[rows.start * c.kv_dim_v()..rows.end * c.kv_dim_v()],
-                );
-                match span.slots {
-                    None => kv.store(l, span.start_pos, ks, vs),
-                    Some(slots) => {
-                        for i in 0..span.len {
-                            let slot = slots[span.start_pos + i] as usize;
-                            kv.store(
-                                l,
-                                slot,
-                                &ks[i * c.kv_dim()..(i + 1) * c.kv_dim()],
-                                &vs[i * c.kv_dim_v()..(i + 1) * c.kv_dim_v()],
-                            );
-                        }
+        }
+        p.trace.record("Qcur_rope", Some(l), q, n);
+        p.trace.record("Kcur_rope", Some(l), k, n);
+    }
+
+    /// Writes every span's k and v rows into layer `l` of the cache: at their positions, or at their slots in a
+    /// paged pool.
+    fn store_kv(&self, p: &Pass, l: usize, kv: &mut KvCache, s: &Scratch) {
+        let (kv_dim, kv_dim_v) = (self.config.kv_dim(), self.config.kv_dim_v());
+        for span in p.spans {
+            let rows = span.rows();
+            let (ks, vs) = (
+                &s.k[rows.start * kv_dim..rows.end * kv_dim],
+                &s.v[rows.start * kv_dim_v..rows.end * kv_dim_v],
+            );
+            match span.slots {
+                None => kv.store(l, span.start_pos, ks, vs),
+                Some(slots) => {
+                    for i in 0..span.len {
+                        let slot = slots[span.start_pos + i] as usize;
+                        kv.store(
+                            l,
+                            slot,
+                            &ks[i * kv_dim..(i + 1) * kv_dim],
+                            &vs[i * kv_dim_v..(i + 1) * kv_dim_v],
+                        );
                     }
                 }
             }
-            if c.scale_queries {
-                q.iter_mut().for_each(|x| *x *= c.attn_scale);
-            }
-            let shape = AttentionShape {
-                n_heads: c.n_heads,
-                n_kv_heads: c.n_kv_heads,
-                head_dim: c.head_dim,
-                head_dim_v: c.head_dim_v,
-                scale: if c.scale_queries { 1.0 } else { c.attn_scale },
-                window: if sliding { c.sliding_window } else { None },
-            };
-            let att_width = c.n_heads * c.head_dim_v;
-            for span in spans {
-                let rows = span.start_row..span.start_row + span.len;
-                attention::attention(
-                    pool,
-                    &shape,
-                    KvView {
-                        kv: &kv.layers[l],
-                        slots: span.slots,
-                    },
-                    &q[rows.start * c.q_dim()..rows.end * c.q_dim()],
-                    span.len,
-                    span.start_pos,
-                    &mut s.att[rows.start * att_width..rows.end * att_width],
-                    &mut s.att_scratch,
-                    invariant,
-                );
-            }
-            let att = &s.att[..n * att_width];
-            if tr {
-                trace::tensor("kqv_out", Some(l), att, n);
-            }
-            self.matmul(pool, &lw.wo, att, n, &mut s.o, &mut s.qbuf, invariant);
-            // After the last attention, keep only the rows whose logits are wanted, moved to the front.
-            let m = if l == last_layer {
-                for (j, &r) in s.out_rows.iter().enumerate() {
-                    s.o.copy_within(r * d..(r + 1) * d, j * d);
-                    s.x.copy_within(r * d..(r + 1) * d, j * d);
-                }
-                s.out_rows.len()
-            } else {
-                n
-            };
-            if m == 0 {
-                continue;
-            }
-            let o = &mut s.o[..m * d];
-            if tr {
-                trace::tensor("attn_out", Some(l), o, m);
-            }
-            if let Some(norm) = &lw.post_attn_norm {
-                ops::rms_norm_inplace(o, norm, c.rms_eps);
-            }
-            let x = &mut s.x[..m * d];
-            ops::add_inplace(x, o);
-            if tr {
-                trace::tensor("attn_post_norm", Some(l), o, m);
-                trace::tensor("sa_out", Some(l), x, m);
-            }
-
-            // Feed-forward block.
-            let x = &s.x[..m * d];
-            ops::par_rows(pool, &mut s.xb[..m * d], d, |r0, out| {
-                ops::rms_norm(&x[r0 * d..][..out.len()], &lw.ffn_norm, c.rms_eps, out)
-            });
-            let xb = &s.xb[..m * d];
-            if tr {
-                trace::tensor("ffn_norm", Some(l), xb, m);
-            }
-            self.matmuls(
-                pool,
-                xb,
-                m,
-                [(&lw.w_gate, &mut s.gate), (&lw.w_up, &mut s.up)],
-                &mut s.qbuf,
-                invariant,
-            );
-            let (gate, up) = (&mut s.gate[..m * c.d_ff], &s.up[..m * c.d_ff]);
-            if tr {
-                trace::tensor("ffn_gate", Some(l), gate, m);
-                trace::tensor("ffn_up", Some(l), up, m);
-            }
-            ops::par_rows(pool, gate, c.d_ff, |r0, gate| {
-                let up = &up[r0 * c.d_ff..][..gate.len()];
-                match c.activation {
-                    Activation::Silu => ops::swiglu(gate, up, c.d_ff),
-                    Activation::GeluTanh => ops::geglu(gate, up),
-                }
-            });
-            if tr {
-                trace::tensor("ffn_geglu", Some(l), gate, m);
-            }
-            self.matmul(pool, &lw.w_down, gate, m, &mut s.o, &mut s.qbuf, invariant);
-            let o = &mut s.o[..m * d];
-            if tr {
-                trace::tensor("ffn_out", Some(l), o, m);
-            }
-            if let Some(norm) = &lw.post_ffn_norm {
-                ops::rms_norm_inplace(o, norm, c.rms_eps);
-            }
-            let x = &mut s.x[..m * d];
-            ops::add_inplace(x, o);
-            if tr {
-                trace::tensor("ffn_post_norm", Some(l), o, m);
-                trace::tensor("l_out", Some(l), x, m);
-            }
         }
+    }
 
-        Ok(())
+    /// `att = softmax(q · Kᵀ · scale) · V` for every span over its own keys and values in layer `l`'s cache (causal,
+    /// and windowed on sliding-window layers): `(n, n_heads · head_dim_v)`.
+    fn attend(&self, p: &Pass, l: usize, n: usize, kv: &KvCache, s: &mut Scratch) {
+        let c = &self.config;
+        let q = &mut s.q[..n * c.q_dim()];
+        if c.scale_queries {
+            q.iter_mut().for_each(|x| *x *= c.attn_scale);
+        }
+        let shape = AttentionShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            head_dim_v: c.head_dim_v,
+            scale: if c.scale_queries { 1.0 } else { c.attn_scale },
+            window: if c.is_sliding(l) {
+                c.sliding_window
+            } else {
+                None
+            },
+        };
+        let (q_dim, att_width) = (c.q_dim(), c.n_heads * c.head_dim_v);
+        for span in p.spans {
+            let rows = span.rows();
+            let view = KvView {
+                kv: &kv.layers[l],
+                slots: span.slots,
+            };
+            attend_span(
+                p,
+                &shape,
+                view,
+                span,
+                &q[rows.start * q_dim..rows.end * q_dim],
+                &mut s.att[rows.start * att_width..rows.end * att_width],
+                &mut s.att_scratch,
+            );
+        }
+        p.trace
+            .record("kqv_out", Some(l), &s.att[..n * att_width], n);
+    }
+
+    /// `o = att · wo`, `(n, d_model)`.
+    fn out_proj(&self, p: &Pass, l: usize, n: usize, s: &mut Scratch) {
+        let att_width = self.config.n_heads * self.config.head_dim_v;
+        let wo = &self.weights.layers[l].wo;
+        let att = &s.att[..n * att_width];
+        self.matmul(p.pool, wo, att, n, &mut s.o, &mut s.qbuf, p.invariant);
+    }
+
+    /// `gate, up = xb · w_gate, w_up`, `(m, d_ff)` each.
+    fn gate_up(&self, p: &Pass, l: usize, m: usize, s: &mut Scratch) {
+        let (c, lw) = (&self.config, &self.weights.layers[l]);
+        self.matmuls(
+            p.pool,
+            &s.xb[..m * c.d_model],
+            m,
+            [(&lw.w_gate, &mut s.gate), (&lw.w_up, &mut s.up)],
+            &mut s.qbuf,
+            p.invariant,
+        );
+        p.trace
+            .record("ffn_gate", Some(l), &s.gate[..m * c.d_ff], m);
+        p.trace.record("ffn_up", Some(l), &s.up[..m * c.d_ff], m);
+    }
+
+    /// `gate = act(gate) · up` elementwise, with SiLU (SwiGLU) or tanh-approximated GELU (GeGLU): `(m, d_ff)`.
+    fn activation(&self, p: &Pass, l: usize, m: usize, s: &mut Scratch) {
+        let c = &self.config;
+        let (gate, up) = (&mut s.gate[..m * c.d_ff], &s.up[..m * c.d_ff]);
+        ops::par_rows(p.pool, gate, c.d_ff, |r0, gate| {
+            let up = &up[r0 * c.d_ff..][..gate.len()];
+            match c.activation {
+                Activation::Silu => ops::swiglu(gate, up, c.d_ff),
+                Activation::GeluTanh => ops::geglu(gate, up),
+            }
+        });
+        p.trace.record("ffn_geglu", Some(l), gate, m);
+    }
+
+    /// `o = gate · w_down`, `(m, d_model)`.
+    fn down_proj(&self, p: &Pass, l: usize, m: usize, s: &mut Scratch) {
+        let w_down = &self.weights.layers[l].w_down;
+        let gate = &s.gate[..m * self.config.d_ff];
+        self.matmul(p.pool, w_down, gate, m, &mut s.o, &mut s.qbuf, p.invariant);
+    }
+
+    /// `x += post_norm(o)` for the first `m` rows, `(m, d_model)`. Traces `o` as `names[0]` before the norm and
+    /// `names[1]` after it (llama.cpp's names, whether or not the model has the norm), then `x` as `names[2]`.
+    fn residual(
+        &self,
+        p: &Pass,
+        l: usize,
+        m: usize,
+        post_norm: Option<&[f32]>,
+        names: [&str; 3],
+        s: &mut Scratch,
+    ) {
+        let d = self.config.d_model;
+        let o = &mut s.o[..m * d];
+        p.trace.record(names[0], Some(l), o, m);
+        if let Some(norm) = post_norm {
+            ops::rms_norm_inplace(o, norm, self.config.rms_eps);
+        }
+        let x = &mut s.x[..m * d];
+        ops::add_inplace(x, o);
+        p.trace.record(names[1], Some(l), o, m);
+        p.trace.record(names[2], Some(l), x, m);
     }
 
     /// Final norm and classifier for the first `rows` rows of the residual stream: `(rows, vocab)` logits.
@@ -521,7 +594,7 @@ impl Model {
         let w = &self.weights;
         let d = c.d_model;
         let invariant = rounding == Rounding::BatchInvariant;
-        let tr = trace::enabled();
+        let trace = Tracer::from_env();
         s.logits.resize(rows * c.vocab_size, 0.0);
         if rows == 0 {
             trace::next_step();
@@ -542,17 +615,13 @@ impl Model {
             &mut s.qbuf,
             invariant,
         );
-        if tr {
-            trace::tensor("result_norm", None, &s.xb[..rows * d], rows);
-        }
+        trace.record("result_norm", None, &s.xb[..rows * d], rows);
         if let Some(cap) = c.final_logit_softcap {
             s.logits
                 .iter_mut()
                 .for_each(|v| *v = (*v / cap).tanh() * cap);
         }
-        if tr {
-            trace::tensor("result_output", None, &s.logits, rows);
-        }
+        trace.record("result_output", None, &s.logits, rows);
         trace::next_step();
         &s.logits
     }
@@ -597,6 +666,34 @@ impl Model {
         }
     }
 
+    /// Checks a batch of `spans` for `layers` against the model, the cache and the scratch; returns its row count.
+    fn check_batch(
+        &self,
+        layers: &Range<usize>,
+        spans: &[SeqSpan],
+        kv: &KvCache,
+        s: &Scratch,
+    ) -> Result<usize, ModelError> {
+        let n_layers = self.weights.layers.len();
+        let n: usize = spans.iter().map(|span| span.len).sum();
+        if n == 0 {
+            return Err(ModelError::EmptyBatch);
+        }
+        if n > s.max_batch {
+            return Err(ModelError::BadBatch(format!(
+                "batch of {n} exceeds scratch capacity {}",
+                s.max_batch
+            )));
+        }
+        if layers.end > n_layers || layers.start > layers.end {
+            return Err(ModelError::BadBatch(format!(
+                "layers {layers:?} of a {n_layers}-layer model"
+            )));
+        }
+        self.check_spans(spans, n, kv, s)?;
+        Ok(n)
+    }
+
     fn check_spans(
         &self,
         spans: &[SeqSpan],
@@ -635,4 +732,41 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// What every step of one pass of a batch through the layers shares.
+struct Pass<'a> {
+    pool: &'a ThreadPool,
+    /// The batch's sequences, in row order.
+    spans: &'a [SeqSpan<'a>],
+    /// Every row rounds as if alone ([`Rounding::BatchInvariant`]).
+    invariant: bool,
+    trace: Tracer,
+}
+
+/// One span's attention over its keys and values, `kv`: its rows of one layer's cache (through its slot list in a
+/// paged pool). `q` holds the span's query rows and `out` receives its `(span.len, n_heads · head_dim_v)` outputs.
+///
+/// This is the seam for sparse attention: DELTA's per-layer selection of KV pages will narrow `kv` to the selected
+/// pages here, leaving the steps around it as they are.
+fn attend_span(
+    p: &Pass,
+    shape: &AttentionShape,
+    kv: KvView,
+    span: &SeqSpan,
+    q: &[f32],
+    out: &mut [f32],
+    scratch: &mut AttentionScratch,
+) {
+    attention::attention(
+        p.pool,
+        shape,
+        kv,
+        q,
+        span.len,
+        span.start_pos,
+        out,
+        scratch,
+        p.invariant,
+    );
 }

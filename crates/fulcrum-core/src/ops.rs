@@ -3,7 +3,7 @@
 //! Arithmetic follows ggml's CPU backend where the order of operations changes results visibly (sums of squares in
 //! f64, rope angles advanced by repeated multiplication, GELU through an f16 table), so that logits track llama.cpp's.
 
-use crate::config::RopeStyle;
+use crate::config::{RopeStyle, MAX_ROPE_DIMS};
 use crate::threads::{split_range, ThreadPool};
 use crate::weights::Mat;
 use half::f16;
@@ -75,9 +75,6 @@ fn rms_scale(row: &[f32], eps: f32) -> f32 {
     let mean = (sum / row.len() as f64) as f32;
     1.0 / (mean + eps).sqrt()
 }
-
-/// Most rotating dimensions per head that [`Rope`] supports.
-pub const MAX_ROPE_DIMS: usize = 1024;
 
 /// Rotary position embedding parameters of one layer.
 #[derive(Clone, Copy)]
@@ -254,8 +251,8 @@ pub fn matmul_quantized(
 }
 
 /// [`matmul_quantized`] for several matrices `(W, its bytes, out)` of the same input, in one parallel step: the
-/// pool's threads take bands of weight rows (whole [`ROW_BLOCK`]s) of any of them and dot each band with
-/// [`TOKEN_BLOCK`] inputs at a time, straight into its `out`.
+/// pool's threads take bands of weight rows (whole `ROW_BLOCK`s) of any of them and dot each band with
+/// `TOKEN_BLOCK` inputs at a time, straight into its `out`.
 ///
 /// # Panics
 /// As [`matmul_quantized`], for each matrix.

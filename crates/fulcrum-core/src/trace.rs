@@ -2,8 +2,8 @@
 //!
 //! Set `FULCRUM_TRACE=FILE` and every forward pass appends its named tensors to FILE in the record format that
 //! `tools/llama-reference/llama_trace.c` writes for llama.cpp: `step: i32, name_len: u32, name, ne: [i64; 4]`,
-//! then the f32 values. Names follow llama.cpp's graph (`attn_norm-3`, `kqv_out-3`, `l_out-3`, ...). Off, it costs
-//! one relaxed load per call.
+//! then the f32 values. Names follow llama.cpp's graph (`attn_norm-3`, `kqv_out-3`, `l_out-3`, ...). A forward pass
+//! holds a [`Tracer`], which off returns from every `record` at once.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -27,9 +27,37 @@ pub fn enabled() -> bool {
     sink().is_some()
 }
 
-/// Records `data`, `rows` rows of `data.len() / rows` values, under `name` (with `-layer` appended if given).
-pub fn tensor(name: &str, layer: Option<usize>, data: &[f32], rows: usize) {
-    let Some(sink) = sink() else { return };
+/// Where the steps of a forward pass send their tensors: nowhere, or the `FULCRUM_TRACE` file. Made once per pass,
+/// so that a step records without asking whether tracing is on.
+#[derive(Clone, Copy)]
+pub struct Tracer {
+    sink: Option<&'static Mutex<BufWriter<File>>>,
+}
+
+impl Tracer {
+    /// The tracer of this process: the trace file when `FULCRUM_TRACE` names one, else off.
+    pub fn from_env() -> Tracer {
+        Tracer { sink: sink() }
+    }
+
+    /// Records `data`, `rows` rows of `data.len() / rows` values, under `name` (with `-layer` appended if given);
+    /// returns at once when off.
+    #[inline]
+    pub fn record(&self, name: &str, layer: Option<usize>, data: &[f32], rows: usize) {
+        if let Some(sink) = self.sink {
+            write_record(sink, name, layer, data, rows);
+        }
+    }
+}
+
+#[cold]
+fn write_record(
+    sink: &Mutex<BufWriter<File>>,
+    name: &str,
+    layer: Option<usize>,
+    data: &[f32],
+    rows: usize,
+) {
     let name = match layer {
         Some(l) => format!("{name}-{l}"),
         None => name.to_string(),

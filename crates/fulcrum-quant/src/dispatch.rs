@@ -1,64 +1,10 @@
-//! The kernel table: per type, function pointers to the scalar reference or, when the CPU has them, the AVX2
-//! kernels. Built once, on first use, from run-time CPU feature detection.
+//! The kernel table: per type, function pointers to the scalar reference or, when the CPU has them, the x86 SIMD
+//! kernels (`x86/`). Built once, on first use, from run-time CPU feature detection.
 
 use crate::formats::{float, nf4, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
+use crate::table::{slot, Kernels, Table, SLOTS};
 use crate::GgmlType;
 use std::sync::OnceLock;
-
-/// Dot product of a weight row with an activation row of the matching `vec_dot_type`, both exactly one row long.
-pub type DotFn = fn(&[u8], &[u8]) -> f32;
-/// Expands a row (a whole number of blocks) into `dst` (one f32 per element).
-pub type DequantizeFn = fn(&[u8], &mut [f32]);
-/// Encodes f32 values (a whole number of blocks) into a row.
-pub type QuantizeFn = fn(&[f32], &mut [u8]);
-/// Dots `rows` consecutive weight rows (`w`) with `tokens` consecutive activation rows (`a`), all `n` elements long,
-/// into `out[t * ld + r]`; each output rounds exactly as the matching single dot product of its order.
-///
-/// # Safety
-/// `out` is valid for writes at `t * ld + r` for every `t < tokens`, `r < rows`, and nothing else accesses those
-/// elements meanwhile (other elements of the same buffer may be written by other threads).
-pub type TileFn =
-    unsafe fn(w: &[u8], rows: usize, a: &[u8], tokens: usize, n: usize, out: *mut f32, ld: usize);
-
-/// The kernels of one type.
-#[derive(Clone, Copy)]
-pub struct Kernels {
-    pub dequantize: DequantizeFn,
-    pub quantize: Option<QuantizeFn>,
-    pub vec_dot: Option<DotFn>,
-    /// The dot product for activation rows that llama.cpp handles four at a time, where its rounding differs from
-    /// `vec_dot` (repacked Q4_K); `None` means the same as `vec_dot`.
-    pub vec_dot_grouped: Option<DotFn>,
-    /// The dot product of llama.cpp's tiled matmul for batches of 8 rows or more, where its rounding differs from
-    /// `vec_dot` (Q6_K); `None` means the same as `vec_dot`.
-    pub vec_dot_tiled: Option<DotFn>,
-    /// Many-rows-by-many-tokens kernels, indexed by [`crate::Order`]; `None` falls back to one dot per pair.
-    pub tile: [Option<TileFn>; 3],
-}
-
-/// Slots in the table: ggml's ids below 32, then Fulcrum's own types.
-pub const SLOTS: usize = 33;
-
-/// The table slot of `ty`: its ggml id, or a slot past them for NF4 (whose id is far above ggml's).
-pub fn slot(ty: GgmlType) -> usize {
-    match ty {
-        GgmlType::NF4 => 32,
-        other => other as usize,
-    }
-}
-
-/// Kernels for every type, indexed by [`slot`] (the ggml type id for ggml's types).
-pub struct Table {
-    pub level: &'static str,
-    pub by_id: [Option<Kernels>; SLOTS],
-}
-
-impl Table {
-    /// The kernels of `ty`, if it is supported.
-    pub fn get(&self, ty: GgmlType) -> Option<&Kernels> {
-        self.by_id.get(slot(ty)).and_then(Option::as_ref)
-    }
-}
 
 /// The scalar reference kernels of `ty`.
 pub fn scalar_kernels(ty: GgmlType) -> Option<Kernels> {
@@ -125,9 +71,14 @@ fn build() -> Table {
         return table;
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::avx2::available() {
-        crate::avx2::install(&mut table);
-        crate::avx2::nf4::install(&mut table);
+    if crate::x86::available() {
+        crate::x86::install(&mut table);
+    }
+    // NF4 takes the SIMD kernel of the path `FULCRUM_NF4_DOT` selected.
+    if let Some(dot) = crate::nf4::selected().simd() {
+        if let Some(kernels) = table.by_id[slot(GgmlType::NF4)].as_mut() {
+            kernels.vec_dot = Some(dot);
+        }
     }
     table
 }
@@ -142,4 +93,14 @@ pub fn simd() -> bool {
 pub fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(build)
+}
+
+/// The process-wide table's kernels of `ty`.
+///
+/// # Panics
+/// If `ty` is not supported (callers check [`crate::is_supported`] first).
+pub fn kernels(ty: GgmlType) -> &'static Kernels {
+    table()
+        .get(ty)
+        .unwrap_or_else(|| panic!("tensor type {ty} is not supported; check is_supported first"))
 }

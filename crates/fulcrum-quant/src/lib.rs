@@ -1,5 +1,5 @@
 //! GGUF tensor block formats: layouts, quantizers, dequantizers and dot products that mirror llama.cpp's CPU
-//! backend, with scalar reference kernels and AVX2/FMA kernels chosen at run time.
+//! backend, with scalar reference kernels and x86 SIMD kernels (AVX2/FMA, VNNI, AVX-512; `x86/`) chosen at run time.
 //!
 //! A matmul row `w · x` is computed as in ggml: the f32 activation row `x` is first quantized to the weight type's
 //! [`vec_dot_type`] with [`quantize_row`], then [`vec_dot`] takes the integer (or float) dot product block by block.
@@ -7,71 +7,29 @@
 
 mod block;
 mod dispatch;
+mod error;
 pub mod expf;
 pub mod f16vec;
 pub mod formats;
 mod fp;
 pub mod nf4;
+mod rows;
+mod table;
 mod tile;
 pub mod vecf32;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+mod x86;
 
+pub use error::QuantError;
 pub use fulcrum_gguf::GgmlType;
-pub use tile::{dot_tile, dot_tile_raw, Order};
-
-/// Why a type or row length cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QuantError {
-    /// The type has no kernels here.
-    #[error("tensor type {ty} is not supported by this build (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, NF4); re-quantize the model to one of those")]
-    Unsupported { ty: GgmlType },
-    /// The row length is not a whole number of blocks.
-    #[error("a row of {n} elements cannot be stored as {ty}, whose blocks hold {block} elements; the file is corrupt or the tensor shape is wrong")]
-    PartialBlock {
-        ty: GgmlType,
-        n: usize,
-        block: usize,
-    },
-    /// The tensor's bytes cannot be valid for its type.
-    #[error("{ty} tensor: {reason}; the file is corrupt or was not written by `fulcrum quantize`")]
-    Corrupt { ty: GgmlType, reason: String },
-}
+pub use rows::{row_bytes, try_row_bytes, vec_dot_type};
+pub use table::Order;
+pub use tile::{dot_tile, dot_tile_raw};
 
 /// Whether `ty` can be dequantized and used as weights in [`vec_dot`].
 pub fn is_supported(ty: GgmlType) -> bool {
     dispatch::scalar_kernels(ty).is_some_and(|k| k.vec_dot.is_some())
-}
-
-/// The activation format that weights of type `w` are dotted against (ggml's `vec_dot_type`).
-pub fn vec_dot_type(w: GgmlType) -> GgmlType {
-    use GgmlType::*;
-    match w {
-        Q4_0 | Q5_0 | Q8_0 => Q8_0,
-        Q4_1 | Q5_1 => Q8_1,
-        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K => Q8_K,
-        NF4 => nf4::selected().activation_type(),
-        other => other,
-    }
-}
-
-/// Bytes of a row of `n` elements of type `ty`, or an error if `n` is not a whole number of blocks.
-pub fn try_row_bytes(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
-    let block = ty.block_size();
-    if !n.is_multiple_of(block) {
-        return Err(QuantError::PartialBlock { ty, n, block });
-    }
-    Ok(n / block * ty.type_size())
-}
-
-/// Bytes of a row of `n` elements of type `ty`.
-///
-/// # Panics
-/// If `n` is not a multiple of the block size: a programming error, since tensor shapes are checked at load time
-/// (use [`try_row_bytes`] to check them).
-pub fn row_bytes(ty: GgmlType, n: usize) -> usize {
-    try_row_bytes(ty, n).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Checks that tensors of type `ty` with rows of `n` elements can be used as weights.
@@ -110,12 +68,6 @@ pub fn check_tensor(ty: GgmlType, n: usize, data: &[u8]) -> Result<(), QuantErro
     Ok(())
 }
 
-fn kernels(ty: GgmlType) -> &'static dispatch::Kernels {
-    dispatch::table()
-        .get(ty)
-        .unwrap_or_else(|| panic!("tensor type {ty} is not supported; check is_supported first"))
-}
-
 /// Encodes the f32 row `src` as type `ty` into `dst` (exactly `row_bytes(ty, src.len())` bytes are written).
 ///
 /// Supported for F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 and Q8_K with llama.cpp's reference rounding, and
@@ -125,11 +77,11 @@ fn kernels(ty: GgmlType) -> &'static dispatch::Kernels {
 /// # Panics
 /// If `ty` has no quantizer, `src.len()` is not a whole number of blocks or `dst` is too short.
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
-    quantize_with(kernels(ty), ty, src, dst)
+    quantize_with(dispatch::kernels(ty), ty, src, dst)
 }
 
 /// [`quantize_row`] with the kernels `k` of `ty`.
-fn quantize_with(k: &dispatch::Kernels, ty: GgmlType, src: &[f32], dst: &mut [u8]) {
+fn quantize_with(k: &table::Kernels, ty: GgmlType, src: &[f32], dst: &mut [u8]) {
     let bytes = row_bytes(ty, src.len());
     let quantize = k
         .quantize
@@ -144,7 +96,7 @@ fn quantize_with(k: &dispatch::Kernels, ty: GgmlType, src: &[f32], dst: &mut [u8
 /// If `ty` is unsupported, `dst.len()` is not a whole number of blocks or `src` is too short.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
     let bytes = row_bytes(ty, dst.len());
-    (kernels(ty).dequantize)(&src[..bytes], dst);
+    (dispatch::kernels(ty).dequantize)(&src[..bytes], dst);
 }
 
 /// Dot product of the first `n` elements of the weight row `w_row` (type `w`) with the activation row `act_row`
@@ -153,7 +105,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) {
 /// # Panics
 /// If `w` is unsupported, `n` is not a whole number of blocks or a row is too short.
 pub fn vec_dot(w: GgmlType, n: usize, w_row: &[u8], act_row: &[u8]) -> f32 {
-    let dot = kernels(w)
+    let dot = dispatch::kernels(w)
         .vec_dot
         .unwrap_or_else(|| panic!("{w} cannot be used as weights"));
     dot(
@@ -194,7 +146,8 @@ pub fn simd_level() -> &'static str {
 /// The scalar reference kernels, whatever the CPU supports (for tests, benchmarks and bisecting).
 pub mod scalar {
     use super::{row_bytes, vec_dot_type, GgmlType};
-    use crate::dispatch::{scalar_kernels, Kernels};
+    use crate::dispatch::scalar_kernels;
+    use crate::table::Kernels;
 
     fn kernels(ty: GgmlType) -> Kernels {
         scalar_kernels(ty).unwrap_or_else(|| {

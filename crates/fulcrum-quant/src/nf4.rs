@@ -41,10 +41,16 @@ impl Nf4Dot {
     /// The SIMD kernel of the path, if this CPU can run one (whatever `FULCRUM_FORCE_SCALAR` says).
     pub fn simd(self) -> Option<Nf4DotFn> {
         #[cfg(target_arch = "x86_64")]
-        if crate::avx2::available() {
-            return Some(crate::avx2::nf4::kernel(self));
+        {
+            match self {
+                Nf4Dot::Exact => crate::x86::nf4::exact(),
+                Nf4Dot::Int8 => crate::x86::nf4::int8(),
+            }
         }
-        None
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
     }
 
     /// The path's name as `FULCRUM_NF4_DOT` spells it.

@@ -3,22 +3,13 @@
 //! independent accumulators in flight, but every output is still summed in exactly the order of its single dot
 //! product, so a tile is bit-identical to calling [`crate::vec_dot_in_batch`] for each pair.
 
-use crate::dispatch::DotFn;
-use crate::{kernels, row_bytes, vec_dot_type, GgmlType};
+use crate::dispatch::kernels;
+use crate::rows::{row_bytes, vec_dot_type};
+use crate::table::{DotFn, Order};
+use crate::GgmlType;
 use std::ops::Range;
 
-/// The float summation order of a dot product. llama.cpp's CPU backend changes it with the batch size (its repacked
-/// and tiled matmuls sum the same exact integers in another order), and Fulcrum follows it to stay bit-identical.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Order {
-    /// `ggml_vec_dot`'s order: a batch of one, and every type without a batched variant.
-    Plain = 0,
-    /// Repacked Q4_K taking activation rows four at a time.
-    Grouped = 1,
-    /// The tiled K-quant matmul of batches of eight rows or more (Q6_K).
-    Tiled = 2,
-}
-
+// `Order` itself lives with the table it indexes (`table.rs`); its batch rule reads the process table, so it is here.
 impl Order {
     /// The order of activation row `t` of a batch of `batch` rows against weights of type `w`.
     pub fn in_batch(w: GgmlType, batch: usize, t: usize) -> Order {

@@ -1,7 +1,7 @@
 //! Incremental detokenization: a character may be spread over several byte tokens, so text is released
 //! only once its UTF-8 is complete. The chunks concatenate to `Tokenizer::decode` of the same ids.
 
-use crate::Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 /// Turns a stream of token ids into complete UTF-8 text, holding back a trailing partial character.
 #[derive(Debug, Default, Clone)]

@@ -1,9 +1,9 @@
 //! The vocabulary: token texts, attributes, special ids and decoded pieces, built as llama.cpp's
 //! `llama_vocab::impl::load` builds them (defaults, end-of-generation detection by text, special-token order).
 
-use crate::bpe::byte_level_char_to_byte;
+use crate::byte_level;
 use crate::fxhash::FxHashMap;
-use crate::{TokenizerError, VocabSpec};
+use crate::spec::{TokenizerError, VocabSpec};
 
 /// Token attribute bits (a subset of llama.cpp's `llama_token_attr`).
 pub(crate) mod attr {
@@ -362,7 +362,7 @@ fn drop_conflicting_eog(texts: &[String], attrs: &mut [u8], eog: &mut Vec<u32>) 
 /// Decodes a byte-level BPE token text; a code point outside the byte map is kept as llama.cpp reports it.
 fn decode_byte_level(text: &str, out: &mut Vec<u8>) {
     for c in text.chars() {
-        match byte_level_char_to_byte(c) {
+        match byte_level::char_to_byte(c) {
             Some(b) => out.push(b),
             None => {
                 out.extend_from_slice(b"[UNK_BYTE_0x");

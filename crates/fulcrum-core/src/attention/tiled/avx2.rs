@@ -3,7 +3,7 @@
 //! order, and the softmax steps (the tile maximum, ggml's polynomial exp, the `hsum8` tree, the f64 tile sums) are
 //! lane-wise copies of its scalar steps, so the result is bit-identical to it.
 
-use super::{Block, TILE};
+use super::block::{Block, TILE};
 use fulcrum_quant::vecf32::exp_approx_x8;
 use half::slice::HalfFloatSliceExt;
 use std::arch::x86_64::*;

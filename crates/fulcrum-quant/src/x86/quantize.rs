@@ -105,7 +105,7 @@ mod tests {
     /// subnormals, values landing exactly on .5 after scaling, and a negative maximum before an equal positive one.
     #[test]
     fn quantizers_match_scalar_on_special_values() {
-        if !crate::avx2::available() {
+        if !crate::x86::available() {
             return;
         }
         let specials = [

@@ -1,5 +1,7 @@
-//! AVX2 + FMA (+ F16C) kernels, following the integer dot-product scheme of llama.cpp's x86 paths: unpack codes to
-//! bytes, `maddubs` (u8 × i8 → i16 pairs), `madd` (i16 → i32), then one float FMA per block.
+//! The x86-64 kernels: AVX2 + FMA (+ F16C) dot products, quantizers, NF4 and f16 attention, and the matmul tiles,
+//! which also come in AVX-VNNI, AVX512-VNNI and AVX-512 forms (`tiles.rs`, `k_tiles512.rs`), picked by
+//! `tiles::Isa::detect`. The integer dot products follow llama.cpp's x86 paths: unpack codes to bytes, `maddubs`
+//! (u8 × i8 → i16 pairs) and `madd` (i16 → i32) or one VNNI `vpdpbusd`, then one float FMA per block.
 //!
 //! Every kernel here is an `unsafe fn` with `#[target_feature]`; [`install`] puts safe wrappers into the dispatch
 //! table only after [`available`] has confirmed the CPU features, which is what makes the wrappers sound.
@@ -14,7 +16,7 @@ pub mod nf4;
 mod quantize;
 mod tiles;
 
-use crate::dispatch::{Table, TileFn};
+use crate::table::{DotFn, Order, QuantizeFn, Table, TileFn};
 use crate::GgmlType;
 
 /// Whether this CPU can run these kernels.
@@ -101,7 +103,7 @@ quantizer_wrappers! {
 /// Replaces the scalar dot products in `table` with these kernels. Call only when [`available`] is true.
 pub fn install(table: &mut Table) {
     use GgmlType::*;
-    let dots: [(GgmlType, crate::dispatch::DotFn); 12] = [
+    let dots: [(GgmlType, DotFn); 12] = [
         (F32, dot_f32),
         (F16, dot_f16),
         (BF16, dot_bf16),
@@ -126,15 +128,12 @@ pub fn install(table: &mut Table) {
     if let Some(kernels) = table.by_id[Q6_K as usize].as_mut() {
         kernels.vec_dot_tiled = Some(dot_q6_k_tiled);
     }
-    for (ty, quantize) in [
-        (Q8_0, quantize_q8_0 as crate::dispatch::QuantizeFn),
-        (Q8_K, quantize_q8_k),
-    ] {
+    for (ty, quantize) in [(Q8_0, quantize_q8_0 as QuantizeFn), (Q8_K, quantize_q8_k)] {
         if let Some(kernels) = table.by_id[ty as usize].as_mut() {
             kernels.quantize = Some(quantize);
         }
     }
-    use crate::Order::{Grouped, Plain, Tiled};
+    use Order::{Grouped, Plain, Tiled};
     // The tiles of the 32-element formats form the same exact integer lanes with whichever instructions the CPU has
     // (the wrappers are sound: `Isa::detect` confirmed the features).
     let isa = tiles::Isa::detect();
@@ -153,7 +152,7 @@ pub fn install(table: &mut Table) {
         tiles::Isa::Avx512 => (tile_q4_k_avx512, tile_q4_k_grouped_avx512, tile_q6_k_avx512),
         _ => (tile_q4_k, tile_q4_k_grouped, tile_q6_k),
     };
-    let tiles: [(GgmlType, crate::Order, TileFn); 7] = [
+    let tiles: [(GgmlType, Order, TileFn); 7] = [
         (Q4_0, Plain, q4_0),
         (Q5_0, Plain, q5_0),
         (Q8_0, Plain, q8_0),

@@ -1027,7 +1027,7 @@ mod tests {
     /// step width (8, 4, 2, 1) and activations with extreme codes (±127, zeros).
     #[test]
     fn every_tile_variant_matches_single_dots() {
-        if !crate::avx2::available() {
+        if !crate::x86::available() {
             return;
         }
         let mut state = 0x9E37_79B9_7F4A_7C15u64;

@@ -1,6 +1,7 @@
 //! AVX2 kernels of [`crate::f16vec`]; see there for the arithmetic they reproduce.
 
-use crate::f16vec::{Head, Queries};
+use crate::f16vec::operands::{Head, Queries};
+use crate::f16vec::scalar;
 use half::f16;
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -57,7 +58,7 @@ unsafe fn attend_avx2<const PORT: bool>(
     let (q, lanes, scale_by, hdv) = (qs.q, qs.lanes, qs.scale, qs.hdv);
     let hd = q.len() / lanes;
     if !hd.is_multiple_of(32) || !hdv.is_multiple_of(8) {
-        return crate::f16vec::scalar::attend(qs, head, positions, acc, sums);
+        return scalar::attend(qs, head, positions, acc, sums);
     }
     let (pq, pacc) = (q.as_ptr(), acc.as_mut_ptr());
     let mut max = _mm256_set1_ps(f32::NEG_INFINITY);

@@ -8,11 +8,9 @@
 
 use super::helpers::{dot_i8_i8, half, hsum_f32};
 use crate::block::cast;
-use crate::dispatch::Table;
 use crate::formats::nf4::{Row, BLOCK, CODES, CODES_I8, CODE_BYTES, INT8_SCALE};
 use crate::formats::q8_0::BlockQ8_0;
-use crate::nf4::{Nf4Dot, Nf4DotFn};
-use crate::GgmlType;
+use crate::table::DotFn;
 use std::arch::x86_64::*;
 
 /// The 8 NF4 values coded by the 8 nibbles of `word` (4 packed bytes read little-endian), in element order.
@@ -99,7 +97,7 @@ pub unsafe fn vec_dot_int8(w: &[u8], a: &[u8]) -> f32 {
 }
 
 fn dot_exact(w: &[u8], a: &[u8]) -> f32 {
-    // SAFETY: handed out only by `kernel`, after `available()` confirmed the CPU features.
+    // SAFETY: handed out only by `exact`, after `available()` confirmed the CPU features.
     unsafe { vec_dot_exact(w, a) }
 }
 
@@ -108,24 +106,12 @@ fn dot_int8(w: &[u8], a: &[u8]) -> f32 {
     unsafe { vec_dot_int8(w, a) }
 }
 
-/// The AVX2 kernel of `path`.
-///
-/// # Panics
-/// If the CPU lacks AVX2, FMA or F16C (callers check [`super::available`] first).
-pub fn kernel(path: Nf4Dot) -> Nf4DotFn {
-    assert!(
-        super::available(),
-        "AVX2 NF4 kernels need AVX2, FMA and F16C"
-    );
-    match path {
-        Nf4Dot::Exact => dot_exact,
-        Nf4Dot::Int8 => dot_int8,
-    }
+/// The exact path's kernel (NF4 × f32), if this CPU has AVX2, FMA and F16C.
+pub fn exact() -> Option<DotFn> {
+    super::available().then_some(dot_exact as DotFn)
 }
 
-/// Puts the selected NF4 path's kernel into `table`. Call only when [`super::available`] is true.
-pub fn install(table: &mut Table) {
-    if let Some(kernels) = table.by_id[crate::dispatch::slot(GgmlType::NF4)].as_mut() {
-        kernels.vec_dot = Some(kernel(crate::nf4::selected()));
-    }
+/// The int8 path's kernel (NF4 × Q8_0), if this CPU has AVX2, FMA and F16C.
+pub fn int8() -> Option<DotFn> {
+    super::available().then_some(dot_int8 as DotFn)
 }
