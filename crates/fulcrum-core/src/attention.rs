@@ -1,8 +1,10 @@
 //! Causal multi-head attention of a batch of query tokens over the KV cache, with optional sliding window.
 
+mod dump;
 mod shape;
 mod tiled;
 
+pub use dump::ScoreDump;
 pub use shape::AttentionShape;
 
 use crate::kv::KvView;
@@ -10,6 +12,7 @@ use crate::ops::SharedMut;
 use crate::threads::{split_range, ThreadPool};
 use fulcrum_quant::f16vec::{self, LANES};
 use half::f16;
+use std::ops::Range;
 
 /// Work buffers of [`attention`]: per thread, up to [`LANES`] rounded query rows and f16 output accumulators, and the
 /// f32 tiles of the path for large batches.
@@ -68,7 +71,6 @@ pub fn attention(
     online_only: bool,
 ) {
     let (hd, hdv) = (s.head_dim, s.head_dim_v);
-    let group = s.n_heads / s.n_kv_heads;
     let kv_dim = s.n_kv_heads * hd;
     let kv_dim_v = s.n_kv_heads * hdv;
     let end = start_pos + n;
@@ -94,12 +96,81 @@ pub fn attention(
     if n >= tiled::TILE && !online_only {
         return tiled::attention(pool, s, kv, q, n, start_pos, out, &mut scratch.tiles);
     }
+    online(
+        pool,
+        s,
+        q,
+        n,
+        out,
+        scratch,
+        &|t| (kv, s.visible(start_pos + t)),
+        None,
+    );
+}
+
+/// Attention of `n` query rows where row `t` attends to the positions `keys(t).1` of the view `keys(t).0` (DELTA's
+/// sparse rows read a gathered slot list), always in the online-softmax arithmetic of [`attention`]'s small batches.
+/// With a `dump`, every score and each query head's log-sum-exp are kept there for page scoring.
+///
+/// # Panics
+/// If `q`, `out` or the scratch are too small for `n` rows, or a view's rows are outside its cache.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rows<'a>(
+    pool: &ThreadPool,
+    s: &AttentionShape,
+    q: &[f32],
+    n: usize,
+    out: &mut [f32],
+    scratch: &mut AttentionScratch,
+    keys: &(dyn Fn(usize) -> (KvView<'a>, Range<usize>) + Sync),
+    dump: Option<&mut ScoreDump>,
+) {
+    assert!(
+        scratch.acc.len() >= pool.n_threads() * LANES * s.head_dim_v
+            && scratch.q_rounded.len() >= pool.n_threads() * LANES * s.head_dim,
+        "attention: scratch threads"
+    );
+    assert!(
+        q.len() >= n * s.n_heads * s.head_dim && out.len() >= n * s.n_heads * s.head_dim_v,
+        "attention: batch size"
+    );
+    online(pool, s, q, n, out, scratch, keys, dump);
+}
+
+/// The online-softmax path shared by [`attention`] and [`attention_rows`]; shapes are checked by the callers.
+#[allow(clippy::too_many_arguments)]
+fn online<'a>(
+    pool: &ThreadPool,
+    s: &AttentionShape,
+    q: &[f32],
+    n: usize,
+    out: &mut [f32],
+    scratch: &mut AttentionScratch,
+    keys: &(dyn Fn(usize) -> (KvView<'a>, Range<usize>) + Sync),
+    dump: Option<&mut ScoreDump>,
+) {
+    let (hd, hdv) = (s.head_dim, s.head_dim_v);
+    let group = s.n_heads / s.n_kv_heads;
+    let kv_dim = s.n_kv_heads * hd;
+    let kv_dim_v = s.n_kv_heads * hdv;
     // Work items: a token's query heads that share a kv head, up to LANES at a time, in more chunks where there are
     // fewer items than threads (a decoded token of a model with one kv head).
     let min_chunks = group.div_ceil(LANES);
     let wanted = pool.n_threads().div_ceil(n * s.n_kv_heads);
     let lanes = group.div_ceil(wanted.clamp(min_chunks, group));
     let chunks = group.div_ceil(lanes);
+    let dump = dump.map(|d| {
+        let stride = (0..n).map(|t| keys(t).1.len()).max().unwrap_or(0);
+        d.prepare(n, s.n_kv_heads, group, (chunks, lanes), stride);
+        d
+    });
+    let dump_ptrs = dump.as_ref().map(|d| {
+        (
+            SharedMut(d.scores.as_ptr() as *mut f32),
+            SharedMut(d.lse.as_ptr() as *mut f32),
+            d.stride,
+        )
+    });
     let out_ptr = SharedMut(out.as_mut_ptr());
     let acc_ptr = SharedMut(scratch.acc.as_mut_ptr());
     let qf_ptr = SharedMut(scratch.q_rounded.as_mut_ptr());
@@ -112,6 +183,7 @@ pub fn attention(
             )
         };
         let mut sums = [0f32; LANES];
+        let mut maxes = [0f32; LANES];
         for item in split_range(n * s.n_kv_heads * chunks, index, n_threads) {
             let (t, g, c) = (
                 item / (s.n_kv_heads * chunks),
@@ -120,7 +192,7 @@ pub fn attention(
             );
             let first_head = g * group + c * lanes;
             let count = lanes.min((g + 1) * group - first_head);
-            let pos = start_pos + t;
+            let (kv, positions) = keys(t);
             let queries = &q[t * s.n_heads * hd + first_head * hd..][..count * hd];
             // Rounded to f16 as llama.cpp rounds the query, and kept as f32 (exactly the same values).
             for (r, &x) in qf.iter_mut().zip(queries) {
@@ -142,7 +214,29 @@ pub fn attention(
                 scale: s.scale,
                 hdv,
             };
-            f16vec::attend(&qs, &head, s.visible(pos), acc, &mut sums);
+            match &dump_ptrs {
+                None => f16vec::attend(&qs, &head, positions, acc, &mut sums, None),
+                Some((scores, lse, stride)) => {
+                    // SAFETY: item `item` owns its region of the dump, sized by `prepare`.
+                    let (scores, lse) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(
+                                scores.ptr().add(item * stride * LANES),
+                                stride * LANES,
+                            ),
+                            std::slice::from_raw_parts_mut(lse.ptr().add(item * LANES), LANES),
+                        )
+                    };
+                    let mut d = f16vec::Dump {
+                        scores,
+                        maxes: &mut maxes,
+                    };
+                    f16vec::attend(&qs, &head, positions, acc, &mut sums, Some(&mut d));
+                    for l in 0..count {
+                        lse[l] = maxes[l] + sums[l].ln();
+                    }
+                }
+            }
             for (l, &sum) in sums.iter().enumerate().take(count) {
                 let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
                 // SAFETY: (t, head) is written by this thread only.

@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod delta;
 pub mod error;
 pub mod kv;
 pub mod model;
@@ -14,6 +15,7 @@ pub mod vocab;
 pub mod weights;
 
 pub use config::{Arch, Config, SUPPORTED_ARCHITECTURES};
+pub use delta::{AttentionMode, DeltaConfig};
 pub use error::ModelError;
 pub use fulcrum_gguf as gguf;
 pub use fulcrum_tokenizer as tokenizer;

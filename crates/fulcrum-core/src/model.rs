@@ -2,6 +2,8 @@
 
 use crate::attention::{self, AttentionScratch, AttentionShape};
 use crate::config::{Activation, Config};
+use crate::delta::pass::SpanRows;
+use crate::delta::{DeltaConfig, DeltaScratch};
 use crate::error::ModelError;
 use crate::kv::{KvCache, KvView};
 use crate::ops::{self, QuantBuffer};
@@ -43,6 +45,8 @@ pub struct SeqSpan<'a> {
     pub slots: Option<&'a [u32]>,
     /// Logits are wanted for the span's tokens from this index on (`len`: none).
     pub logits_from: usize,
+    /// DELTA's settings when the span's rows decode with sparse attention; `None`: dense (always so for prefill).
+    pub delta: Option<&'a DeltaConfig>,
 }
 
 impl SeqSpan<'_> {
@@ -88,6 +92,8 @@ pub struct Scratch {
     qbuf: QuantBuffer,
     /// Batch rows whose logits are wanted.
     out_rows: Vec<usize>,
+    /// DELTA's selections and counters.
+    pub delta: DeltaScratch,
 }
 
 impl Scratch {
@@ -153,6 +159,7 @@ impl Scratch {
             ),
             qbuf: QuantBuffer::default(),
             out_rows: Vec::new(),
+            delta: DeltaScratch::default(),
         }
     }
 }
@@ -223,6 +230,7 @@ impl Model {
             start_pos: start,
             slots: None,
             logits_from,
+            delta: None,
         };
         self.forward_batch(pool, tokens, &[span], kv, s, Rounding::Reference)?;
         kv.len = start + n;
@@ -304,6 +312,9 @@ impl Model {
             trace: Tracer::from_env(),
         };
         s.select_logit_rows(spans);
+        if spans.iter().any(|span| span.delta.is_some()) {
+            s.delta.begin_pass(n);
+        }
         let last_layer = self.weights.layers.len() - 1;
         for l in layers {
             // x += attention(norm(x)); after the last layer's, only the rows whose logits are wanted go on.
@@ -500,15 +511,35 @@ impl Model {
                 kv: &kv.layers[l],
                 slots: span.slots,
             };
-            attend_span(
-                p,
-                &shape,
-                view,
-                span,
+            let (q, out) = (
                 &q[rows.start * q_dim..rows.end * q_dim],
                 &mut s.att[rows.start * att_width..rows.end * att_width],
-                &mut s.att_scratch,
             );
+            match span.delta {
+                // Sliding-window layers keep their window: it is already shorter than any useful budget.
+                Some(config) if shape.window.is_none() => {
+                    let span_rows = SpanRows {
+                        first_row: span.start_row,
+                        len: span.len,
+                        start_pos: span.start_pos,
+                        slots: span.slots,
+                    };
+                    let role = config.role(l);
+                    s.delta.attend(
+                        p.pool,
+                        &shape,
+                        config,
+                        role,
+                        view,
+                        &span_rows,
+                        q,
+                        out,
+                        &mut s.att_scratch,
+                        p.invariant,
+                    );
+                }
+                _ => attend_span(p, &shape, view, span, q, out, &mut s.att_scratch),
+            }
         }
         p.trace
             .record("kqv_out", Some(l), &s.att[..n * att_width], n);
@@ -744,11 +775,9 @@ struct Pass<'a> {
     trace: Tracer,
 }
 
-/// One span's attention over its keys and values, `kv`: its rows of one layer's cache (through its slot list in a
-/// paged pool). `q` holds the span's query rows and `out` receives its `(span.len, n_heads · head_dim_v)` outputs.
-///
-/// This is the seam for sparse attention: DELTA's per-layer selection of KV pages will narrow `kv` to the selected
-/// pages here, leaving the steps around it as they are.
+/// One span's dense attention over its keys and values, `kv`: its rows of one layer's cache (through its slot list in
+/// a paged pool). `q` holds the span's query rows and `out` receives its `(span.len, n_heads · head_dim_v)` outputs.
+/// Spans decoding under DELTA go to [`DeltaScratch::attend`] instead, which narrows `kv` to the selected pages.
 fn attend_span(
     p: &Pass,
     shape: &AttentionShape,

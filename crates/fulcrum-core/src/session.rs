@@ -149,6 +149,7 @@ impl Session {
             start_pos: self.kv.len,
             slots: None,
             logits_from: n - 1,
+            delta: None,
         };
         self.model.embed(last, &mut self.scratch)?;
         captured.clear();
@@ -206,6 +207,7 @@ impl Session {
             start_pos,
             slots: None,
             logits_from: 0,
+            delta: None,
         };
         self.model.run_layers(
             &self.pool,

@@ -24,6 +24,7 @@ fn alone(model: &Model, pool: &ThreadPool, prompt: &[u32]) -> Vec<Vec<f32>> {
             start_pos: done,
             slots: None,
             logits_from: tokens.len() - done - 1,
+            delta: None,
         };
         let logits = model
             .forward_batch(
@@ -84,6 +85,7 @@ fn batched_paged_sequences_match_each_alone() {
                     start_pos: done[i],
                     slots: Some(&slots[i][..]),
                     logits_from: if wants { len - 1 } else { len },
+                    delta: None,
                 },
             ));
             batch.extend_from_slice(&tokens[i][done[i]..done[i] + len]);

@@ -6,7 +6,7 @@
 pub(crate) mod operands;
 pub mod scalar;
 
-pub use operands::{Head, Queries, LANES};
+pub use operands::{Dump, Head, Queries, LANES};
 
 use half::f16;
 use std::ops::Range;
@@ -16,25 +16,29 @@ use std::sync::OnceLock;
 /// attention computes one query: a score is [`scalar::dot`]`(k, q) · scale` and its weight the C library's `expf` of its
 /// distance to the running maximum (both f32), and the weighted values accumulate in `acc` (one row of `hdv` f16 per
 /// query, zeroed by the caller), rescaled with [`scalar::scale`] when the maximum grows. Writes each query's sum of weights to
-/// `sums`.
+/// `sums`. With a `dump`, also writes every score and each query's final maximum there (the arithmetic is unchanged).
 ///
 /// # Panics
-/// If a position's row is outside the cache, or `q`, `acc` or `sums` is too short.
+/// If a position's row is outside the cache, or `q`, `acc`, `sums` or the dump's scores are too short.
 pub fn attend(
     qs: &Queries,
     head: &Head,
     positions: Range<usize>,
     acc: &mut [f16],
     sums: &mut [f32],
+    dump: Option<&mut Dump>,
 ) {
     assert!(
         (1..=LANES).contains(&qs.lanes)
             && qs.q.len().is_multiple_of(qs.lanes)
             && acc.len() >= qs.lanes * qs.hdv
-            && sums.len() >= qs.lanes,
+            && sums.len() >= qs.lanes
+            && dump
+                .as_ref()
+                .is_none_or(|d| d.scores.len() >= positions.len() * LANES),
         "f16 attend shapes"
     );
-    (kernels().attend)(qs, head, positions, acc, sums)
+    (kernels().attend)(qs, head, positions, acc, sums, dump)
 }
 
 struct Kernels {
@@ -61,7 +65,7 @@ fn kernels() -> &'static Kernels {
 }
 
 /// Signature of [`attend`].
-pub type AttendFn = fn(&Queries, &Head, Range<usize>, &mut [f16], &mut [f32]);
+pub type AttendFn = fn(&Queries, &Head, Range<usize>, &mut [f16], &mut [f32], Option<&mut Dump>);
 /// The AVX2 variants of [`attend`] this CPU and C library can run (with the C library's `expf`, and with the port of
 /// it where that matches), for tests that compare them with [`scalar::attend`].
 pub fn simd_attends() -> Vec<AttendFn> {
@@ -122,12 +126,35 @@ mod tests {
             let (mut a, mut b) = (vec![f16::ZERO; lanes * hd], vec![f16::ZERO; lanes * hd]);
             let (mut sa, mut sb) = ([0f32; LANES], [0f32; LANES]);
             let qs = Queries { q: &q, lanes, scale: 0.125, hdv: hd };
-            scalar::attend(&qs, &head, start..len, &mut b, &mut sb);
+            scalar::attend(&qs, &head, start..len, &mut b, &mut sb, None);
+            // A dumping call computes the same bits, and dumps the same scores and maxima.
+            let (mut dump_b, mut max_b) = (vec![f32::NAN; len * LANES], [f32::NAN; LANES]);
+            let mut b2 = vec![f16::ZERO; lanes * hd];
+            let mut sb2 = [0f32; LANES];
+            let mut d = Dump { scores: &mut dump_b, maxes: &mut max_b };
+            scalar::attend(&qs, &head, start..len, &mut b2, &mut sb2, Some(&mut d));
+            prop_assert_eq!(&b2, &b);
+            prop_assert_eq!(sb2.map(f32::to_bits), sb.map(f32::to_bits));
+            for l in 0..lanes {
+                let top = (start..len).map(|p| dump_b[(p - start) * LANES + l]).fold(f32::NEG_INFINITY, f32::max);
+                prop_assert_eq!(top.to_bits(), max_b[l].to_bits());
+            }
             for attend_simd in variants {
                 a.fill(f16::ZERO);
-                attend_simd(&qs, &head, start..len, &mut a, &mut sa);
+                attend_simd(&qs, &head, start..len, &mut a, &mut sa, None);
                 prop_assert_eq!(sa.map(f32::to_bits), sb.map(f32::to_bits));
                 prop_assert_eq!(&a, &b);
+                let (mut dump_a, mut max_a) = (vec![f32::NAN; len * LANES], [f32::NAN; LANES]);
+                a.fill(f16::ZERO);
+                let mut d = Dump { scores: &mut dump_a, maxes: &mut max_a };
+                attend_simd(&qs, &head, start..len, &mut a, &mut sa, Some(&mut d));
+                prop_assert_eq!(&a, &b);
+                for l in 0..lanes {
+                    prop_assert_eq!(max_a[l].to_bits(), max_b[l].to_bits());
+                    for p in 0..len - start {
+                        prop_assert_eq!(dump_a[p * LANES + l].to_bits(), dump_b[p * LANES + l].to_bits());
+                    }
+                }
             }
         }
 

@@ -65,6 +65,7 @@ impl Engine {
             start_pos: 0,
             slots: Some(&slots),
             logits_from: n - 1,
+            delta: None,
         };
         let tokens = vec![0u32; n];
         let started = Instant::now();

@@ -79,6 +79,7 @@ impl DraftModel {
             start_pos: keep,
             slots: lane.slots.map(|s| &s[..end]),
             logits_from: CALIBRATION_ROWS - 1,
+            delta: None,
         };
         let started = Instant::now();
         self.model.forward_batch(
@@ -142,6 +143,7 @@ impl DraftModel {
                     start_pos: fed[i],
                     slots: lane.slots_to(fed[i] + take),
                     logits_from: if finishing { take - 1 } else { take },
+                    delta: None,
                 });
                 tokens.extend_from_slice(&lane.tokens[fed[i]..fed[i] + take]);
                 fed[i] += take;

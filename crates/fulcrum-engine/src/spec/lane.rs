@@ -67,6 +67,7 @@ impl<'a> Lane<'a> {
             start_pos: pos,
             slots: self.slots_to(pos + 1),
             logits_from: 0,
+            delta: None,
         }
     }
 }

@@ -169,6 +169,7 @@ fn forward(
             } else {
                 lane.len
             },
+            delta: None,
         });
         tokens.extend_from_slice(&lane.tokens[lane.start..lane.start + lane.len]);
         tokens.extend_from_slice(lane.draft);

@@ -46,3 +46,10 @@ pub struct Queries<'a> {
     pub scale: f32,
     pub hdv: usize,
 }
+
+/// Where [`super::attend`] also leaves what it computed, for DELTA's page scoring: every score, position-major with
+/// [`LANES`] per position (`scores[(p - positions.start) · LANES + lane]`), and each query's final maximum score.
+pub struct Dump<'a> {
+    pub scores: &'a mut [f32],
+    pub maxes: &'a mut [f32; LANES],
+}

@@ -1,6 +1,6 @@
 //! The scalar reference kernels (public for the property tests that compare them with the SIMD ones).
 
-use super::operands::{Head, Queries};
+use super::operands::{Dump, Head, Queries, LANES};
 use half::f16;
 use std::ops::Range;
 
@@ -14,31 +14,44 @@ pub fn attend(
     positions: Range<usize>,
     acc: &mut [f16],
     sums: &mut [f32],
+    mut dump: Option<&mut Dump>,
 ) {
     let (hd, hdv) = (qs.q.len() / qs.lanes, qs.hdv);
     for l in 0..qs.lanes {
-        sums[l] = attend_one(
+        let scores = dump.as_deref_mut().map(|d| (&mut *d.scores, l));
+        let (sum, max) = attend_one(
             &qs.q[l * hd..][..hd],
             head,
             positions.clone(),
             qs.scale,
             &mut acc[l * hdv..][..hdv],
+            scores,
         );
+        sums[l] = sum;
+        if let Some(d) = dump.as_deref_mut() {
+            d.maxes[l] = max;
+        }
     }
 }
 
-/// One query of [`super::attend`]; returns its sum of weights.
+/// One query of [`super::attend`]; returns its sum of weights and its largest score. With `dump = (scores, lane)`,
+/// writes the score of each position `p` to `scores[(p - positions.start) · LANES + lane]`.
 pub fn attend_one(
     q: &[f32],
     head: &Head,
     positions: Range<usize>,
     scale_by: f32,
     acc: &mut [f16],
-) -> f32 {
+    mut dump: Option<(&mut [f32], usize)>,
+) -> (f32, f32) {
     let hdv = acc.len();
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    let first = positions.start;
     for p in positions {
         let score = dot_with(head.k(p, q.len()), |i| q[i]) * scale_by;
+        if let Some((scores, lane)) = dump.as_mut() {
+            scores[(p - first) * LANES + *lane] = score;
+        }
         let weight = if score > max {
             // A new maximum: rescale what has accumulated so far by exp(old - new).
             let shrink = (max - score).exp();
@@ -53,7 +66,7 @@ pub fn attend_one(
         };
         mad(acc, head.v(p, hdv), weight);
     }
-    sum
+    (sum, max)
 }
 
 /// `x · y`, accumulated as ggml does on AVX2: element `i` of each 32-wide step goes to accumulator `(i / 8) % 4`,

@@ -1,6 +1,6 @@
 //! AVX2 kernels of [`crate::f16vec`]; see there for the arithmetic they reproduce.
 
-use crate::f16vec::operands::{Head, Queries};
+use crate::f16vec::operands::{Dump, Head, Queries};
 use crate::f16vec::scalar;
 use half::f16;
 use std::arch::x86_64::*;
@@ -15,9 +15,10 @@ pub fn attend(
     positions: Range<usize>,
     acc: &mut [f16],
     sums: &mut [f32],
+    dump: Option<&mut Dump>,
 ) {
     // SAFETY: see above; the shapes were checked by `f16vec::attend`.
-    unsafe { attend_avx2::<true>(qs, head, positions, acc, sums) }
+    unsafe { attend_avx2::<true>(qs, head, positions, acc, sums, dump) }
 }
 
 /// [`attend`] with the C library's `expf` lane by lane, for C libraries whose `expf` the port does not match.
@@ -27,9 +28,10 @@ pub fn attend_libm_exp(
     positions: Range<usize>,
     acc: &mut [f16],
     sums: &mut [f32],
+    dump: Option<&mut Dump>,
 ) {
     // SAFETY: see [`attend`].
-    unsafe { attend_avx2::<false>(qs, head, positions, acc, sums) }
+    unsafe { attend_avx2::<false>(qs, head, positions, acc, sums, dump) }
 }
 
 /// The C library's `expf` of each lane.
@@ -54,12 +56,14 @@ unsafe fn attend_avx2<const PORT: bool>(
     positions: Range<usize>,
     acc: &mut [f16],
     sums: &mut [f32],
+    mut dump: Option<&mut Dump>,
 ) {
     let (q, lanes, scale_by, hdv) = (qs.q, qs.lanes, qs.scale, qs.hdv);
     let hd = q.len() / lanes;
     if !hd.is_multiple_of(32) || !hdv.is_multiple_of(8) {
-        return scalar::attend(qs, head, positions, acc, sums);
+        return scalar::attend(qs, head, positions, acc, sums, dump);
     }
+    let first = positions.start;
     let (pq, pacc) = (q.as_ptr(), acc.as_mut_ptr());
     let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
     let mut sum = _mm256_setzero_ps();
@@ -94,8 +98,11 @@ unsafe fn attend_avx2<const PORT: bool>(
         }
         let dots = _mm256_hadd_ps(_mm256_hadd_ps(u[0], u[1]), _mm256_hadd_ps(u[2], u[3]));
         let score = _mm256_mul_ps(dots, scale);
-        // A new maximum: weight 1, and what has accumulated shrinks by exp(old - new); otherwise the weight is
-        // exp(score - max).
+        if let Some(d) = dump.as_deref_mut() {
+            // Bounds checked by `f16vec::attend` (a whole LANES-wide row per position).
+            _mm256_storeu_ps(d.scores[(p - first) * 8..][..8].as_mut_ptr(), score);
+        } // A new maximum: weight 1, and what has accumulated shrinks by exp(old - new); otherwise the weight is
+          // exp(score - max).
         let grows = _mm256_cmp_ps::<_CMP_GT_OQ>(score, max);
         let arg = _mm256_blendv_ps(_mm256_sub_ps(score, max), _mm256_sub_ps(max, score), grows);
         let e = if PORT {
@@ -129,6 +136,9 @@ unsafe fn attend_avx2<const PORT: bool>(
     let mut all = [0f32; 8];
     _mm256_storeu_ps(all.as_mut_ptr(), sum);
     sums[..lanes].copy_from_slice(&all[..lanes]);
+    if let Some(d) = dump {
+        _mm256_storeu_ps(d.maxes.as_mut_ptr(), max);
+    }
 }
 
 #[inline]
