@@ -1,7 +1,7 @@
 //! Pieces shared by the subcommands: loading a model by name or path, sampling flags.
 
 use clap::Args as ClapArgs;
-use fulcrum_core::Model;
+use fulcrum_core::{AttentionMode, DeltaConfig, Model};
 use fulcrum_engine::sampler::SamplerConfig;
 use fulcrum_models as models;
 use fulcrum_models::draft::{draft_weights, DraftWeights};
@@ -167,4 +167,62 @@ pub fn check_threads(n: usize) -> CliResult<usize> {
         .into());
     }
     Ok(n)
+}
+
+/// How decode steps attend: `--attention` and DELTA's settings.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct AttentionArgs {
+    /// Attention of decode steps: `dense` (every position) or `delta` (DELTA's layer-aware sparse attention for
+    /// long contexts; prefill stays dense).
+    #[arg(long, default_value = "dense")]
+    pub attention: AttentionMode,
+    /// DELTA's full-attention layers, comma-separated (default: the paper's 0,1,2,14,22 of 28 layers, scaled by
+    /// relative depth).
+    #[arg(long, value_name = "LIST")]
+    pub delta_layers: Option<String>,
+    /// DELTA's budget: 16-token pages each sparse layer attends to; contexts of no more pages attend densely.
+    #[arg(long, default_value_t = 64, value_name = "PAGES")]
+    pub delta_budget: usize,
+    /// DELTA's recency window: the most recent pages, always attended.
+    #[arg(long, default_value_t = 8, value_name = "PAGES")]
+    pub delta_recent: usize,
+}
+
+impl AttentionArgs {
+    /// DELTA's settings for a model of `n_layers` layers, checked (the error names the flag).
+    pub fn delta_config(&self, n_layers: usize) -> CliResult<DeltaConfig> {
+        let mut config = DeltaConfig::for_model(n_layers);
+        if let Some(list) = &self.delta_layers {
+            config.full_layers = DeltaConfig::parse_layers(list).map_err(|e| format!("--{e}"))?;
+        }
+        config.budget = self.delta_budget;
+        config.recent = self.delta_recent;
+        config.check(n_layers).map_err(|e| {
+            if e.starts_with("delta budget") {
+                format!("--delta-budget: {e}")
+            } else if e.starts_with("delta recency") {
+                format!("--delta-recent: {e}")
+            } else {
+                format!("--{}", e.replacen("delta layers", "delta-layers", 1))
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// The settings decode steps use: DELTA's with `--attention delta`, none for dense.
+    pub fn decode_delta(&self, n_layers: usize) -> CliResult<Option<DeltaConfig>> {
+        let config = self.delta_config(n_layers)?;
+        Ok((self.attention == AttentionMode::Delta).then_some(config))
+    }
+}
+
+/// The `attention` object of `--json` output: the mode, and with DELTA the positions its decode rows attended to
+/// against the positions dense attention reads (summed over rows and layers), and their ratio.
+pub fn attention_json(mode: AttentionMode, (attended, context): (u64, u64)) -> serde_json::Value {
+    serde_json::json!({
+        "mode": mode.to_string(),
+        "attended_tokens": attended,
+        "context_tokens": context,
+        "reduction": if attended == 0 { 1.0 } else { context as f64 / attended as f64 },
+    })
 }

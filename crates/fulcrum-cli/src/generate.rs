@@ -1,8 +1,8 @@
 //! `fulcrum generate`: one prompt in, streamed text out; and the decoding loop `chat` shares.
 
 use crate::common::{
-    check_threads, context_size, load_draft, load_model, CliResult, DraftType, SamplingArgs,
-    DEFAULT_MODEL,
+    attention_json, check_threads, context_size, load_draft, load_model, AttentionArgs, CliResult,
+    DraftType, SamplingArgs, DEFAULT_MODEL,
 };
 use fulcrum_core::{Model, Session};
 use fulcrum_engine::sampler::Sampler;
@@ -57,6 +57,8 @@ pub struct Args {
     draft_type: DraftType,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    attention: AttentionArgs,
 }
 
 /// The speculative driver `--spec` asks for (none for `off`), with its draft model loaded.
@@ -163,6 +165,7 @@ pub fn run(args: Args) -> CliResult {
         threads,
         fulcrum_core::session::DEFAULT_BATCH,
     )?;
+    session.set_delta(args.attention.decode_delta(model.config.n_layers)?)?;
     let mut speculator = speculator(&args, &model, &sampler, n_ctx, threads)?;
     let mut history = Vec::new();
     let stdout = std::io::stdout();
@@ -193,6 +196,7 @@ pub fn run(args: Args) -> CliResult {
             "finish_reason": result.finish_reason.as_str(),
             "seed": seed,
             "speculation": speculator.as_ref().map(spec_json),
+            "attention": attention_json(args.attention.attention, session.attention_counts()),
             "timings": {
                 "prompt_tokens_per_s": prompt_tps,
                 "gen_tokens_per_s": gen_tps,

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Args as ClapArgs;
+use fulcrum_core::AttentionMode;
 use fulcrum_core::Model;
 use fulcrum_engine::chat::ChatTemplate;
 use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Params};
@@ -80,6 +81,9 @@ pub struct Args {
     /// costs where it does not pay); 0 lets the controller fall back to plain decoding.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=18))]
     spec_gamma_min: u64,
+    /// `--attention` is the default of requests that do not choose one ("attention" field: "dense" or "delta").
+    #[command(flatten)]
+    attention: common::AttentionArgs,
 }
 
 struct AppState {
@@ -90,6 +94,8 @@ struct AppState {
     kv_tokens: usize,
     /// Speculation of requests that do not choose.
     spec: Speculation,
+    /// Attention of requests that do not choose.
+    attention: AttentionMode,
     /// The draft model, as named on the command line, and its file stem.
     draft: Option<(String, String)>,
 }
@@ -226,6 +232,7 @@ pub fn run(args: Args) -> CliResult {
             },
             tbt_target: args.tbt_target.0,
             spec_gamma_min: args.spec_gamma_min as usize,
+            delta: args.attention.delta_config(model.config.n_layers)?,
         },
     )?;
     // A registry name as given; a path by its file name.
@@ -241,6 +248,7 @@ pub fn run(args: Args) -> CliResult {
         engine,
         kv_tokens,
         spec: args.spec,
+        attention: args.attention.attention,
         draft: draft_name.map(|n| {
             let stem = std::path::Path::new(&n)
                 .file_stem()
@@ -364,6 +372,18 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "Classifier rows spent on DEL shadow tokens.",
             "counter",
             load(&m.spec_shadow_rows),
+        ),
+        (
+            "attention_attended_tokens_total",
+            "KV positions read by the decode rows of DELTA requests, summed over layers.",
+            "counter",
+            load(&m.attention_attended),
+        ),
+        (
+            "attention_context_tokens_total",
+            "KV positions dense attention would have read for those rows (over attended: DELTA's reduction).",
+            "counter",
+            load(&m.attention_context),
         ),
         (
             "latency_model_correction",
@@ -515,6 +535,7 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
         logprobs: req.logprobs,
         stop_at_eog: true,
         spec,
+        attention: req.attention.unwrap_or(state.attention),
     };
     let (id, events) = state.engine.submit(prompt, params).map_err(|e| match e {
         Rejected::QueueFull(_) => ApiError {

@@ -207,6 +207,7 @@ impl Model {
 
     /// Runs `tokens` at positions `kv.len ..` through the network, appends their keys and values to `kv`, and
     /// returns the logits asked for: `(rows, vocab)` row-major. Rounds exactly as llama.cpp does for this batch.
+    /// With `delta`, the tokens decode under DELTA's sparse attention.
     ///
     /// `tokens.len()` must be at most `scratch.max_batch`; callers split longer inputs.
     pub fn forward<'s>(
@@ -216,6 +217,7 @@ impl Model {
         kv: &mut KvCache,
         s: &'s mut Scratch,
         logits: Logits,
+        delta: Option<&DeltaConfig>,
     ) -> Result<&'s [f32], ModelError> {
         let n = tokens.len();
         let start = kv.len;
@@ -230,7 +232,7 @@ impl Model {
             start_pos: start,
             slots: None,
             logits_from,
-            delta: None,
+            delta,
         };
         self.forward_batch(pool, tokens, &[span], kv, s, Rounding::Reference)?;
         kv.len = start + n;

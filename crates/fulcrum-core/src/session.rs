@@ -1,5 +1,6 @@
 //! A session: one sequence being evaluated, with its KV cache, scratch buffers and thread pool.
 
+use crate::delta::DeltaConfig;
 use crate::error::ModelError;
 use crate::kv::KvCache;
 use crate::model::{Logits, Model, Rounding, Scratch, SeqSpan};
@@ -15,6 +16,8 @@ pub struct Session {
     pub pool: ThreadPool,
     pub kv: KvCache,
     scratch: Scratch,
+    /// DELTA's settings for decode steps (single-token evaluations); `None`: dense attention.
+    delta: Option<DeltaConfig>,
 }
 
 impl Session {
@@ -42,7 +45,29 @@ impl Session {
             pool,
             kv,
             scratch,
+            delta: None,
         })
+    }
+
+    /// Decodes with DELTA's sparse attention from now on (`None`: dense); the settings must suit the model
+    /// ([`DeltaConfig::check`]).
+    pub fn set_delta(&mut self, delta: Option<DeltaConfig>) -> Result<(), String> {
+        if let Some(d) = &delta {
+            d.check(self.model.config.n_layers)?;
+        }
+        self.delta = delta;
+        Ok(())
+    }
+
+    /// DELTA's settings of decode steps, if set.
+    pub fn delta(&self) -> Option<&DeltaConfig> {
+        self.delta.as_ref()
+    }
+
+    /// Positions attended by DELTA's rows so far and positions they would have attended densely, summed over rows and
+    /// layers.
+    pub fn attention_counts(&self) -> (u64, u64) {
+        (self.scratch.delta.attended, self.scratch.delta.context)
     }
 
     /// Positions already in the cache.
@@ -78,16 +103,20 @@ impl Session {
                     &mut self.kv,
                     &mut self.scratch,
                     Logits::Last,
+                    None,
                 )?;
             }
         }
         let last = tokens.chunks(chunk).last().ok_or(ModelError::EmptyBatch)?;
+        // A single-token pass is a decode step.
+        let delta = self.delta.as_ref().filter(|_| last.len() == 1);
         self.model.forward(
             &self.pool,
             last,
             &mut self.kv,
             &mut self.scratch,
             Logits::Last,
+            delta,
         )
     }
 
@@ -101,12 +130,14 @@ impl Session {
             let end = offset + part.len();
             if end > from {
                 let local = from.saturating_sub(offset);
+                let delta = self.delta.as_ref().filter(|_| part.len() == 1);
                 let logits = self.model.forward(
                     &self.pool,
                     part,
                     &mut self.kv,
                     &mut self.scratch,
                     Logits::From(local),
+                    delta,
                 )?;
                 out.extend_from_slice(&logits[..(part.len() - local) * vocab]);
             } else {
@@ -116,6 +147,7 @@ impl Session {
                     &mut self.kv,
                     &mut self.scratch,
                     Logits::Last,
+                    None,
                 )?;
             }
             offset = end;
@@ -246,9 +278,24 @@ impl Session {
             .classify(&self.pool, rows, &mut self.scratch, Rounding::Reference)
     }
 
-    /// The session's thread pool, model, cache and activation buffers, for a driver that runs the layers itself.
-    pub fn parts(&mut self) -> (&ThreadPool, &Model, &mut KvCache, &mut Scratch) {
-        (&self.pool, &self.model, &mut self.kv, &mut self.scratch)
+    /// The session's thread pool, model, cache, activation buffers and DELTA settings, for a driver that runs the
+    /// layers itself.
+    pub fn parts(
+        &mut self,
+    ) -> (
+        &ThreadPool,
+        &Model,
+        &mut KvCache,
+        &mut Scratch,
+        Option<&DeltaConfig>,
+    ) {
+        (
+            &self.pool,
+            &self.model,
+            &mut self.kv,
+            &mut self.scratch,
+            self.delta.as_ref(),
+        )
     }
 
     /// Declares positions `0..len` complete in every layer (after a speculative round).

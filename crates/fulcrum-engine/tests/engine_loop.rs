@@ -31,6 +31,7 @@ fn start(model: &Arc<Model>) -> EngineHandle {
             },
             tbt_target: None,
             spec_gamma_min: 0,
+            delta: fulcrum_core::DeltaConfig::for_model(model.config.n_layers),
         },
     )
     .expect("engine starts")
@@ -43,6 +44,7 @@ fn params(max_tokens: usize, spec: Speculation) -> Params {
         logprobs: None,
         stop_at_eog: false,
         spec,
+        attention: fulcrum_core::AttentionMode::Dense,
     }
 }
 

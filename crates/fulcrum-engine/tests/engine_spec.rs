@@ -41,6 +41,7 @@ fn start(model: &Arc<Model>, draft: Option<&Arc<Model>>, spec_gamma_min: usize) 
             },
             tbt_target: None,
             spec_gamma_min,
+            delta: fulcrum_core::DeltaConfig::for_model(model.config.n_layers),
         },
     )
     .expect("engine starts")
@@ -70,6 +71,7 @@ fn generate(
                 logprobs: None,
                 stop_at_eog: true,
                 spec: spec.clone(),
+                attention: fulcrum_core::AttentionMode::Dense,
             };
             engine.submit(prompt, params).expect("accepted").1
         })
@@ -118,6 +120,7 @@ fn del_and_auto_in_the_engine_are_lossless() {
         logprobs: None,
         stop_at_eog: true,
         spec: Speculation::Del,
+        attention: fulcrum_core::AttentionMode::Dense,
     };
     let rx = engine.submit(prompt, params).expect("accepted").1;
     for event in rx {

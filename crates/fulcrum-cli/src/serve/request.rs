@@ -1,6 +1,7 @@
 //! Parsing of OpenAI-style request bodies into what the engine needs, with OpenAI-shaped errors. Unknown fields are
 //! ignored; known fields with wrong types or values are a 400 that names the field.
 
+use fulcrum_core::AttentionMode;
 use fulcrum_engine::chat::Message;
 use fulcrum_engine::sampler::SamplerConfig;
 use fulcrum_engine::spec::Speculation;
@@ -38,6 +39,8 @@ pub struct Request {
     pub logprobs: Option<usize>,
     /// Speculation asked for (`"spec"`, any `--spec` value); `None`: the server's default.
     pub spec: Option<Speculation>,
+    /// Attention asked for (`"attention"`: `"dense"` or `"delta"`); `None`: the server's default.
+    pub attention: Option<AttentionMode>,
 }
 
 fn number(body: &Value, key: &str) -> Result<Option<f64>, BadRequest> {
@@ -217,6 +220,19 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
             ))
         }
     };
+    let attention = match body.get("attention") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(mode)) => Some(
+            mode.parse::<AttentionMode>()
+                .map_err(|e| bad("attention", e))?,
+        ),
+        Some(_) => {
+            return Err(bad(
+                "attention",
+                "'attention' must be the string \"dense\" or \"delta\"",
+            ))
+        }
+    };
     Ok(Request {
         prompt,
         max_tokens,
@@ -235,6 +251,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
         include_usage,
         logprobs,
         spec,
+        attention,
     })
 }
 

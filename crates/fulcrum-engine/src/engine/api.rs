@@ -6,12 +6,13 @@ use crate::latency::TbtTarget;
 use crate::sampler::SamplerConfig;
 use crate::scheduler::{Limits, Rejected};
 use crate::spec::Speculation;
+use fulcrum_core::{AttentionMode, DeltaConfig};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 
 /// Sizes of an engine.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub threads: usize,
     /// KV slots in the pool, over all sequences.
@@ -28,6 +29,8 @@ pub struct EngineConfig {
     /// DEL's γ_min for `del` and `auto` requests: with 1 or more they always draft, even where plain decoding pays
     /// better (0: the controller may choose plain decoding).
     pub spec_gamma_min: usize,
+    /// DELTA's settings, used by requests whose `attention` is [`AttentionMode::Delta`].
+    pub delta: DeltaConfig,
 }
 
 /// What a request asks for.
@@ -41,6 +44,8 @@ pub struct Params {
     pub stop_at_eog: bool,
     /// How its decode steps speculate.
     pub spec: Speculation,
+    /// How its decode steps attend: densely, or with DELTA's sparse attention.
+    pub attention: AttentionMode,
 }
 
 /// Why generation ended.
@@ -93,6 +98,9 @@ pub enum StartError {
     /// The draft model cannot draft for the target.
     #[error(transparent)]
     Draft(#[from] crate::spec::SpecError),
+    /// DELTA's settings do not suit the model.
+    #[error("{0}")]
+    Delta(String),
     /// The operating system refused a thread.
     #[error("cannot start the engine thread: {0}")]
     Thread(std::io::Error),

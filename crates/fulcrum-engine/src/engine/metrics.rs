@@ -24,6 +24,10 @@ pub struct Metrics {
     /// Rounds of DEL shadow tokens (every candidate exit's prediction, for the statistics), and their rows.
     pub spec_shadow_rounds: AtomicU64,
     pub spec_shadow_rows: AtomicU64,
+    /// Positions DELTA requests' decode rows attended to, summed over rows and layers, and the positions dense
+    /// attention would have read for them (their ratio is DELTA's reduction).
+    pub attention_attended: AtomicU64,
+    pub attention_context: AtomicU64,
     /// The latency model's measured-to-predicted ratio × 10⁶ (0 without a model).
     pub latency_correction_ppm: AtomicU64,
     /// Time to first token and between tokens, in seconds.

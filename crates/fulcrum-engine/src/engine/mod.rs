@@ -43,6 +43,10 @@ pub fn start(
     draft: Option<Arc<Model>>,
     config: EngineConfig,
 ) -> Result<EngineHandle, StartError> {
+    config
+        .delta
+        .check(model.config.n_layers)
+        .map_err(StartError::Delta)?;
     let n_blocks = config.kv_tokens / config.block_size;
     let threads = ThreadPool::new(config.threads);
     let draft = match draft {
@@ -157,7 +161,7 @@ impl Engine {
             draft,
         };
         let model = engine.calibrate();
-        if let Some(target) = config.tbt_target {
+        if let Some(target) = engine.config.tbt_target {
             engine.latency = Some((model, target));
         }
         engine

@@ -8,6 +8,7 @@ use crate::scheduler::{Shape, Step, Work};
 use crate::spec::controller::Batch;
 use crate::spec::step::{self, StepOptions, Verified};
 use crate::spec::{Lane, Progress, Runner};
+use fulcrum_core::AttentionMode;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
@@ -86,6 +87,11 @@ impl Engine {
                 .store((model.correction * 1e6) as u64, Ordering::Relaxed);
         }
         let m = &self.metrics;
+        let delta = &mut self.scratch.delta;
+        m.attention_attended
+            .fetch_add(std::mem::take(&mut delta.attended), Ordering::Relaxed);
+        m.attention_context
+            .fetch_add(std::mem::take(&mut delta.context), Ordering::Relaxed);
         m.spec_shadow_rows
             .fetch_add(verified.shadow_rows as u64, Ordering::Relaxed);
         m.spec_shadow_rounds
@@ -177,6 +183,7 @@ impl Engine {
                 draft: &mut w.draft,
                 state: req.spec.as_deref_mut(),
                 sampler: &mut req.sampler,
+                delta: (req.params.attention == AttentionMode::Delta).then_some(&self.config.delta),
             });
         }
         if lanes.len() != n_work {

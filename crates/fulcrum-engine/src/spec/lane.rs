@@ -7,7 +7,7 @@ use super::policy::{Policy, Progress};
 use crate::sampler::{Sampler, SamplerConfig};
 use fulcrum_core::kv::KvCache;
 use fulcrum_core::model::Scratch;
-use fulcrum_core::{Model, ModelError, Rounding, SeqSpan, ThreadPool};
+use fulcrum_core::{DeltaConfig, Model, ModelError, Rounding, SeqSpan, ThreadPool};
 
 /// What a forward pass runs on: the thread pool, a model, its KV rows (a sequence's contiguous cache or a paged
 /// pool) and its activation buffers.
@@ -37,9 +37,16 @@ pub struct Lane<'a> {
     /// Its speculation state (`None`: it does not speculate).
     pub state: Option<&'a mut SpecState>,
     pub sampler: &'a mut Sampler,
+    /// DELTA's settings when its decode steps (and their drafts and verification rows) attend sparsely.
+    pub delta: Option<&'a DeltaConfig>,
 }
 
 impl<'a> Lane<'a> {
+    /// DELTA's settings for its rows in a verifying pass: a decode step's, never a prompt chunk's.
+    pub fn span_delta(&self) -> Option<&'a DeltaConfig> {
+        self.delta.filter(|_| self.decode)
+    }
+
     /// Rows it adds to the batch: its fed tokens and its draft.
     pub fn rows(&self) -> usize {
         self.len + self.draft.len()
@@ -67,7 +74,7 @@ impl<'a> Lane<'a> {
             start_pos: pos,
             slots: self.slots_to(pos + 1),
             logits_from: 0,
-            delta: None,
+            delta: self.delta,
         }
     }
 }

@@ -220,6 +220,7 @@ mod tests {
             draft: &mut draft,
             state: Some(&mut state),
             sampler: &mut sampler,
+            delta: None,
         }];
         let c = captures(&mut lanes, None, &Timings::default());
         assert_eq!(c.iter().map(|c| c.exit).collect::<Vec<_>>(), exits);
@@ -260,6 +261,7 @@ mod tests {
             draft: &mut draft,
             state: Some(&mut state),
             sampler: &mut sampler,
+            delta: None,
         }];
         let c = captures(&mut lanes, None, &Timings::default());
         let window = SpecOptions::default().init_window;

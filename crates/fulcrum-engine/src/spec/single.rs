@@ -193,7 +193,7 @@ impl Speculator {
             draft_behind: 0,
             typical: self.answer_len,
         };
-        let (pool, model, kv, scratch) = session.parts();
+        let (pool, model, kv, scratch, delta) = session.parts();
         let mut lane = Lane {
             tokens: history,
             start: pos,
@@ -204,6 +204,7 @@ impl Speculator {
             draft: &mut self.draft_tokens,
             state: Some(&mut self.state),
             sampler,
+            delta,
         };
         if let (Some(draft), Speculation::Auto) = (&mut self.draft, &self.mode) {
             // auto's first round times the draft model's batches, so that its first probe is priced right.

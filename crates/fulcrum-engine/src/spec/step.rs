@@ -101,8 +101,14 @@ fn fill_drafts(
         })
         .collect();
     exits.sort_unstable();
+    // A resumed pass would start after DELTA's planners, without the selections its sparse layers need.
+    let sparse = lanes.iter().any(|lane| lane.span_delta().is_some());
     let mut resume = match exits.first() {
-        Some(&(e, _)) if exits.len() == lanes.len() && exits.iter().all(|x| x.0 == e) => Some(e),
+        Some(&(e, _))
+            if !sparse && exits.len() == lanes.len() && exits.iter().all(|x| x.0 == e) =>
+        {
+            Some(e)
+        }
         _ => None,
     };
     if !with_model.is_empty() {
@@ -169,7 +175,7 @@ fn forward(
             } else {
                 lane.len
             },
-            delta: None,
+            delta: lane.span_delta(),
         });
         tokens.extend_from_slice(&lane.tokens[lane.start..lane.start + lane.len]);
         tokens.extend_from_slice(lane.draft);
