@@ -176,6 +176,13 @@ pub struct AttentionArgs {
     /// long contexts; prefill stays dense).
     #[arg(long, default_value = "dense")]
     pub attention: AttentionMode,
+    #[command(flatten)]
+    pub delta: DeltaArgs,
+}
+
+/// DELTA's settings.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct DeltaArgs {
     /// DELTA's full-attention layers, comma-separated (default: the paper's 0,1,2,14,22 of 28 layers, scaled by
     /// relative depth).
     #[arg(long, value_name = "LIST")]
@@ -188,9 +195,9 @@ pub struct AttentionArgs {
     pub delta_recent: usize,
 }
 
-impl AttentionArgs {
+impl DeltaArgs {
     /// DELTA's settings for a model of `n_layers` layers, checked (the error names the flag).
-    pub fn delta_config(&self, n_layers: usize) -> CliResult<DeltaConfig> {
+    pub fn config(&self, n_layers: usize) -> CliResult<DeltaConfig> {
         let mut config = DeltaConfig::for_model(n_layers);
         if let Some(list) = &self.delta_layers {
             config.full_layers = DeltaConfig::parse_layers(list).map_err(|e| format!("--{e}"))?;
@@ -207,6 +214,28 @@ impl AttentionArgs {
             }
         })?;
         Ok(config)
+    }
+
+    /// The settings of each mode of a comma-separated `--modes` list (`dense` → `None`, `delta` → DELTA's).
+    pub fn modes(
+        &self,
+        list: &str,
+        n_layers: usize,
+    ) -> CliResult<Vec<(AttentionMode, Option<DeltaConfig>)>> {
+        let config = self.config(n_layers)?;
+        list.split(',')
+            .map(|m| {
+                let mode: AttentionMode = m.trim().parse().map_err(|e| format!("--modes: {e}"))?;
+                Ok((mode, (mode == AttentionMode::Delta).then(|| config.clone())))
+            })
+            .collect()
+    }
+}
+
+impl AttentionArgs {
+    /// DELTA's settings for a model of `n_layers` layers, checked (the error names the flag).
+    pub fn delta_config(&self, n_layers: usize) -> CliResult<DeltaConfig> {
+        self.delta.config(n_layers)
     }
 
     /// The settings decode steps use: DELTA's with `--attention delta`, none for dense.

@@ -1,6 +1,10 @@
 //! Evaluation of a model on a text: perplexity as llama.cpp's `llama-perplexity` computes it (windows of the
 //! context's length, each scored on its second half, the first token of each window replaced by BOS where the model
-//! adds one).
+//! adds one); decode-scored perplexity of long windows ([`tail`]) and a needle-in-a-haystack set ([`needle`]), which
+//! measure what DELTA's sparse decoding changes.
+
+pub mod needle;
+pub mod tail;
 
 use fulcrum_core::{ModelError, Session};
 
