@@ -41,7 +41,7 @@ fn the_needle_is_found_with_and_without_delta_and_answers_are_stable() {
     }
     let delta = &first[1];
     assert!(
-        delta.attended * 3 < delta.context,
+        delta.attended * 2 < delta.context,
         "{} of {}",
         delta.attended,
         delta.context
