@@ -1,9 +1,10 @@
 //! `fulcrum bench`: prompt-processing and generation speed, measured the way llama-bench does.
 
-use crate::common::{check_threads, load_model, CliResult, DEFAULT_MODEL};
+use crate::common::{attention_json, check_threads, load_model, CliResult, DeltaArgs, DEFAULT_MODEL};
 use fulcrum_core::roofline::{self, Bandwidth, DecodeBytes};
-use fulcrum_core::Session;
+use fulcrum_core::{AttentionMode, Session};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Arguments of `fulcrum bench`.
@@ -37,6 +38,12 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Attention of the generation test: dense, delta, or both (dense,delta), each decoded from the same prefilled
+    /// depth.
+    #[arg(long, default_value = "dense")]
+    attention: String,
+    #[command(flatten)]
+    delta: DeltaArgs,
     #[command(subcommand)]
     what: Option<Benchmark>,
 }
@@ -145,6 +152,7 @@ pub fn run(args: Args) -> CliResult {
         return Err("--reps must be at least 1".into());
     }
     let model = load_model(&args.model, !args.json)?;
+    let modes = args.delta.modes("attention", &args.attention, model.config.n_layers)?;
     let vocab = model.config.vocab_size as u32;
     let n_ctx = args
         .depth
@@ -208,8 +216,13 @@ pub fn run(args: Args) -> CliResult {
         let rounding = if args.invariant { " invariant" } else { "" };
         results.push((format!("pp{}{suffix}{rounding}", args.n_prompt), rates));
     }
-    if args.n_gen > 0 {
+    let mut attention = BTreeMap::new();
+    for (mode, delta) in modes.iter().filter(|_| args.n_gen > 0) {
         let mut rates = Vec::new();
+        session.set_delta(delta.clone())?;
+        let counted = session.attention_counts();
+        // Every mode decodes the same tokens.
+        let mut stream = TokenStream(7, vocab);
         for rep in 0..=args.reps {
             prepare(&mut session)?;
             let mut token = model.tokenizer.bos().unwrap_or(0);
@@ -223,7 +236,14 @@ pub fn run(args: Args) -> CliResult {
                 rates.push(rate);
             }
         }
-        results.push((format!("tg{}{suffix}", args.n_gen), rates));
+        session.set_delta(None)?;
+        let name = match mode {
+            AttentionMode::Dense => format!("tg{}{suffix}", args.n_gen),
+            AttentionMode::Delta => format!("tg{}{suffix} delta", args.n_gen),
+        };
+        let (a, c) = session.attention_counts();
+        attention.insert(name.clone(), attention_json(*mode, (a - counted.0, c - counted.1)));
+        results.push((name, rates));
     }
     // Peak memory of the tests themselves, before the bandwidth test's buffer.
     let peak_rss = peak_rss_bytes();
@@ -254,6 +274,9 @@ pub fn run(args: Args) -> CliResult {
                 let mut result = json!({"test": test, "tokens_per_s": {"mean": mean, "stddev": stddev}, "samples": rates});
                 if let Some(r) = roofline.as_ref().filter(|r| &r.test == test) {
                     result["roofline"] = r.to_json();
+                }
+                if let Some(a) = attention.get(test) {
+                    result["attention"] = a.clone();
                 }
                 result
             }).collect::<Vec<_>>(),

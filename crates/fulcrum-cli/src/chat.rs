@@ -29,6 +29,8 @@ pub struct Args {
     ctx: Option<usize>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    attention: crate::common::AttentionArgs,
 }
 
 /// Runs `fulcrum chat`: reads user turns from stdin until end of input or `/exit`.
@@ -46,6 +48,7 @@ pub fn run(args: Args) -> CliResult {
         check_threads(args.threads)?,
         fulcrum_core::session::DEFAULT_BATCH,
     )?;
+    session.set_delta(args.attention.decode_delta(model.config.n_layers)?)?;
     let mut messages: Vec<Message> = Vec::new();
     if let Some(s) = &args.system {
         messages.push(Message {

@@ -216,16 +216,17 @@ impl DeltaArgs {
         Ok(config)
     }
 
-    /// The settings of each mode of a comma-separated `--modes` list (`dense` → `None`, `delta` → DELTA's).
+    /// The settings of each mode of a comma-separated list given as `flag` (`dense` → `None`, `delta` → DELTA's).
     pub fn modes(
         &self,
+        flag: &str,
         list: &str,
         n_layers: usize,
     ) -> CliResult<Vec<(AttentionMode, Option<DeltaConfig>)>> {
         let config = self.config(n_layers)?;
         list.split(',')
             .map(|m| {
-                let mode: AttentionMode = m.trim().parse().map_err(|e| format!("--modes: {e}"))?;
+                let mode: AttentionMode = m.trim().parse().map_err(|e| format!("--{flag}: {e}"))?;
                 Ok((mode, (mode == AttentionMode::Delta).then(|| config.clone())))
             })
             .collect()

@@ -116,7 +116,7 @@ fn needle_set(args: NeedleArgs) -> CliResult {
         return Err("--lengths: each length must be at least 64 tokens".into());
     }
     let model = load_model(&args.model, !args.json)?;
-    let modes = args.delta.modes(&args.modes, model.config.n_layers)?;
+    let modes = args.delta.modes("modes", &args.modes, model.config.n_layers)?;
     let longest = lengths.iter().copied().max().unwrap_or(0) + args.max_tokens + 64;
     let n_ctx = context_size(&model, Some(longest))?;
     let mut session = Session::new(model.clone(), n_ctx, check_threads(args.threads)?, 512)?;
@@ -211,7 +211,7 @@ fn decode_scored(args: PplArgs) -> CliResult {
         )
         .into());
     }
-    let modes = args.delta.modes(&args.modes, model.config.n_layers)?;
+    let modes = args.delta.modes("modes", &args.modes, model.config.n_layers)?;
     let tokens = model.tokenizer.encode(&text, true, false);
     let available = tokens.len() / n_ctx;
     if available == 0 {
