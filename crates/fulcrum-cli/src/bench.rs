@@ -1,6 +1,8 @@
 //! `fulcrum bench`: prompt-processing and generation speed, measured the way llama-bench does.
 
-use crate::common::{attention_json, check_threads, load_model, CliResult, DeltaArgs, DEFAULT_MODEL};
+use crate::common::{
+    attention_json, check_threads, load_model, CliResult, DeltaArgs, DEFAULT_MODEL,
+};
 use fulcrum_core::roofline::{self, Bandwidth, DecodeBytes};
 use fulcrum_core::{AttentionMode, Session};
 use serde_json::json;
@@ -152,7 +154,9 @@ pub fn run(args: Args) -> CliResult {
         return Err("--reps must be at least 1".into());
     }
     let model = load_model(&args.model, !args.json)?;
-    let modes = args.delta.modes("attention", &args.attention, model.config.n_layers)?;
+    let modes = args
+        .delta
+        .modes("attention", &args.attention, model.config.n_layers)?;
     let vocab = model.config.vocab_size as u32;
     let n_ctx = args
         .depth
@@ -242,7 +246,10 @@ pub fn run(args: Args) -> CliResult {
             AttentionMode::Delta => format!("tg{}{suffix} delta", args.n_gen),
         };
         let (a, c) = session.attention_counts();
-        attention.insert(name.clone(), attention_json(*mode, (a - counted.0, c - counted.1)));
+        attention.insert(
+            name.clone(),
+            attention_json(*mode, (a - counted.0, c - counted.1)),
+        );
         results.push((name, rates));
     }
     // Peak memory of the tests themselves, before the bandwidth test's buffer.

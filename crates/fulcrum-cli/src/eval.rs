@@ -20,10 +20,10 @@ pub struct Args {
 #[derive(clap::Subcommand)]
 enum What {
     /// Perplexity over windows of --ctx tokens, scoring the second half of each window (or, with --decode-tail,
-    /// its last tokens one decode step at a time, under each of --modes).
+    /// its last tokens one decode step at a time, under each of --attention).
     Ppl(PplArgs),
     /// Needle in a haystack: a fact hidden at several depths of long prompts, a question at the end, the greedy
-    /// answer checked by string match; accuracy per length and depth under each of --modes.
+    /// answer checked by string match; accuracy per length and depth under each of --attention.
     Needle(NeedleArgs),
 }
 
@@ -41,7 +41,7 @@ pub struct NeedleArgs {
     depths: String,
     /// Attention modes to answer under, comma-separated, each from the same prefilled prompt.
     #[arg(long, default_value = "dense,delta")]
-    modes: String,
+    attention: String,
     #[command(flatten)]
     delta: DeltaArgs,
     /// Most tokens of an answer.
@@ -76,12 +76,12 @@ pub struct PplArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-    /// Score each window's last N tokens by decode steps (its head prefilled densely), under each of --modes.
+    /// Score each window's last N tokens by decode steps (its head prefilled densely), under each of --attention.
     #[arg(long, value_name = "N")]
     decode_tail: Option<usize>,
     /// With --decode-tail: attention modes to score under, comma-separated, from the same prefilled head.
     #[arg(long, default_value = "dense,delta")]
-    modes: String,
+    attention: String,
     #[command(flatten)]
     delta: DeltaArgs,
 }
@@ -116,7 +116,9 @@ fn needle_set(args: NeedleArgs) -> CliResult {
         return Err("--lengths: each length must be at least 64 tokens".into());
     }
     let model = load_model(&args.model, !args.json)?;
-    let modes = args.delta.modes("modes", &args.modes, model.config.n_layers)?;
+    let modes = args
+        .delta
+        .modes("attention", &args.attention, model.config.n_layers)?;
     let longest = lengths.iter().copied().max().unwrap_or(0) + args.max_tokens + 64;
     let n_ctx = context_size(&model, Some(longest))?;
     let mut session = Session::new(model.clone(), n_ctx, check_threads(args.threads)?, 512)?;
@@ -211,7 +213,9 @@ fn decode_scored(args: PplArgs) -> CliResult {
         )
         .into());
     }
-    let modes = args.delta.modes("modes", &args.modes, model.config.n_layers)?;
+    let modes = args
+        .delta
+        .modes("attention", &args.attention, model.config.n_layers)?;
     let tokens = model.tokenizer.encode(&text, true, false);
     let available = tokens.len() / n_ctx;
     if available == 0 {

@@ -43,9 +43,9 @@ pub struct Args {
     /// Compute threads.
     #[arg(short, long, default_value_t = fulcrum_core::threads::default_threads())]
     threads: usize,
-    /// Memory for the KV cache pool, in MiB.
-    #[arg(long, default_value_t = 512)]
-    kv_memory: usize,
+    /// Memory for the KV cache pool, in MiB (default: 512, or as much as one sequence of --ctx needs if more).
+    #[arg(long)]
+    kv_memory: Option<usize>,
     /// Longest sequence (prompt and output) per request; default: the model's context, capped at 8192.
     #[arg(long)]
     ctx: Option<usize>,
@@ -200,17 +200,21 @@ pub fn run(args: Args) -> CliResult {
     };
     let block_size = 16;
     let bytes_per_token = c.n_layers * c.kv_row_bytes();
-    let kv_tokens = (args.kv_memory << 20) / bytes_per_token / block_size * block_size;
+    // By default at least one whole sequence fits (a 32k context of the 1.5B needs ~900 MiB).
+    let kv_memory = args.kv_memory.unwrap_or_else(|| {
+        ((max_seq_len + block_size) * bytes_per_token)
+            .div_ceil(1 << 20)
+            .max(512)
+    });
+    let kv_tokens = (kv_memory << 20) / bytes_per_token / block_size * block_size;
     if kv_tokens < max_seq_len {
         return Err(format!(
-            "--kv-memory {} MiB holds {kv_tokens} tokens, fewer than one sequence of {max_seq_len}; raise it or lower --ctx",
-            args.kv_memory
+            "--kv-memory {kv_memory} MiB holds {kv_tokens} tokens, fewer than one sequence of {max_seq_len}; raise it or lower --ctx"
         )
         .into());
     }
     eprintln!(
-        "KV cache: {} MiB = {kv_tokens} tokens in blocks of {block_size}; sequences up to {max_seq_len} tokens",
-        args.kv_memory
+        "KV cache: {kv_memory} MiB = {kv_tokens} tokens in blocks of {block_size}; sequences up to {max_seq_len} tokens"
     );
     if let Some(d) = &draft {
         let mib = (kv_tokens * d.config.n_layers * d.config.kv_row_bytes()) >> 20;

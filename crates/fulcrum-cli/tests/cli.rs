@@ -508,3 +508,39 @@ fn a_wide_draft_model_is_requantized_once_and_drafting_stays_lossless() {
     assert_eq!(run(&draft_spec, "keep"), plain);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bad_delta_settings_name_the_flag() {
+    let m = model("gemma3-270m");
+    let path = m.path.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "-m", path, "--prompt", "hi", "-n", "1"];
+        args.extend_from_slice(extra);
+        fulcrum(&args)
+    };
+    assert_clean_failure(
+        &run(&["--attention", "delta", "--delta-layers", "0,1,99"]),
+        "--delta-layers: layer 99 is outside the model's 18 layers",
+    );
+    assert_clean_failure(&run(&["--delta-budget", "0"]), "--delta-budget");
+    assert_clean_failure(&run(&["--delta-layers", "3,7"]), "layer 0 must be");
+    let out = run(&["--attention", "sparse"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("unknown attention mode 'sparse'"),
+        "{stderr}"
+    );
+    assert_clean_failure(
+        &fulcrum(&[
+            "eval",
+            "needle",
+            "-m",
+            path,
+            "--lengths",
+            "4096",
+            "--depths",
+            "1.5",
+        ]),
+        "--depths: 1.5 is outside 0 to 1",
+    );
+}

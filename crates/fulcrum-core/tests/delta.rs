@@ -194,3 +194,58 @@ fn sparse_decode_is_the_same_batched_alone_and_verified_at_once() {
         }
     }
 }
+
+#[test]
+fn batched_with_a_budget_covering_the_context_is_dense_bit_for_bit() {
+    let model = model("qwen2.5-coder-0.5b-instruct");
+    let pool = ThreadPool::new(2);
+    let wide = DeltaConfig {
+        budget: 1000,
+        ..DeltaConfig::for_model(model.config.n_layers)
+    };
+    let prompts = [long_prompt(&model, 120), long_prompt(&model, 90)];
+    let follow: [u32; 3] = [279, 1879, 315];
+    let n_rows = 32 * 16;
+    let run = |delta: Option<&DeltaConfig>| {
+        let mut kv = model.new_kv_cache(n_rows);
+        let mut s = Scratch::new(&model.config, 512, n_rows, 2);
+        let slots: Vec<Vec<u32>> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| scattered(p.len() + 3, 1 + i as u32, 2))
+            .collect();
+        for (prompt, slots) in prompts.iter().zip(&slots) {
+            prefill(&model, &pool, &mut kv, &mut s, prompt, slots);
+        }
+        let spans: Vec<SeqSpan> = prompts
+            .iter()
+            .zip(&slots)
+            .enumerate()
+            .map(|(i, (prompt, slots))| SeqSpan {
+                start_row: 3 * i,
+                len: 3,
+                start_pos: prompt.len(),
+                slots: Some(slots),
+                logits_from: 0,
+                delta,
+            })
+            .collect();
+        let tokens: Vec<u32> = follow.iter().chain(&follow).copied().collect();
+        model
+            .forward_batch(
+                &pool,
+                &tokens,
+                &spans,
+                &mut kv,
+                &mut s,
+                Rounding::BatchInvariant,
+            )
+            .unwrap()
+            .to_vec()
+    };
+    let (dense, delta) = (run(None), run(Some(&wide)));
+    assert!(dense
+        .iter()
+        .zip(&delta)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}

@@ -289,6 +289,8 @@ mod tests {
             (br#"{"prompt":"hi","logit_bias":{"x":1}}"#, "logit_bias"),
             (br#"{"prompt":"hi","logit_bias":{"7":-101}}"#, "logit_bias"),
             (br#"{"prompt":"hi","logit_bias":[1]}"#, "logit_bias"),
+            (br#"{"prompt":"hi","attention":"sparse"}"#, "attention"),
+            (br#"{"prompt":"hi","attention":true}"#, "attention"),
         ] {
             let e = parse(body, false).err().expect("rejected");
             assert_eq!(e.param.as_deref(), Some(param));
@@ -303,5 +305,8 @@ mod tests {
         assert_eq!(chat.logprobs, Some(2));
         let biased = parse(br#"{"prompt":"hi","logit_bias":{"151645":-100}}"#, false).unwrap();
         assert_eq!(biased.sampler.logit_bias, [(151645, -100.0)]);
+        let delta = parse(br#"{"prompt":"hi","attention":"delta"}"#, false).unwrap();
+        assert_eq!(delta.attention, Some(AttentionMode::Delta));
+        assert_eq!(parse(br#"{"prompt":"hi"}"#, false).unwrap().attention, None);
     }
 }
