@@ -159,15 +159,12 @@ fn online<'a>(
     let wanted = pool.n_threads().div_ceil(n * s.n_kv_heads);
     let lanes = group.div_ceil(wanted.clamp(min_chunks, group));
     let chunks = group.div_ceil(lanes);
-    let dump = dump.map(|d| {
+    let dump_ptrs = dump.map(|d| {
         let stride = (0..n).map(|t| keys(t).1.len()).max().unwrap_or(0);
         d.prepare(n, s.n_kv_heads, group, (chunks, lanes), stride);
-        d
-    });
-    let dump_ptrs = dump.as_ref().map(|d| {
         (
-            SharedMut(d.scores.as_ptr() as *mut f32),
-            SharedMut(d.lse.as_ptr() as *mut f32),
+            SharedMut(d.scores.as_mut_ptr()),
+            SharedMut(d.lse.as_mut_ptr()),
             d.stride,
         )
     });
