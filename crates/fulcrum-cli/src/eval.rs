@@ -216,16 +216,7 @@ fn decode_scored(args: PplArgs) -> CliResult {
     let modes = args
         .delta
         .modes("attention", &args.attention, model.config.n_layers)?;
-    let tokens = model.tokenizer.encode(&text, true, false);
-    let available = tokens.len() / n_ctx;
-    if available == 0 {
-        return Err(format!(
-            "the text has {} tokens; it needs at least --ctx {n_ctx}",
-            tokens.len()
-        )
-        .into());
-    }
-    let n_chunks = args.chunks.map_or(available, |c| c.min(available));
+    let (tokens, n_chunks) = windows(&model, &text, n_ctx, args.chunks)?;
     let mut session = Session::new(model.clone(), n_ctx, check_threads(args.threads)?, 512)?;
     let configs: Vec<_> = modes.iter().map(|(_, c)| c.clone()).collect();
     let json_out = args.json;
@@ -267,6 +258,27 @@ fn decode_scored(args: PplArgs) -> CliResult {
     Ok(())
 }
 
+/// The text's tokens and how many whole windows of `n_ctx` to score (at most `chunks`). As llama.cpp: BOS per the
+/// model's flag, special-token text left as text.
+fn windows(
+    model: &fulcrum_core::Model,
+    text: &str,
+    n_ctx: usize,
+    chunks: Option<usize>,
+) -> CliResult<(Vec<u32>, usize)> {
+    let tokens = model.tokenizer.encode(text, true, false);
+    let available = tokens.len() / n_ctx;
+    if available == 0 {
+        return Err(format!(
+            "the text has {} tokens; it needs at least --ctx {n_ctx}",
+            tokens.len()
+        )
+        .into());
+    }
+    let n_chunks = chunks.map_or(available, |c| c.min(available));
+    Ok((tokens, n_chunks))
+}
+
 fn perplexity(args: PplArgs) -> CliResult {
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
@@ -278,18 +290,7 @@ fn perplexity(args: PplArgs) -> CliResult {
     }
     let model = load_model(&args.model, !args.json)?;
     let n_ctx = context_size(&model, Some(args.ctx))?;
-    let tok = &model.tokenizer;
-    // As llama.cpp: BOS per the model's flag, special-token text left as text.
-    let tokens = tok.encode(&text, true, false);
-    let available = tokens.len() / n_ctx;
-    if available == 0 {
-        return Err(format!(
-            "the text has {} tokens; it needs at least --ctx {n_ctx}",
-            tokens.len()
-        )
-        .into());
-    }
-    let n_chunks = args.chunks.map_or(available, |c| c.min(available));
+    let (tokens, n_chunks) = windows(&model, &text, n_ctx, args.chunks)?;
     let mut session = Session::new(
         model.clone(),
         n_ctx,

@@ -83,15 +83,7 @@ pub fn attention(
             ),
         "attention: cache size"
     );
-    assert!(
-        scratch.acc.len() >= pool.n_threads() * LANES * hdv
-            && scratch.q_rounded.len() >= pool.n_threads() * LANES * hd,
-        "attention: scratch threads"
-    );
-    assert!(
-        q.len() >= n * s.n_heads * hd && out.len() >= n * s.n_heads * hdv,
-        "attention: batch size"
-    );
+    check_buffers(pool, s, q, n, out, scratch);
 
     if n >= tiled::TILE && !online_only {
         return tiled::attention(pool, s, kv, q, n, start_pos, out, &mut scratch.tiles);
@@ -125,16 +117,29 @@ pub fn attention_rows<'a>(
     keys: &(dyn Fn(usize) -> (KvView<'a>, Range<usize>) + Sync),
     dump: Option<&mut ScoreDump>,
 ) {
+    check_buffers(pool, s, q, n, out, scratch);
+    online(pool, s, q, n, out, scratch, keys, dump);
+}
+
+/// Checked always: the threads of the online path write through raw pointers into these.
+fn check_buffers(
+    pool: &ThreadPool,
+    s: &AttentionShape,
+    q: &[f32],
+    n: usize,
+    out: &[f32],
+    scratch: &AttentionScratch,
+) {
+    let (hd, hdv) = (s.head_dim, s.head_dim_v);
     assert!(
-        scratch.acc.len() >= pool.n_threads() * LANES * s.head_dim_v
-            && scratch.q_rounded.len() >= pool.n_threads() * LANES * s.head_dim,
+        scratch.acc.len() >= pool.n_threads() * LANES * hdv
+            && scratch.q_rounded.len() >= pool.n_threads() * LANES * hd,
         "attention: scratch threads"
     );
     assert!(
-        q.len() >= n * s.n_heads * s.head_dim && out.len() >= n * s.n_heads * s.head_dim_v,
+        q.len() >= n * s.n_heads * hd && out.len() >= n * s.n_heads * hdv,
         "attention: batch size"
     );
-    online(pool, s, q, n, out, scratch, keys, dump);
 }
 
 /// The online-softmax path shared by [`attention`] and [`attention_rows`]; shapes are checked by the callers.

@@ -106,6 +106,53 @@ fn scattered(n: usize, first: u32, stride: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Every prompt prefilled into one pool (`pool = (rows, first block, block stride)`), then `follow` fed after each
+/// as one span per sequence in a single pass; the logits of every fed token.
+fn together(
+    model: &Model,
+    pool: &ThreadPool,
+    prompts: &[Vec<u32>],
+    follow: &[u32],
+    (n_rows, first, stride): (usize, u32, u32),
+    delta: Option<&DeltaConfig>,
+) -> Vec<f32> {
+    let mut kv = model.new_kv_cache(n_rows);
+    let mut s = Scratch::new(&model.config, 512, n_rows, 2);
+    let slots: Vec<Vec<u32>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| scattered(p.len() + follow.len(), first + i as u32, stride))
+        .collect();
+    for (prompt, slots) in prompts.iter().zip(&slots) {
+        prefill(model, pool, &mut kv, &mut s, prompt, slots);
+    }
+    let spans: Vec<SeqSpan> = prompts
+        .iter()
+        .zip(&slots)
+        .enumerate()
+        .map(|(i, (prompt, slots))| SeqSpan {
+            start_row: follow.len() * i,
+            len: follow.len(),
+            start_pos: prompt.len(),
+            slots: Some(slots),
+            logits_from: 0,
+            delta,
+        })
+        .collect();
+    let tokens: Vec<u32> = prompts.iter().flat_map(|_| follow).copied().collect();
+    model
+        .forward_batch(
+            pool,
+            &tokens,
+            &spans,
+            &mut kv,
+            &mut s,
+            Rounding::BatchInvariant,
+        )
+        .unwrap()
+        .to_vec()
+}
+
 #[test]
 fn sparse_decode_is_the_same_batched_alone_and_verified_at_once() {
     let model = model("qwen2.5-coder-0.5b-instruct");
@@ -147,40 +194,14 @@ fn sparse_decode_is_the_same_batched_alone_and_verified_at_once() {
         alone.push(steps);
     }
     // Both together in one pool and one pass each: the three tokens as one verification span per sequence.
-    let mut kv = model.new_kv_cache(n_rows);
-    let mut s = Scratch::new(&model.config, 512, n_rows, 2);
-    let slots: Vec<Vec<u32>> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| scattered(p.len() + 3, 2 + i as u32, 3))
-        .collect();
-    for (prompt, slots) in prompts.iter().zip(&slots) {
-        prefill(&model, &pool, &mut kv, &mut s, prompt, slots);
-    }
-    let spans: Vec<SeqSpan> = prompts
-        .iter()
-        .zip(&slots)
-        .enumerate()
-        .map(|(i, (prompt, slots))| SeqSpan {
-            start_row: 3 * i,
-            len: 3,
-            start_pos: prompt.len(),
-            slots: Some(slots),
-            logits_from: 0,
-            delta: Some(&config),
-        })
-        .collect();
-    let tokens: Vec<u32> = follow.iter().chain(&follow).copied().collect();
-    let logits = model
-        .forward_batch(
-            &pool,
-            &tokens,
-            &spans,
-            &mut kv,
-            &mut s,
-            Rounding::BatchInvariant,
-        )
-        .unwrap();
+    let logits = together(
+        &model,
+        &pool,
+        &prompts,
+        &follow,
+        (n_rows, 2, 3),
+        Some(&config),
+    );
     let vocab = model.config.vocab_size;
     for (i, steps) in alone.iter().enumerate() {
         for (k, want) in steps.iter().enumerate() {
@@ -206,43 +227,7 @@ fn batched_with_a_budget_covering_the_context_is_dense_bit_for_bit() {
     let prompts = [long_prompt(&model, 120), long_prompt(&model, 90)];
     let follow: [u32; 3] = [279, 1879, 315];
     let n_rows = 32 * 16;
-    let run = |delta: Option<&DeltaConfig>| {
-        let mut kv = model.new_kv_cache(n_rows);
-        let mut s = Scratch::new(&model.config, 512, n_rows, 2);
-        let slots: Vec<Vec<u32>> = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| scattered(p.len() + 3, 1 + i as u32, 2))
-            .collect();
-        for (prompt, slots) in prompts.iter().zip(&slots) {
-            prefill(&model, &pool, &mut kv, &mut s, prompt, slots);
-        }
-        let spans: Vec<SeqSpan> = prompts
-            .iter()
-            .zip(&slots)
-            .enumerate()
-            .map(|(i, (prompt, slots))| SeqSpan {
-                start_row: 3 * i,
-                len: 3,
-                start_pos: prompt.len(),
-                slots: Some(slots),
-                logits_from: 0,
-                delta,
-            })
-            .collect();
-        let tokens: Vec<u32> = follow.iter().chain(&follow).copied().collect();
-        model
-            .forward_batch(
-                &pool,
-                &tokens,
-                &spans,
-                &mut kv,
-                &mut s,
-                Rounding::BatchInvariant,
-            )
-            .unwrap()
-            .to_vec()
-    };
+    let run = |delta| together(&model, &pool, &prompts, &follow, (n_rows, 1, 2), delta);
     let (dense, delta) = (run(None), run(Some(&wide)));
     assert!(dense
         .iter()

@@ -56,20 +56,32 @@ pub fn perplexity(
         count += n_ctx - 1 - first;
         on_chunk(chunk + 1, (nll / count as f64).exp());
     }
-    let mean = nll / count.max(1) as f64;
-    let ppl = mean.exp();
-    let var = nll2 / count.max(1) as f64 - mean * mean;
-    let plus_minus = if var > 0.0 && count > 1 {
-        (var / (count as f64 - 1.0)).sqrt() * ppl
-    } else {
-        0.0
-    };
-    Ok(Perplexity {
-        ppl,
-        plus_minus,
-        chunks: n_chunks.min(tokens.len() / n_ctx),
-        tokens_scored: count,
-    })
+    Ok(Perplexity::from_sums(
+        nll,
+        nll2,
+        count,
+        n_chunks.min(tokens.len() / n_ctx),
+    ))
+}
+
+impl Perplexity {
+    /// The perplexity of `count` scored tokens from the sums of their negative log-probabilities and of their squares.
+    pub fn from_sums(nll: f64, nll2: f64, count: usize, chunks: usize) -> Perplexity {
+        let mean = nll / count.max(1) as f64;
+        let ppl = mean.exp();
+        let var = nll2 / count.max(1) as f64 - mean * mean;
+        let plus_minus = if var > 0.0 && count > 1 {
+            (var / (count as f64 - 1.0)).sqrt() * ppl
+        } else {
+            0.0
+        };
+        Perplexity {
+            ppl,
+            plus_minus,
+            chunks,
+            tokens_scored: count,
+        }
+    }
 }
 
 #[cfg(test)]

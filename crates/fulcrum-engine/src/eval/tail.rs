@@ -57,21 +57,6 @@ pub fn decode_scored(
     let count = chunks * tail;
     Ok(sums
         .iter()
-        .map(|&(nll, nll2)| {
-            let mean = nll / count.max(1) as f64;
-            let ppl = mean.exp();
-            let var = nll2 / count.max(1) as f64 - mean * mean;
-            let plus_minus = if var > 0.0 && count > 1 {
-                (var / (count as f64 - 1.0)).sqrt() * ppl
-            } else {
-                0.0
-            };
-            Perplexity {
-                ppl,
-                plus_minus,
-                chunks,
-                tokens_scored: count,
-            }
-        })
+        .map(|&(nll, nll2)| Perplexity::from_sums(nll, nll2, count, chunks))
         .collect())
 }
