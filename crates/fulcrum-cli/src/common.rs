@@ -234,14 +234,9 @@ impl DeltaArgs {
 }
 
 impl AttentionArgs {
-    /// DELTA's settings for a model of `n_layers` layers, checked (the error names the flag).
-    pub fn delta_config(&self, n_layers: usize) -> CliResult<DeltaConfig> {
-        self.delta.config(n_layers)
-    }
-
     /// The settings decode steps use: DELTA's with `--attention delta`, none for dense.
     pub fn decode_delta(&self, n_layers: usize) -> CliResult<Option<DeltaConfig>> {
-        let config = self.delta_config(n_layers)?;
+        let config = self.delta.config(n_layers)?;
         Ok((self.attention == AttentionMode::Delta).then_some(config))
     }
 }

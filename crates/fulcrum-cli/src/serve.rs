@@ -236,7 +236,7 @@ pub fn run(args: Args) -> CliResult {
             },
             tbt_target: args.tbt_target.0,
             spec_gamma_min: args.spec_gamma_min as usize,
-            delta: args.attention.delta_config(model.config.n_layers)?,
+            delta: args.attention.delta.config(model.config.n_layers)?,
         },
     )?;
     // A registry name as given; a path by its file name.

@@ -59,11 +59,6 @@ impl Session {
         Ok(())
     }
 
-    /// DELTA's settings of decode steps, if set.
-    pub fn delta(&self) -> Option<&DeltaConfig> {
-        self.delta.as_ref()
-    }
-
     /// Positions attended by DELTA's rows so far and positions they would have attended densely, summed over rows and
     /// layers.
     pub fn attention_counts(&self) -> (u64, u64) {

@@ -40,12 +40,7 @@ pub fn perplexity(
     let first = n_ctx / 2;
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
     for chunk in 0..n_chunks.min(tokens.len() / n_ctx) {
-        let mut window = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
-        if tok.add_bos() {
-            if let Some(bos) = tok.bos() {
-                window[0] = bos;
-            }
-        }
+        let window = window(tokens, chunk, n_ctx, tok);
         session.truncate(0);
         let logits = session.eval_from(&window, first)?;
         for i in 0..n_ctx - 1 - first {
@@ -62,6 +57,20 @@ pub fn perplexity(
         count,
         n_chunks.min(tokens.len() / n_ctx),
     ))
+}
+
+/// Window `chunk` of `n_ctx` tokens, its first token replaced by BOS where the model adds one (as llama.cpp does).
+fn window(
+    tokens: &[u32],
+    chunk: usize,
+    n_ctx: usize,
+    tok: &fulcrum_core::tokenizer::Tokenizer,
+) -> Vec<u32> {
+    let mut window = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
+    if let (true, Some(bos)) = (tok.add_bos(), tok.bos()) {
+        window[0] = bos;
+    }
+    window
 }
 
 impl Perplexity {

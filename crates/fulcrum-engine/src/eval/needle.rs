@@ -5,6 +5,7 @@
 
 use crate::chat::ChatError;
 use crate::prompt;
+use crate::sampler::argmax;
 use fulcrum_core::{DeltaConfig, Model, ModelError, Session};
 
 /// Licence texts that Debian installs on every machine (base-files), in the order the haystack uses them.
@@ -186,14 +187,4 @@ pub fn answer(
     }
     session.set_delta(None).map_err(ModelError::BadBatch)?;
     Ok(out)
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

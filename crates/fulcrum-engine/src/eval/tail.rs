@@ -2,7 +2,7 @@
 //! fed one at a time, each scored on the next, so that attention that only changes decoding (DELTA) is measured
 //! rather than skipped by a prefill that scores everything at once.
 
-use super::{log_prob, Perplexity};
+use super::{log_prob, window, Perplexity};
 use fulcrum_core::{DeltaConfig, ModelError, Session};
 
 /// Decode-scored perplexity of `tokens` in windows of the session's context: per window, prefill all but the last
@@ -29,11 +29,7 @@ pub fn decode_scored(
     let mut sums = vec![(0.0f64, 0.0f64); modes.len()];
     let chunks = n_chunks.min(tokens.len() / n_ctx);
     for chunk in 0..chunks {
-        let mut window = tokens[chunk * n_ctx..(chunk + 1) * n_ctx].to_vec();
-        let tok = &model.tokenizer;
-        if let (true, Some(bos)) = (tok.add_bos(), tok.bos()) {
-            window[0] = bos;
-        }
+        let window = window(tokens, chunk, n_ctx, &model.tokenizer);
         session.truncate(0);
         session.set_delta(None).map_err(ModelError::BadBatch)?;
         session.eval_last(&window[..head])?;
