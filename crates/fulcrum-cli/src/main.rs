@@ -44,6 +44,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Pull(a) => pull::run(a),
         Command::Info(a) => info::run(a),
@@ -60,5 +63,15 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Lets a closed stdout (`fulcrum generate … | head`) end the process quietly, as it ends other Unix tools, instead of
+/// a panic on the failed write. The server keeps Rust's default (the signal ignored), so a client's closed socket is
+/// an error on that connection only.
+fn quiet_on_closed_pipe() {
+    // SAFETY: called before any other thread starts; SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -71,6 +71,61 @@ fn unknown_model_name_lists_known_models() {
 }
 
 #[test]
+fn a_folder_given_as_the_model_is_reported_as_a_folder() {
+    let dir = std::env::temp_dir();
+    let out = fulcrum(&["info", dir.to_str().unwrap()]);
+    assert_clean_failure(&out, "is a folder");
+}
+
+/// A reader that closes the pipe early (`| head -c 5`) ends the command quietly: no panic, no error message.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    for args in [
+        &[
+            "generate",
+            "-m",
+            "gemma3-270m",
+            "--raw",
+            "-n",
+            "64",
+            "--prompt",
+            "Once upon a time",
+        ][..],
+        &["pull", "--list"][..],
+    ] {
+        let mut child = Command::new(fulcrum_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run fulcrum");
+        let mut first = [0u8; 5];
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_exact(&mut first)
+            .expect("some output");
+        // stdout is closed here, with most of the output still to come.
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            out.status.success() || out.status.signal() == Some(SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}
+
+/// SIGPIPE's number on Linux.
+const SIGPIPE: i32 = 13;
+
+#[test]
 fn wrong_magic_is_reported() {
     let path = temp_file(
         "bad-magic.gguf",

@@ -24,6 +24,12 @@ pub enum ModelError {
         /// The known names, comma-separated.
         known: String,
     },
+    /// A path that exists but is a folder (or another non-file).
+    #[error("{} is a folder, not a model file; pass the path of a .gguf file inside it", path.display())]
+    NotAFile {
+        /// The path given.
+        path: PathBuf,
+    },
     /// A known model that is not in the cache and may not be pulled.
     #[error("model {name} is not downloaded yet; run `fulcrum pull {name}`")]
     NotDownloaded {

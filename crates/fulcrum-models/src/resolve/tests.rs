@@ -44,6 +44,11 @@ fn resolve_explains_unknown_names_and_missing_files() {
     }
     assert!(message.contains(".gguf"), "{message}");
 
+    let err =
+        resolve_in(dir.0.to_str().expect("utf-8"), &dir.0, true, no_pull).expect_err("a folder");
+    assert!(matches!(err, ModelError::NotAFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("is a folder"), "{err}");
+
     let missing = dir.0.join("missing.gguf");
     let err = resolve_in(missing.to_str().expect("utf-8"), &dir.0, true, no_pull)
         .expect_err("missing file");
