@@ -2,12 +2,13 @@
 //! runtime; inference runs on the engine's own threads, never on the async workers.
 
 mod generation;
+mod listen;
 mod request;
 
 use crate::common::{self, CliResult};
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,7 +28,7 @@ use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Arguments of `fulcrum serve`.
 #[derive(ClapArgs)]
@@ -84,6 +85,20 @@ pub struct Args {
     /// `--attention` is the default of requests that do not choose one ("attention" field: "dense" or "delta").
     #[command(flatten)]
     attention: common::AttentionArgs,
+    /// Largest request body, in MiB (larger ones get 413).
+    #[arg(long, default_value_t = 8)]
+    max_body_mib: usize,
+    /// Seconds a client may take to send a request's headers, or its body (slower ones are cut off: 408 for a body),
+    /// and an idle keep-alive connection may wait for its next request.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    read_timeout: u64,
+    /// Connections served at once (more wait to be accepted).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Seconds requests in flight may run on after SIGTERM or SIGINT (new ones get 503 meanwhile); a second signal
+    /// exits at once.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
 }
 
 struct AppState {
@@ -98,6 +113,14 @@ struct AppState {
     attention: AttentionMode,
     /// The draft model, as named on the command line, and its file stem.
     draft: Option<(String, String)>,
+    /// Shutdown's state and the requests in flight.
+    drain: Arc<listen::Drain>,
+    /// Longest wait for a request's body.
+    read_timeout: Duration,
+    /// Largest request body in bytes.
+    max_body: usize,
+    /// What a draining server tells clients to wait, in seconds.
+    drain_timeout: u64,
 }
 
 type AppResult = Result<Response, ApiError>;
@@ -109,6 +132,8 @@ struct ApiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
+    /// Seconds to wait before a retry (the `Retry-After` header).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -119,6 +144,26 @@ impl ApiError {
             kind: "invalid_request_error",
             param,
             code: None,
+            retry_after: None,
+        }
+    }
+
+    /// An error of the request as a whole, with its own status.
+    fn status(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            ..ApiError::invalid(message, None)
+        }
+    }
+
+    /// 503 while the server shuts down.
+    fn draining(retry_after: u64) -> ApiError {
+        ApiError {
+            code: Some("server_shutting_down"),
+            retry_after: Some(retry_after),
+            ..ApiError::unavailable(
+                "the server is shutting down; retry on another replica or later",
+            )
         }
     }
 
@@ -152,7 +197,13 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {
             "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
         }});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -171,6 +222,10 @@ fn tbt_target(s: &str) -> Result<Tbt, String> {
 /// Runs the server until the process is stopped.
 pub fn run(args: Args) -> CliResult {
     let threads = common::check_threads(args.threads)?;
+    // Listen before loading, so that a port in use is reported at once rather than after the model has loaded.
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener =
+        std::net::TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let model = common::load_model(&args.model, true)?;
     let c = &model.config;
     let max_seq_len = args
@@ -259,27 +314,55 @@ pub fn run(args: Args) -> CliResult {
                 .map_or(n.clone(), |s| s.to_string_lossy().into_owned());
             (n, stem)
         }),
+        drain: Arc::default(),
+        read_timeout: Duration::from_secs(args.read_timeout),
+        max_body: args.max_body_mib << 20,
+        drain_timeout: args.drain_timeout,
     });
+    let drain = state.drain.clone();
     let app = Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body))
         .with_state(state);
+    let limits = listen::ConnLimits {
+        header_timeout: Duration::from_secs(args.read_timeout),
+        max_connections: args.max_connections as usize,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let addr = format!("{}:{}", args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         eprintln!("listening on http://{addr}");
-        axum::serve(listener, app).await?;
+        listen::serve(listener, app, drain, limits).await?;
         Ok(())
     })
+}
+
+/// Any other path: an OpenAI-shaped 404.
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError {
+        code: Some("not_found"),
+        ..ApiError::status(
+            StatusCode::NOT_FOUND,
+            format!("no route {method} {}", uri.path()),
+        )
+    }
+}
+
+/// A known path with the wrong method: an OpenAI-shaped 405.
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -352,6 +435,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "Requests finished or cancelled.",
             "counter",
             load(&m.requests_finished),
+        ),
+        (
+            "num_preemptions_total",
+            "Requests preempted for lack of KV blocks (recomputed when they resume).",
+            "counter",
+            load(&m.preemptions),
         ),
         (
             "spec_draft_tokens_total",
@@ -459,12 +548,55 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> AppResult {
-    handle(state, body, false).await
+async fn completions(State(state): State<Arc<AppState>>, request: Request) -> AppResult {
+    handle(state, request, false).await
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> AppResult {
-    handle(state, body, true).await
+async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) -> AppResult {
+    handle(state, request, true).await
+}
+
+/// Reads a request's body within the read timeout and the size limit.
+async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(state.read_timeout, Bytes::from_request(request, &())).await {
+        Err(_) => Err(ApiError::status(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                state.read_timeout.as_secs()
+            ),
+        )),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than this server's limit of {} MiB (--max-body-mib)",
+                    state.max_body >> 20
+                ),
+            ))
+        }
+        Ok(Err(rejection)) => Err(ApiError::status(
+            rejection.status(),
+            format!("cannot read the request body: {}", rejection.body_text()),
+        )),
+        Ok(Ok(body)) => Ok(body),
+    }
+}
+
+/// Cancels a request in the engine when its response is dropped before the end (the client went away while it was
+/// queued, in prefill or streaming).
+struct Cancel {
+    engine: EngineHandle,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        if !self.done {
+            self.engine.abort(self.id);
+        }
+    }
 }
 
 fn now() -> u64 {
@@ -473,7 +605,11 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
+async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult {
+    let Some(flight) = state.drain.enter() else {
+        return Err(ApiError::draining(state.drain_timeout));
+    };
+    let body = read_body(&state, request).await?;
     let req = request::parse(&body, chat)?;
     let text = match &req.prompt {
         Prompt::Text(t) => t.clone(),
@@ -533,45 +669,86 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
         .unwrap_or(usize::MAX)
         .min(limit - prompt.len());
     let n_prompt = prompt.len();
-    let params = Params {
-        max_tokens,
-        sampler: req.sampler.clone(),
-        logprobs: req.logprobs,
-        stop_at_eog: true,
-        spec,
-        attention: req.attention.unwrap_or(state.attention),
-    };
-    let (id, events) = state.engine.submit(prompt, params).map_err(|e| match e {
-        Rejected::QueueFull(_) => ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            kind: "rate_limit_error",
-            ..ApiError::invalid(format!("server overloaded: {e}; retry later"), None)
-        },
-        Rejected::Unavailable => ApiError::unavailable(e.to_string()),
-        other => ApiError::invalid(other.to_string(), None),
-    })?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    {
-        let (state, stops) = (state.clone(), req.stop.clone());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut cancel = None;
+    if max_tokens == 0 {
+        // Nothing to generate: the answer is empty, cut by its length limit.
+        let usage = Usage {
+            prompt_tokens: n_prompt,
+            ..Usage::default()
+        };
+        let _ = tx.send(Chunk::Done {
+            reason: "length",
+            usage,
+        });
+        drop(tx);
+    } else {
+        let params = Params {
+            max_tokens,
+            sampler: req.sampler.clone(),
+            logprobs: req.logprobs,
+            stop_at_eog: true,
+            spec,
+            attention: req.attention.unwrap_or(state.attention),
+        };
+        // Submitting waits for the engine's next iteration boundary: on a blocking thread, which then relays the
+        // request's events, so the async workers stay free for other connections, /health and /metrics.
+        let (submitted, answer) = tokio::sync::oneshot::channel();
+        let (state2, stops) = (state.clone(), req.stop.clone());
         tokio::task::spawn_blocking(move || {
-            generation::relay(
-                &state.model,
-                &state.engine,
-                id,
-                events,
-                &stops,
-                n_prompt,
-                tx,
-            )
+            let state = state2;
+            match state.engine.submit(prompt, params) {
+                Err(e) => {
+                    let _ = submitted.send(Err(e));
+                }
+                Ok((id, events)) => {
+                    if submitted.send(Ok(id)).is_err() {
+                        // The client went away while it was being submitted.
+                        state.engine.abort(id);
+                        return;
+                    }
+                    generation::relay(
+                        &state.model,
+                        &state.engine,
+                        id,
+                        events,
+                        &stops,
+                        n_prompt,
+                        tx,
+                    )
+                }
+            }
+        });
+        let id = answer
+            .await
+            .unwrap_or(Err(Rejected::Unavailable))
+            .map_err(|e| match e {
+                Rejected::QueueFull(_) => ApiError {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    kind: "rate_limit_error",
+                    retry_after: Some(1),
+                    ..ApiError::invalid(format!("server overloaded: {e}; retry later"), None)
+                },
+                Rejected::Unavailable => ApiError::unavailable(e.to_string()),
+                other => ApiError::invalid(other.to_string(), None),
+            })?;
+        cancel = Some(Cancel {
+            engine: state.engine.clone(),
+            id,
+            done: false,
         });
     }
+    let number = cancel
+        .as_ref()
+        .map_or_else(|| state.engine.reserve_id(), |c| c.id);
     let ids = Ids {
-        id: format!("{}-{id}", if chat { "chatcmpl" } else { "cmpl" }),
+        id: format!("{}-{number}", if chat { "chatcmpl" } else { "cmpl" }),
         created: now(),
         model: state.name.clone(),
         chat,
     };
     if !req.stream {
+        let mut rx = rx;
         let mut text = String::new();
         let mut logprobs = Vec::new();
         let mut end = ("stop", Usage::default());
@@ -588,21 +765,34 @@ async fn handle(state: Arc<AppState>, body: Bytes, chat: bool) -> AppResult {
                 Chunk::Failed(message) => return Err(ApiError::internal(message)),
             }
         }
+        if let Some(c) = &mut cancel {
+            c.done = true;
+        }
         let lp = req.logprobs.map(|_| ids.logprobs_json(&logprobs));
         return Ok(Json(ids.full(&text, lp, end.0, end.1)).into_response());
     }
     let include_usage = req.include_usage;
     let want_logprobs = req.logprobs.is_some();
-    let stream = async_stream(ids, rx, include_usage, want_logprobs);
+    let stream = async_stream(ids, rx, include_usage, want_logprobs, (cancel, flight));
     Ok(Sse::new(stream).into_response())
 }
 
-/// `GET /health`: 200 while the engine runs, 503 once it has stopped.
+/// `GET /health`: 200 while the engine runs, 503 once it has stopped or while the server drains for shutdown.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    if state.engine.is_alive() {
-        Json(json!({"status": "ok"})).into_response()
-    } else {
+    if !state.engine.is_alive() {
         ApiError::unavailable("the inference engine has stopped").into_response()
+    } else if state.drain.is_draining() {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining", "in_flight": state.drain.in_flight()})),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(state.drain_timeout));
+        response
+    } else {
+        Json(json!({"status": "ok"})).into_response()
     }
 }
 
@@ -683,11 +873,14 @@ impl Ids {
     }
 }
 
+/// The SSE events of a streamed response; `guards` (the engine request's cancellation and the request's count in
+/// flight) live as long as the stream: dropped early (the client went away), the request is cancelled.
 fn async_stream(
     ids: Ids,
     rx: tokio::sync::mpsc::UnboundedReceiver<Chunk>,
     include_usage: bool,
     want_logprobs: bool,
+    guards: (Option<Cancel>, listen::Flight),
 ) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
     enum Phase {
         Start,
@@ -698,44 +891,47 @@ fn async_stream(
     }
     let data = |v: Value| Ok(SseEvent::default().data(v.to_string()));
     futures_util::stream::unfold(
-        (ids, rx, Phase::Start),
-        move |(ids, mut rx, phase)| async move {
+        (ids, rx, Phase::Start, guards),
+        move |(ids, mut rx, phase, mut guards)| async move {
             match phase {
                 Phase::Start if ids.chat => {
                     let first = ids.chunk(None, None, None);
-                    Some((data(first), (ids, rx, Phase::Body)))
+                    Some((data(first), (ids, rx, Phase::Body, guards)))
                 }
                 Phase::Start | Phase::Body => match rx.recv().await {
                     Some(Chunk::Delta { text, logprobs }) => {
                         let lp = want_logprobs.then(|| ids.logprobs_json(&logprobs));
                         let v = ids.chunk(Some(&text), lp, None);
-                        Some((data(v), (ids, rx, Phase::Body)))
+                        Some((data(v), (ids, rx, Phase::Body, guards)))
                     }
                     Some(Chunk::Done { reason, usage }) => {
+                        if let Some(cancel) = &mut guards.0 {
+                            cancel.done = true;
+                        }
                         let v = ids.chunk(None, None, Some(reason));
                         let next = if include_usage {
                             Phase::Usage(usage)
                         } else {
                             Phase::Done
                         };
-                        Some((data(v), (ids, rx, next)))
+                        Some((data(v), (ids, rx, next, guards)))
                     }
                     Some(Chunk::Failed(message)) => {
                         // OpenAI's clients raise an error for a `data:` event holding an `error` object.
                         let v = json!({"error": {"message": message, "type": "server_error",
                                                  "param": null, "code": null}});
-                        Some((data(v), (ids, rx, Phase::End)))
+                        Some((data(v), (ids, rx, Phase::End, guards)))
                     }
                     None => None,
                 },
                 Phase::Usage(u) => {
                     let v = json!({"id": ids.id, "object": ids.object(true), "created": ids.created,
                                    "model": ids.model, "choices": [], "usage": Ids::usage(u)});
-                    Some((data(v), (ids, rx, Phase::Done)))
+                    Some((data(v), (ids, rx, Phase::Done, guards)))
                 }
                 Phase::Done => Some((
                     Ok(SseEvent::default().data("[DONE]")),
-                    (ids, rx, Phase::End),
+                    (ids, rx, Phase::End, guards),
                 )),
                 Phase::End => None,
             }

@@ -54,6 +54,7 @@ fn drain(events: std::sync::mpsc::Receiver<Event>) -> (Vec<u32>, Option<Event>) 
     for event in events {
         match event {
             Event::Token { id, .. } => tokens.push(id),
+            Event::Prefilled { .. } => {}
             end => return (tokens, Some(end)),
         }
     }
@@ -109,6 +110,8 @@ fn a_request_ends_at_its_limit_and_an_abandoned_one_frees_its_blocks() {
     let (id, rx) = engine
         .submit(prompt, params(200, Speculation::Off))
         .expect("accepted");
+    let first = rx.recv().expect("the prompt's end");
+    assert!(matches!(first, Event::Prefilled { .. }));
     let first = rx.recv().expect("a first token");
     assert!(matches!(first, Event::Token { .. }));
     engine.abort(id);

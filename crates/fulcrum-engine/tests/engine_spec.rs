@@ -83,6 +83,7 @@ fn generate(
             for event in rx {
                 match event {
                     Event::Token { id, .. } => tokens.push(id),
+                    Event::Prefilled { .. } => {}
                     Event::Finished { .. } => break,
                     Event::Failed(e) => panic!("request failed: {e}"),
                 }

@@ -69,10 +69,12 @@ pub fn relay(
     let mut held = String::new();
     let mut pending_logprobs = Vec::new();
     let mut generated = 0;
+    let mut cached = 0;
     let piece = |id: u32| String::from_utf8_lossy(tok.token_bytes(id, true)).into_owned();
     let send = |chunk: Chunk| out.send(chunk).is_ok();
     for event in events {
         match event {
+            Event::Prefilled { cached_tokens } => cached = cached_tokens,
             Event::Token {
                 id: token,
                 logprobs,
@@ -103,7 +105,7 @@ pub fn relay(
                         usage: Usage {
                             prompt_tokens,
                             completion_tokens: generated,
-                            cached_tokens: 0,
+                            cached_tokens: cached,
                         },
                     });
                     return;

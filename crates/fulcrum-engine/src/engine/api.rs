@@ -77,6 +77,8 @@ pub struct TokenLogprobs {
 /// What the engine reports about a request.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The prompt is in the cache and the first token follows; `cached_tokens` of it came from the prefix cache.
+    Prefilled { cached_tokens: usize },
     /// The next token (an end-of-generation token is reported through `Finished` only).
     Token {
         id: u32,
@@ -138,7 +140,7 @@ impl EngineHandle {
     ) -> Result<(u64, Receiver<Event>), Rejected> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // Room for every event a request can produce, so the engine never blocks on a slow reader.
-        let (events, rx) = mpsc::sync_channel(params.max_tokens.min(self.max_seq_len) + 2);
+        let (events, rx) = mpsc::sync_channel(params.max_tokens.min(self.max_seq_len) + 3);
         let (reply, answer) = mpsc::channel();
         let sent = self.commands.send(Command::Submit {
             id,
@@ -157,6 +159,11 @@ impl EngineHandle {
     /// Whether the engine thread is still running.
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Relaxed)
+    }
+
+    /// An id no request will have, for answers that never reach the engine.
+    pub fn reserve_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Cancels request `id` and frees its blocks at the next iteration.

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 impl Engine {
-    /// Reports one committed `token` of request `id` (its logits `row`); `first` says whether it is the step's first
-    /// (the others arrive at the same moment). Returns false once the request has ended.
-    pub(super) fn emit(&mut self, id: u64, token: u32, row: &[f32], first: bool) -> bool {
+    /// Reports one committed `token` of request `id` (its logits `row`); `(index, count)` place it among the tokens
+    /// the step committed for the request (they arrive at the same moment). Returns false once the request has ended.
+    pub(super) fn emit(&mut self, id: u64, token: u32, row: &[f32], place: (usize, usize)) -> bool {
         let Some(req) = self.requests.get_mut(&id) else {
             return false;
         };
@@ -19,15 +19,27 @@ impl Engine {
             logprob: log_softmax_at(row, &[token])[0],
             top: top_logprobs(row, n),
         });
-        let now = Instant::now();
-        match req.last_token {
-            None => Metrics::observe(&self.metrics.ttft, (now - req.submitted).as_secs_f64()),
-            Some(t) => Metrics::observe(
-                &self.metrics.tbt,
-                if first { (now - t).as_secs_f64() } else { 0.0 },
-            ),
+        let (index, count) = place;
+        if index == 0 {
+            let now = Instant::now();
+            match req.last_token {
+                None => {
+                    Metrics::observe(&self.metrics.ttft, (now - req.submitted).as_secs_f64());
+                    let cached_tokens = self.scheduler.get(id).map_or(0, |s| s.cached);
+                    let _ = req.events.try_send(Event::Prefilled { cached_tokens });
+                    // Any more tokens of this first step have no gap to share: they are not observed.
+                    req.step_gap = None;
+                }
+                // The step's tokens share its time between tokens: a speculative step of k tokens is k
+                // observations of a k-th of the gap each, so the histogram's mean stays the mean time per token.
+                Some(t) => req.step_gap = Some((now - t).as_secs_f64() / count as f64),
+            }
+            req.last_token = Some(now);
         }
-        req.last_token = Some(now);
+        if let Some(gap) = req.step_gap {
+            Metrics::observe(&self.metrics.tbt, gap);
+        }
+
         if is_eog {
             self.finish(id, Some(FinishReason::Stop));
             return false;

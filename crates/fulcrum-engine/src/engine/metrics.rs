@@ -16,6 +16,8 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub requests_finished: AtomicU64,
+    /// Sequences preempted (their blocks freed, to be recomputed) for lack of KV blocks.
+    pub preemptions: AtomicU64,
     /// Speculative tokens drafted and accepted.
     pub spec_drafted: AtomicU64,
     pub spec_accepted: AtomicU64,

@@ -103,6 +103,8 @@ struct Request {
     events: SyncSender<Event>,
     submitted: Instant,
     last_token: Option<Instant>,
+    /// The time between tokens of the latest step, shared among the tokens it committed.
+    step_gap: Option<f64>,
     /// Tokens reported so far (an end-of-generation token is not).
     emitted: usize,
     /// Its speculation state (`None`: it decodes plainly).
@@ -274,6 +276,7 @@ impl Engine {
                 events,
                 submitted: Instant::now(),
                 last_token: None,
+                step_gap: None,
                 emitted: 0,
                 spec,
                 params,

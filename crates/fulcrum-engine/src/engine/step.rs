@@ -39,6 +39,9 @@ impl Engine {
             }),
             None => self.scheduler.schedule(),
         };
+        self.metrics
+            .preemptions
+            .fetch_add(preempted.len() as u64, Ordering::Relaxed);
         // A preempted sequence's blocks were freed: the draft model starts over with it too.
         for id in preempted {
             if let Some(state) = self.requests.get_mut(&id).and_then(|r| r.spec.as_mut()) {
@@ -234,7 +237,7 @@ impl Engine {
             }
             for (i, &token) in committed.iter().enumerate() {
                 let row = &verified.logits[(result.first_row + i) * vocab..][..vocab];
-                if !self.emit(w.id, token, row, i == 0) {
+                if !self.emit(w.id, token, row, (i, committed.len())) {
                     break;
                 }
             }
