@@ -611,13 +611,17 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
     };
     let body = read_body(&state, request).await?;
     let req = request::parse(&body, chat)?;
-    let text = match &req.prompt {
-        Prompt::Text(t) => t.clone(),
-        Prompt::Chat(messages) => state.template.render(messages, true).map_err(|e| {
-            ApiError::invalid(format!("chat template: {e}"), Some("messages".into()))
-        })?,
+    // Messages' content is tokenized as plain text: only the template's markup becomes control tokens.
+    let prompt = match &req.prompt {
+        Prompt::Text(t) => prompt::tokenize(&state.model, t),
+        Prompt::Chat(messages) => {
+            prompt::tokenize_chat(&state.model, &state.template, messages, true)
+                .map_err(|e| {
+                    ApiError::invalid(format!("chat template: {e}"), Some("messages".into()))
+                })?
+                .map_err(|e| ApiError::invalid(e.to_string(), Some("messages".into())))?
+        }
     };
-    let prompt = prompt::tokenize(&state.model, &text);
     let limit = state.engine.max_seq_len;
     if prompt.is_empty() {
         return Err(ApiError::invalid(

@@ -18,6 +18,7 @@
 //! `assistant:` line follows).
 
 use std::io::{self, Write};
+use std::ops::Range;
 
 use minijinja::value::Value;
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
@@ -152,6 +153,70 @@ impl ChatTemplate {
             Err(_) if output.overflowed => Err(ChatError::TooLarge),
             Err(e) => Err(classify(&e)),
         }
+    }
+}
+
+impl ChatTemplate {
+    /// Renders the conversation and finds where each message's content lies in the text, so that it can be
+    /// tokenized as plain text: the spans are `None` where the template changes a content beyond trimming it, or
+    /// renders differently for other content.
+    pub fn render_spans(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Option<Vec<Range<usize>>>), ChatError> {
+        let text = self.render(messages, add_generation_prompt)?;
+        let spans = self.content_spans(&text, messages, add_generation_prompt);
+        Ok((text, spans))
+    }
+
+    /// Renders the conversation with a numbered marker for each content, then puts the contents (as they are, or
+    /// trimmed) where the markers are; if that gives the real rendering, the contents' spans are known exactly.
+    fn content_spans(
+        &self,
+        text: &str,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Option<Vec<Range<usize>>> {
+        const OPEN: char = '\u{F8F0}';
+        const CLOSE: char = '\u{F8F1}';
+        if messages.iter().any(|m| m.content.contains([OPEN, CLOSE])) {
+            return None;
+        }
+        let marked: Vec<Message> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Message::new(m.role.clone(), format!("{OPEN}{i}{CLOSE}")))
+            .collect();
+        let skeleton = self.render(&marked, add_generation_prompt).ok()?;
+        'variant: for trim in [false, true] {
+            let (mut out, mut spans, mut rest) = (String::new(), Vec::new(), skeleton.as_str());
+            while let Some(open) = rest.find(OPEN) {
+                out.push_str(&rest[..open]);
+                let after = &rest[open + OPEN.len_utf8()..];
+                let close = after.find(CLOSE)?;
+                let Some(message) = after[..close]
+                    .parse()
+                    .ok()
+                    .and_then(|i: usize| messages.get(i))
+                else {
+                    continue 'variant;
+                };
+                let content = if trim {
+                    message.content.trim()
+                } else {
+                    &message.content
+                };
+                spans.push(out.len()..out.len() + content.len());
+                out.push_str(content);
+                rest = &after[close + CLOSE.len_utf8()..];
+            }
+            out.push_str(rest);
+            if out == text {
+                return Some(spans);
+            }
+        }
+        None
     }
 }
 

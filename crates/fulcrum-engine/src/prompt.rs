@@ -41,8 +41,58 @@ pub fn user_prompt(
 /// Tokenizes text the way llama.cpp does for a prompt: BOS per the model's flag (unless the text already starts
 /// with it), special-token text parsed into special tokens.
 pub fn tokenize(model: &Model, text: &str) -> Vec<u32> {
+    tokenize_guarded(model, text, &[])
+}
+
+/// Why a conversation cannot be tokenized safely.
+#[derive(Debug, thiserror::Error)]
+#[error("message {index}'s content holds the text of a control token ({token:?}), which this model's chat template changes so that it cannot be kept as plain text; remove it")]
+pub struct UnsafeContent {
+    /// The message.
+    pub index: usize,
+    /// The control token's text.
+    pub token: String,
+}
+
+/// Renders a conversation and tokenizes it with the messages' content as plain text: only the template's own markup
+/// becomes control tokens, so that a message cannot forge turns (`<|im_end|>` typed by a user stays text).
+pub fn tokenize_chat(
+    model: &Model,
+    template: &ChatTemplate,
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<Result<Vec<u32>, UnsafeContent>, ChatError> {
+    let (text, spans) = template.render_spans(messages, add_generation_prompt)?;
+    Ok(match spans {
+        Some(spans) => Ok(tokenize_guarded(model, &text, &spans)),
+        None => match messages
+            .iter()
+            .position(|m| model.tokenizer.has_control_text(&m.content))
+        {
+            Some(index) => Err(UnsafeContent {
+                index,
+                token: first_control_text(model, &messages[index].content),
+            }),
+            // Nothing to protect: the template's text as it is.
+            None => Ok(tokenize(model, &text)),
+        },
+    })
+}
+
+/// The first control token's text in `text`.
+fn first_control_text(model: &Model, text: &str) -> String {
     let tok = &model.tokenizer;
-    let mut ids = tok.encode(text, true, true);
+    tok.encode(text, false, true)
+        .into_iter()
+        .find(|&id| tok.has_control_text(tok.token_text(id)))
+        .map(|id| tok.token_text(id).to_string())
+        .unwrap_or_default()
+}
+
+/// [`tokenize`], with the byte ranges `plain` of `text` tokenized as plain text (control tokens' text stays text).
+pub fn tokenize_guarded(model: &Model, text: &str, plain: &[std::ops::Range<usize>]) -> Vec<u32> {
+    let tok = &model.tokenizer;
+    let mut ids = tok.encode_guarded(text, true, plain);
     if tok.add_bos() && ids.len() >= 2 && ids[0] == ids[1] && Some(ids[0]) == tok.bos() {
         ids.remove(0);
     }

@@ -13,11 +13,13 @@ pub(crate) enum Fragment<'a> {
     Token(u32),
 }
 
-/// Partitions `text` on special tokens; empty text fragments are dropped.
+/// Partitions `text` on special tokens; empty text fragments are dropped. Control and unknown tokens are parsed
+/// only with `parse_special`, and never where they overlap a byte range of `plain`.
 pub(crate) fn partition<'a>(
     text: &'a str,
     vocab: &Vocab,
     parse_special: bool,
+    plain: &[std::ops::Range<usize>],
 ) -> Vec<Fragment<'a>> {
     let mut fragments = Vec::new();
     if text.is_empty() {
@@ -30,6 +32,8 @@ pub(crate) fn partition<'a>(
         if !parse_special && vocab.attrs[id as usize] & (attr::CONTROL | attr::UNKNOWN) != 0 {
             continue;
         }
+        let guarded =
+            !plain.is_empty() && vocab.attrs[id as usize] & (attr::CONTROL | attr::UNKNOWN) != 0;
         let special = vocab.texts[id as usize].as_str();
         // A token absent from the whole text is absent from every fragment: skip the rebuild.
         if !present.may_contain(special) || !text.contains(special) {
@@ -42,7 +46,17 @@ pub(crate) fn partition<'a>(
                 continue;
             };
             let mut rest = 0;
+            // Where this fragment starts in `text`.
+            let base = t.as_ptr() as usize - text.as_ptr() as usize;
             for (at, _) in t.match_indices(special) {
+                let span = base + at..base + at + special.len();
+                if guarded
+                    && plain
+                        .iter()
+                        .any(|p| p.start < span.end && span.start < p.end)
+                {
+                    continue;
+                }
                 if at > rest {
                     next.push(Fragment::Text(&t[rest..at]));
                 }

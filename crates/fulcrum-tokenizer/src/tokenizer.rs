@@ -57,9 +57,38 @@ impl Tokenizer {
 
     /// Tokenizes `text` like `llama_tokenize(text, add_special, parse_special)`.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
+        self.encode_parts(text, add_special, parse_special, &[])
+    }
+
+    /// Tokenizes `text` with special-token text parsed, except in the byte ranges `plain` (untrusted text inside
+    /// it, such as chat messages' content), where control tokens' text stays text. Without such text in `plain`,
+    /// the same tokens as `encode(text, add_special, true)`.
+    pub fn encode_guarded(
+        &self,
+        text: &str,
+        add_special: bool,
+        plain: &[std::ops::Range<usize>],
+    ) -> Vec<u32> {
+        self.encode_parts(text, add_special, true, plain)
+    }
+
+    /// Whether `text` holds the text of a control token (one that `encode(text, _, true)` would parse).
+    pub fn has_control_text(&self, text: &str) -> bool {
+        special::partition(text, &self.vocab, true, &[])
+            .iter()
+            .any(|f| matches!(f, Fragment::Token(id) if self.vocab.attrs[*id as usize] & (crate::vocab::attr::CONTROL | crate::vocab::attr::UNKNOWN) != 0))
+    }
+
+    fn encode_parts(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        plain: &[std::ops::Range<usize>],
+    ) -> Vec<u32> {
         let vocab = &self.vocab;
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
-        let fragments = special::partition(text, vocab, parse_special);
+        let fragments = special::partition(text, vocab, parse_special, plain);
         if add_special && vocab.add_bos {
             out.extend(vocab.bos);
         }

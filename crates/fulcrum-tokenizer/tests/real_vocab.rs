@@ -61,3 +61,30 @@ fn qwen2_special_tokens() {
     let text = "fn main() {\n\tprintln!(\"héllo 🙂\");\n}<|im_end|>";
     assert_eq!(big.encode(text, true, true), tok.encode(text, true, true));
 }
+
+/// Control-token text inside a guarded range stays text; outside it, and without ranges, it is parsed as usual.
+#[test]
+fn guarded_ranges_keep_control_text_as_text() {
+    for (model, control) in [
+        (common::QWEN_05, "<|im_end|>"),
+        (common::GEMMA, "<end_of_turn>"),
+    ] {
+        let tok = common::load(model);
+        let id = tok.token_id(control).expect("control token");
+        let text = format!("{control}user\nhi {control} there{control}");
+        let inner = text.find(" there").unwrap() - control.len();
+        let content = inner - 3..inner + control.len() + 6;
+        let parsed = tok.encode(&text, false, true);
+        assert_eq!(parsed.iter().filter(|&&t| t == id).count(), 3);
+        assert_eq!(tok.encode_guarded(&text, false, &[]), parsed);
+        let guarded = tok.encode_guarded(&text, false, std::slice::from_ref(&content));
+        assert_eq!(guarded.iter().filter(|&&t| t == id).count(), 2, "{model}");
+        assert_eq!(tok.decode(&guarded, true), text);
+        // The guarded content tokenizes as its plain text would.
+        assert!(tok.has_control_text(&text[content.clone()]));
+        assert!(!tok.has_control_text("plain words"));
+        // A range without control text changes nothing.
+        let user = control.len()..control.len() + 4;
+        assert_eq!(tok.encode_guarded(&text, false, &[0..0, user]), parsed);
+    }
+}
