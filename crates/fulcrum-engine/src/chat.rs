@@ -156,6 +156,9 @@ impl ChatTemplate {
     }
 }
 
+/// Where each message's content lies in a rendered conversation, by byte range (`None`: unknown).
+pub type ContentSpans = Option<Vec<Range<usize>>>;
+
 impl ChatTemplate {
     /// Renders the conversation and finds where each message's content lies in the text, so that it can be
     /// tokenized as plain text: the spans are `None` where the template changes a content beyond trimming it, or
@@ -164,7 +167,7 @@ impl ChatTemplate {
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
-    ) -> Result<(String, Option<Vec<Range<usize>>>), ChatError> {
+    ) -> Result<(String, ContentSpans), ChatError> {
         let text = self.render(messages, add_generation_prompt)?;
         let spans = self.content_spans(&text, messages, add_generation_prompt);
         Ok((text, spans))
@@ -177,7 +180,7 @@ impl ChatTemplate {
         text: &str,
         messages: &[Message],
         add_generation_prompt: bool,
-    ) -> Option<Vec<Range<usize>>> {
+    ) -> ContentSpans {
         const OPEN: char = '\u{F8F0}';
         const CLOSE: char = '\u{F8F1}';
         if messages.iter().any(|m| m.content.contains([OPEN, CLOSE])) {
