@@ -1,4 +1,8 @@
-//! Property: no corruption of a valid file makes `from_bytes` panic; it returns Ok or a clean error.
+//! Property: no corruption of a valid file makes `from_bytes` panic; it returns Ok or a clean error. Checked by
+//! targeted properties and by the stable-toolchain fuzzer (`fuzz_gguf_reader`; long runs: `scripts/fuzz.sh`).
+
+#[path = "fuzzing/driver.rs"]
+mod fuzzing;
 
 use fulcrum_gguf::writer::{to_bytes, TensorSpec};
 use fulcrum_gguf::{Array, GgmlType, GgufFile, Value};
@@ -153,4 +157,24 @@ proptest! {
         parse_and_touch(with_magic);
         parse_and_touch(bytes);
     }
+}
+
+/// The mutation fuzzer over the reader (a short run here; `scripts/fuzz.sh` runs it for long).
+#[test]
+fn fuzz_gguf_reader() {
+    let mut dictionary: Vec<Vec<u8>> = vec![
+        b"GGUF".to_vec(),
+        b"general.alignment".to_vec(),
+        b"general.architecture".to_vec(),
+    ];
+    // Value type ids and GGML type ids, as the u32s the format stores.
+    dictionary.extend((0u32..40).map(|t| t.to_le_bytes().to_vec()));
+    let fuzz = fuzzing::Fuzz {
+        name: "gguf",
+        seeds: vec![base()],
+        dictionary,
+        crate_dir: env!("CARGO_MANIFEST_DIR"),
+        max_len: 1 << 16,
+    };
+    fuzz.run(|bytes| parse_and_touch(bytes.to_vec()));
 }

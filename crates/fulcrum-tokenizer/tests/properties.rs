@@ -1,6 +1,9 @@
-//! Properties of the real tokenizers: decoding inverts encoding, and streaming decode equals decode.
+//! Properties of the real tokenizers: decoding inverts encoding, and streaming decode equals decode; checked on
+//! generated text and by the stable-toolchain fuzzer on arbitrary bytes (`fuzz_*`; long runs: `scripts/fuzz.sh`).
 
 mod common;
+#[path = "../../fulcrum-gguf/tests/fuzzing/driver.rs"]
+mod fuzzing;
 
 use std::sync::OnceLock;
 
@@ -87,4 +90,76 @@ fn streaming_splits_only_at_character_boundaries() {
         // Each character appears whole in exactly one chunk.
         assert!(chunks.iter().any(|c| c.contains('𓀀')));
     }
+}
+
+/// The fuzzer's view of a tokenizer: any bytes (as text, lossily) round-trip through encode and decode, streaming
+/// included; special-token parsing and decoding arbitrary ids never panic.
+fn fuzz_tokenizer(name: &str, tok: &Tokenizer, specials: &[&str]) {
+    let fuzz = fuzzing::Fuzz {
+        name,
+        seeds: vec![
+            b"Hello, world! def f(x):\n    return x * 2".to_vec(),
+            "日本語 한국어 🙂👍🏽 \t\r\n  spaces".as_bytes().to_vec(),
+            b"<|im_start|>user\nhi<|im_end|><start_of_turn>model\n".to_vec(),
+        ],
+        dictionary: specials.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        crate_dir: env!("CARGO_MANIFEST_DIR"),
+        max_len: 512,
+    };
+    fuzz.run(|bytes| {
+        // SentencePiece reads U+2581 as an escaped space, so it cannot round-trip there.
+        let text = String::from_utf8_lossy(bytes).replace('\u{2581}', "_");
+        let ids = tok.encode(&text, true, false);
+        assert_eq!(tok.decode(&ids, false), text, "round trip");
+        let mut stream = StreamDecoder::new();
+        let mut streamed: String = ids.iter().map(|&id| stream.push(tok, id)).collect();
+        streamed.push_str(&stream.flush());
+        assert_eq!(streamed, text, "streamed round trip");
+        let parsed = tok.encode(&text, true, true);
+        let _ = tok.decode(&parsed, true);
+        // Arbitrary ids, in range or not.
+        let ids: Vec<u32> = bytes
+            .chunks(3)
+            .map(|c| {
+                c.iter().fold(0u32, |a, &b| a << 8 | u32::from(b)) % (tok.vocab_size() as u32 + 16)
+            })
+            .collect();
+        let _ = tok.decode(&ids, true);
+        let mut stream = StreamDecoder::new();
+        for &id in &ids {
+            let _ = stream.push(tok, id);
+        }
+    });
+}
+
+#[test]
+fn fuzz_qwen_tokenizer() {
+    fuzz_tokenizer(
+        "tokenizer-qwen",
+        qwen(),
+        &[
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|fim_prefix|>",
+            "\n\n",
+            "   ",
+        ],
+    );
+}
+
+#[test]
+fn fuzz_gemma_tokenizer() {
+    fuzz_tokenizer(
+        "tokenizer-gemma",
+        gemma(),
+        &[
+            "<start_of_turn>",
+            "<end_of_turn>",
+            "<bos>",
+            "<eos>",
+            "\n\n",
+            "   ",
+        ],
+    );
 }

@@ -266,9 +266,45 @@ fn rand_seed() -> u64 {
     h.finish()
 }
 
+/// The stable-toolchain fuzzer (shared with the other crates' fuzz targets).
+#[cfg(test)]
+#[path = "../../../fulcrum-gguf/tests/fuzzing/driver.rs"]
+mod fuzzing;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stable-toolchain fuzzer over the request parser: any body is a request or a 400, never a panic.
+    #[test]
+    fn fuzz_request_parser() {
+        let fuzz = fuzzing::Fuzz {
+            name: "request-parser",
+            seeds: vec![
+                br#"{"model":"m","prompt":"hi","max_tokens":5,"temperature":0.7,"top_p":0.9,"stop":["a"],"seed":3,"logprobs":2,"stream":true,"stream_options":{"include_usage":true}}"#.to_vec(),
+                br#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"logit_bias":{"1":-100},"logprobs":true,"top_logprobs":3,"spec":"lookup:4","attention":"delta","n":1}"#.to_vec(),
+            ],
+            dictionary: [
+                "\"max_tokens\":", "\"temperature\":", "\"top_k\":", "\"min_p\":", "\"stop\":",
+                "\"logit_bias\":", "\"messages\":", "\"content\":", "\"role\":", "\"spec\":",
+                "\"attention\":", "\"seed\":", "\"n\":", "\"top_logprobs\":", "\"prompt\":", "null", "true",
+                "-1", "1e400", "18446744073709551616", "-0.0", "[", "]", "{", "}", ",", "\"\\ud800\"", "\"\"",
+                "\"draft:x,9\"", "\"early-exit:99,3\"", "\"dense\"",
+            ]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
+            crate_dir: env!("CARGO_MANIFEST_DIR"),
+            max_len: 4096,
+        };
+        fuzz.run(|bytes| {
+            for chat in [false, true] {
+                if let Err(e) = parse(bytes, chat) {
+                    assert!(!e.message.is_empty());
+                }
+            }
+        });
+    }
 
     #[test]
     fn unknown_fields_are_ignored_and_known_ones_checked() {
