@@ -19,3 +19,6 @@ cargo clippy --release --locked --workspace --all-targets -- -D warnings
 
 echo "== tests"
 cargo test --release --locked --workspace
+
+echo "== soak (60 s smoke: load at twice capacity, disconnects, malformed requests, bursts, SIGTERM)"
+python3 bench/soak --smoke --json target/soak/smoke.json

@@ -558,6 +558,23 @@ async fn chat_completions(State(state): State<Arc<AppState>>, request: Request) 
 
 /// Reads a request's body within the read timeout and the size limit.
 async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than this server's limit of {} MiB (--max-body-mib)",
+                state.max_body >> 20
+            ),
+        )
+    };
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body as u64) {
+        return Err(too_large());
+    }
     match tokio::time::timeout(state.read_timeout, Bytes::from_request(request, &())).await {
         Err(_) => Err(ApiError::status(
             StatusCode::REQUEST_TIMEOUT,
@@ -567,13 +584,7 @@ async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError
             ),
         )),
         Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::status(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than this server's limit of {} MiB (--max-body-mib)",
-                    state.max_body >> 20
-                ),
-            ))
+            Err(too_large())
         }
         Ok(Err(rejection)) => Err(ApiError::status(
             rejection.status(),
