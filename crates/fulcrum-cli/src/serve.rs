@@ -652,6 +652,20 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
             )
         });
     }
+    let vocab = state.model.tokenizer.vocab_size();
+    if let Some(&(id, _)) = req
+        .sampler
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= vocab)
+    {
+        return Err(ApiError::invalid(
+            format!(
+                "logit_bias names token {id}, outside this model's vocabulary of {vocab} tokens"
+            ),
+            Some("logit_bias".into()),
+        ));
+    }
     let spec = req.spec.clone().unwrap_or_else(|| state.spec.clone());
     spec.check(state.model.config.n_layers)
         .map_err(|e| ApiError::invalid(e.to_string(), Some("spec".into())))?;

@@ -291,6 +291,10 @@ fn hostile_and_bad_requests_get_openai_errors_and_the_server_goes_on() {
     let _ = slow.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 408"), "slow body: {out}");
 
+    // A bias for a token the model does not have names the field.
+    let e = completion(port, json!({"prompt": "hi", "logit_bias": {"999999": 5}})).error(400);
+    assert_eq!(e["param"], "logit_bias");
+
     // max_tokens 0 generates nothing, as asked.
     let r = completion(port, json!({"prompt": "Hello", "max_tokens": 0})).json();
     assert_eq!(r["choices"][0]["text"], "");
@@ -311,6 +315,20 @@ fn hostile_and_bad_requests_get_openai_errors_and_the_server_goes_on() {
     assert!(
         forged >= plain + 4,
         "<|im_end|> in content was parsed as a control token ({plain} vs {forged} tokens)"
+    );
+
+    // A speculative step's tokens share its time between tokens: none of them is observed as taking no time.
+    let r = completion(
+        port,
+        json!({"prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3,",
+               "max_tokens": 48, "temperature": 0, "spec": "lookup:6"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(server.metric("fulcrum_spec_accepted_tokens_total") >= 10.0);
+    assert_eq!(
+        server.metric("fulcrum_time_per_output_token_seconds_bucket{le=\"0.001\"}"),
+        0.0,
+        "speculative tokens observed at 0 s"
     );
 
     // After all that, normal service.

@@ -14,6 +14,11 @@ pub struct BadRequest {
     pub param: Option<String>,
 }
 
+/// Longest stop string, in bytes (each is searched for in the text after every token).
+const MAX_STOP_BYTES: usize = 1024;
+/// Most tokens one request may bias.
+const MAX_LOGIT_BIAS: usize = 1024;
+
 fn bad(param: &str, message: impl Into<String>) -> BadRequest {
     BadRequest {
         message: message.into(),
@@ -172,6 +177,12 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
     if stop.iter().any(String::is_empty) {
         return Err(bad("stop", "stop strings must not be empty"));
     }
+    if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(bad(
+            "stop",
+            format!("stop strings must be at most {MAX_STOP_BYTES} bytes"),
+        ));
+    }
     let stream = flag(&body, "stream")?;
     let include_usage = body
         .get("stream_options")
@@ -189,6 +200,12 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
     };
     let logit_bias = match body.get("logit_bias") {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(map)) if map.len() > MAX_LOGIT_BIAS => {
+            return Err(bad(
+                "logit_bias",
+                format!("'logit_bias' may bias at most {MAX_LOGIT_BIAS} tokens"),
+            ))
+        }
         Some(Value::Object(map)) => {
             let message = "'logit_bias' maps token ids to numbers from -100 to 100";
             let mut biases = Vec::with_capacity(map.len());
@@ -325,6 +342,21 @@ mod tests {
             (br#"{"prompt":"hi","logit_bias":{"x":1}}"#, "logit_bias"),
             (br#"{"prompt":"hi","logit_bias":{"7":-101}}"#, "logit_bias"),
             (br#"{"prompt":"hi","logit_bias":[1]}"#, "logit_bias"),
+            (
+                format!(r#"{{"prompt":"hi","stop":["{}"]}}"#, "x".repeat(1025)).as_bytes(),
+                "stop",
+            ),
+            (
+                format!(
+                    r#"{{"prompt":"hi","logit_bias":{{{}}}}}"#,
+                    (0..1025)
+                        .map(|i| format!(r#""{i}":1"#))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+                .as_bytes(),
+                "logit_bias",
+            ),
             (br#"{"prompt":"hi","attention":"sparse"}"#, "attention"),
             (br#"{"prompt":"hi","attention":true}"#, "attention"),
         ] {

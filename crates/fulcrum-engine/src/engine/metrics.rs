@@ -58,7 +58,7 @@ pub struct Histogram {
 impl Default for Histogram {
     fn default() -> Self {
         let bounds = vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
         Histogram {
             counts: vec![0; bounds.len() + 1],
