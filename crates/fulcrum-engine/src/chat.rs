@@ -147,7 +147,16 @@ impl ChatTemplate {
             tools => Value::from(()),
         };
         let mut output = CappedWriter::default();
-        match template.render_captured_to(context, &mut output) {
+        // A hostile template can trip a panic inside the renderer (one found by fuzzing): it is an error here.
+        let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            template.render_captured_to(context, &mut output)
+        }));
+        let Ok(rendered) = rendered else {
+            return Err(ChatError::Render(
+                "the template renderer failed on this template".into(),
+            ));
+        };
+        match rendered {
             Ok(_) => String::from_utf8(output.buffer)
                 .map_err(|_| ChatError::Render("the output is not valid UTF-8".into())),
             Err(_) if output.overflowed => Err(ChatError::TooLarge),
