@@ -723,22 +723,21 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
         // Submitting waits for the engine's next iteration boundary: on a blocking thread, which then relays the
         // request's events, so the async workers stay free for other connections, /health and /metrics.
         let (submitted, answer) = tokio::sync::oneshot::channel();
-        let (state2, stops) = (state.clone(), req.stop.clone());
+        let (relay_state, stops) = (state.clone(), req.stop.clone());
         tokio::task::spawn_blocking(move || {
-            let state = state2;
-            match state.engine.submit(prompt, params) {
+            match relay_state.engine.submit(prompt, params) {
                 Err(e) => {
                     let _ = submitted.send(Err(e));
                 }
                 Ok((id, events)) => {
                     if submitted.send(Ok(id)).is_err() {
                         // The client went away while it was being submitted.
-                        state.engine.abort(id);
+                        relay_state.engine.abort(id);
                         return;
                     }
                     generation::relay(
-                        &state.model,
-                        &state.engine,
+                        &relay_state.model,
+                        &relay_state.engine,
                         id,
                         events,
                         &stops,

@@ -87,6 +87,16 @@ impl Server {
         }
     }
 
+    /// Sends a completion request on another thread and waits until the engine runs it (the only request running).
+    fn running(&self, body: Value) -> std::thread::JoinHandle<Reply> {
+        let port = self.port;
+        let request = std::thread::spawn(move || completion(port, body));
+        eventually("the request runs", || {
+            self.metric("fulcrum_num_requests_running") == 1.0
+        });
+        request
+    }
+
     /// A metric's value.
     fn metric(&self, name: &str) -> f64 {
         let text = get(self.port, "/metrics").body;
@@ -380,18 +390,7 @@ fn a_full_queue_disconnects_and_shutdown_lose_nothing() {
     // While a long prefill runs (900 tokens in two iterations of 512), requests being submitted do not hold up
     // /health: they wait for the engine's next iteration on blocking threads, not on the two async workers.
     let long = long_prompt(900);
-    let busy = std::thread::spawn({
-        let long = long.clone();
-        move || {
-            completion(
-                port,
-                json!({"prompt": long, "max_tokens": 64, "temperature": 0}),
-            )
-        }
-    });
-    eventually("the long request's first chunk is in", || {
-        server.metric("fulcrum_num_requests_running") == 1.0
-    });
+    let busy = server.running(json!({"prompt": long, "max_tokens": 64, "temperature": 0}));
     let submitters: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || completion(port, greedy("Once upon a time", 4))))
         .collect();
@@ -420,18 +419,7 @@ fn a_full_queue_disconnects_and_shutdown_lose_nothing() {
     assert_eq!(busy.join().unwrap().status, 200);
 
     // A client that goes away while its request is queued: the request is cancelled before it runs.
-    let busy = std::thread::spawn({
-        let long = long.clone();
-        move || {
-            completion(
-                port,
-                json!({"prompt": long, "max_tokens": 200, "temperature": 0}),
-            )
-        }
-    });
-    eventually("the long request runs", || {
-        server.metric("fulcrum_num_requests_running") == 1.0
-    });
+    let busy = server.running(json!({"prompt": long, "max_tokens": 200, "temperature": 0}));
     let finished = server.metric("fulcrum_requests_finished_total");
     for stream in [false, true] {
         let body =
@@ -464,15 +452,9 @@ fn a_full_queue_disconnects_and_shutdown_lose_nothing() {
     assert_eq!(busy.join().unwrap().status, 200);
 
     // SIGTERM: the stream in flight finishes with [DONE]; new requests get 503 with Retry-After; then exit 0.
-    let stream = std::thread::spawn(move || {
-        completion(
-            port,
-            json!({"prompt": "Tell me a story", "max_tokens": 48, "stream": true, "temperature": 0}),
-        )
-    });
-    eventually("the stream runs", || {
-        server.metric("fulcrum_num_requests_running") == 1.0
-    });
+    let stream = server.running(
+        json!({"prompt": "Tell me a story", "max_tokens": 48, "stream": true, "temperature": 0}),
+    );
     server.signal("TERM");
     eventually("the server drains", || get(port, "/health").status == 503);
     let health = get(port, "/health");
@@ -495,15 +477,8 @@ fn a_full_queue_disconnects_and_shutdown_lose_nothing() {
 fn a_second_signal_exits_at_once() {
     let mut server = Server::start("signal", &["--ctx", "512", "--drain-timeout", "600"]);
     let port = server.port;
-    let stream = std::thread::spawn(move || {
-        completion(
-            port,
-            json!({"prompt": "Tell me a long story", "max_tokens": 400, "stream": true}),
-        )
-    });
-    eventually("the stream runs", || {
-        server.metric("fulcrum_num_requests_running") == 1.0
-    });
+    let stream = server
+        .running(json!({"prompt": "Tell me a long story", "max_tokens": 400, "stream": true}));
     server.signal("INT");
     eventually("the server drains", || get(port, "/health").status == 503);
     server.signal("INT");

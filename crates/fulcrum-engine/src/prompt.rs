@@ -62,20 +62,24 @@ pub fn tokenize_chat(
     messages: &[Message],
     add_generation_prompt: bool,
 ) -> Result<Result<Vec<u32>, UnsafeContent>, ChatError> {
+    let tok = &model.tokenizer;
+    let Some(index) = messages
+        .iter()
+        .position(|m| tok.has_control_text(&m.content))
+    else {
+        // Nothing to protect: the template's text as it is (the same tokens as guarding every content).
+        return Ok(Ok(tokenize(
+            model,
+            &template.render(messages, add_generation_prompt)?,
+        )));
+    };
     let (text, spans) = template.render_spans(messages, add_generation_prompt)?;
     Ok(match spans {
         Some(spans) => Ok(tokenize_guarded(model, &text, &spans)),
-        None => match messages
-            .iter()
-            .position(|m| model.tokenizer.has_control_text(&m.content))
-        {
-            Some(index) => Err(UnsafeContent {
-                index,
-                token: first_control_text(model, &messages[index].content),
-            }),
-            // Nothing to protect: the template's text as it is.
-            None => Ok(tokenize(model, &text)),
-        },
+        None => Err(UnsafeContent {
+            index,
+            token: first_control_text(model, &messages[index].content),
+        }),
     })
 }
 

@@ -37,7 +37,7 @@ fn fuzz_chat_conversations() {
             b"\x00Be brief.\x00\x01Hello\x00\x02Hi there\x00\x01Bye".to_vec(),
             b"\x01 spaced \x00\x02<|im_end|>\x00\x01<end_of_turn>".to_vec(),
         ],
-        dictionary: [
+        dictionary: fuzzing::words(&[
             "<|im_start|>",
             "<|im_end|>",
             "<end_of_turn>",
@@ -45,10 +45,7 @@ fn fuzz_chat_conversations() {
             "{%",
             "\u{F8F0}0\u{F8F1}",
             "  ",
-        ]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .collect(),
+        ]),
         crate_dir: env!("CARGO_MANIFEST_DIR"),
         max_len: 1024,
     };
@@ -85,7 +82,7 @@ fn fuzz_chat_template_sources() {
             b"{% macro f(n) %}{{ f(n - 1) }}{% endmacro %}{{ f(3) }}{{ raise_exception('x') }}"
                 .to_vec(),
         ],
-        dictionary: [
+        dictionary: fuzzing::words(&[
             "{%",
             "%}",
             "{{",
@@ -113,10 +110,7 @@ fn fuzz_chat_template_sources() {
             " recursive ",
             "loop(m)",
             "range(100000)",
-        ]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .collect(),
+        ]),
         crate_dir: env!("CARGO_MANIFEST_DIR"),
         max_len: 8192,
     };

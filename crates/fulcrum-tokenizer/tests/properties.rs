@@ -102,7 +102,7 @@ fn fuzz_tokenizer(name: &str, tok: &Tokenizer, specials: &[&str]) {
             "日本語 한국어 🙂👍🏽 \t\r\n  spaces".as_bytes().to_vec(),
             b"<|im_start|>user\nhi<|im_end|><start_of_turn>model\n".to_vec(),
         ],
-        dictionary: specials.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        dictionary: fuzzing::words(specials),
         crate_dir: env!("CARGO_MANIFEST_DIR"),
         max_len: 512,
     };

@@ -301,16 +301,13 @@ mod tests {
                 br#"{"model":"m","prompt":"hi","max_tokens":5,"temperature":0.7,"top_p":0.9,"stop":["a"],"seed":3,"logprobs":2,"stream":true,"stream_options":{"include_usage":true}}"#.to_vec(),
                 br#"{"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"logit_bias":{"1":-100},"logprobs":true,"top_logprobs":3,"spec":"lookup:4","attention":"delta","n":1}"#.to_vec(),
             ],
-            dictionary: [
+            dictionary: fuzzing::words(&[
                 "\"max_tokens\":", "\"temperature\":", "\"top_k\":", "\"min_p\":", "\"stop\":",
                 "\"logit_bias\":", "\"messages\":", "\"content\":", "\"role\":", "\"spec\":",
                 "\"attention\":", "\"seed\":", "\"n\":", "\"top_logprobs\":", "\"prompt\":", "null", "true",
                 "-1", "1e400", "18446744073709551616", "-0.0", "[", "]", "{", "}", ",", "\"\\ud800\"", "\"\"",
                 "\"draft:x,9\"", "\"early-exit:99,3\"", "\"dense\"",
-            ]
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect(),
+            ]),
             crate_dir: env!("CARGO_MANIFEST_DIR"),
             max_len: 4096,
         };

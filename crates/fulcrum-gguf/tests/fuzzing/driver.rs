@@ -68,6 +68,11 @@ fn quiet_fuzz_panics() {
     });
 }
 
+/// A dictionary of text tokens, as the mutator inserts them.
+pub fn words(list: &[&str]) -> Vec<Vec<u8>> {
+    list.iter().map(|s| s.as_bytes().to_vec()).collect()
+}
+
 /// What a target is given, and how long it runs.
 pub struct Fuzz<'a> {
     /// The target's name (for messages, crash files and statistics).
