@@ -10,7 +10,7 @@ stats="$(mktemp)"
 trap 'rm -f "$stats"' EXIT
 cargo build --release --locked --workspace --tests
 run() { # package, test binary selector, test name
-    FULCRUM_FUZZ_SECONDS="$seconds" FULCRUM_FUZZ_STATS="$stats" \
+    FULCRUM_FUZZ_SECONDS="$seconds" FULCRUM_FUZZ_STATS="$stats" FULCRUM_FUZZ_SEED="${FULCRUM_FUZZ_SEED:-$RANDOM$RANDOM}" \
         cargo test --release --locked -q -p "$1" $2 -- --exact "$3" --nocapture --test-threads 1
 }
 run fulcrum-gguf "--test mutation" fuzz_gguf_reader

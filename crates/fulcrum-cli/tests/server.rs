@@ -111,6 +111,10 @@ fn openai_client_against_fulcrum_serve() {
                 "qwen2.5-coder-0.5b-instruct",
                 "--draft-type",
                 "keep",
+                // DEL always drafts (its shadow rows are checked); otherwise whether it drafts hangs on this host's
+                // measured timings.
+                "--spec-gamma-min",
+                "1",
                 "--port",
                 &port.to_string(),
             ])

@@ -14,8 +14,9 @@ fn render_hostile(source: &str) -> ChatError {
     let template = ChatTemplate::new(Some(source), "", "").expect("compiles");
     let start = Instant::now();
     let result = template.render(&[Message::new("user", "hi")], true);
+    // Fast means seconds, not minutes: the bound leaves room for a loaded CI machine.
     assert!(
-        start.elapsed() < Duration::from_secs(1),
+        start.elapsed() < Duration::from_secs(5),
         "took {:?}",
         start.elapsed()
     );

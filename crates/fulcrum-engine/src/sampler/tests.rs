@@ -389,7 +389,7 @@ fn large_vocabulary_is_fast_enough() {
         let per_call = start.elapsed() / rounds;
         eprintln!("262k logits, {config:?}: {per_call:?} per call");
         // Generous bound so a loaded CI machine never flakes; typical is well under 2 ms.
-        assert!(per_call.as_millis() < 20, "{config:?}: {per_call:?}");
+        assert!(per_call.as_millis() < 50, "{config:?}: {per_call:?}");
     }
 }
 
