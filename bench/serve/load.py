@@ -55,7 +55,7 @@ def run_level(url, concurrency, per_client, messages_for, max_tokens, ban_tokens
         nonlocal tokens
         for r in range(per_client):
             body = {"messages": messages_for(k * per_client + r), "max_tokens": max_tokens, "temperature": 0,
-                    "stream": True, "stream_options": {"include_usage": True}, "model": "default"}
+                    "stream": True, "stream_options": {"include_usage": True}}
             if ban_tokens:
                 body["logit_bias"] = {str(t): -100 for t in ban_tokens}
             ttft, arrivals, n = stream_one(url, body)

@@ -75,9 +75,15 @@ pub struct SamplingArgs {
     /// Penalty for repeating recent tokens (1 = off).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
-    /// How many recent tokens the repetition penalty looks at.
+    /// How many recent tokens the repetition, presence and frequency penalties look at.
     #[arg(long, default_value_t = 64)]
     pub repeat_last_n: usize,
+    /// Subtracted from the logit of every token among the recent ones (0 = off).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per occurrence among the recent ones (0 = off).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub frequency_penalty: f32,
     /// Random seed; the same seed, prompt and settings give the same output.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -136,6 +142,8 @@ impl SamplingArgs {
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
             seed,
             logit_bias: self.logit_bias.clone(),
         };

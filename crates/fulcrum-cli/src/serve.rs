@@ -4,12 +4,13 @@
 mod generation;
 mod listen;
 mod request;
+mod response;
 
 use crate::common::{self, CliResult};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,12 +21,13 @@ use fulcrum_engine::chat::ChatTemplate;
 use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Params};
 use fulcrum_engine::latency::TbtTarget;
 use fulcrum_engine::prompt;
+use fulcrum_engine::sampler::SamplerConfig;
 use fulcrum_engine::scheduler::{Limits, Rejected};
 use fulcrum_engine::spec::Speculation;
-use generation::{Chunk, TokenLogprob, Usage};
-use request::{BadRequest, Prompt};
+use generation::{Chunk, Usage};
+use request::{BadRequest, Prompt, PromptInput};
+use response::{Choice, Ids, Totals};
 use serde_json::{json, Value};
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -85,6 +87,20 @@ pub struct Args {
     /// `--attention` is the default of requests that do not choose one ("attention" field: "dense" or "delta").
     #[command(flatten)]
     attention: common::AttentionArgs,
+    /// The model's name in responses and /v1/models (repeatable: later ones are aliases requests may use too).
+    #[arg(long = "served-model-name")]
+    served_model_name: Vec<String>,
+    /// Require `Authorization: Bearer KEY` on every route but /health (repeatable; also FULCRUM_API_KEY, comma-separated).
+    #[arg(
+        long = "api-key",
+        env = "FULCRUM_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_key: Vec<String>,
+    /// A file of API keys, one per line (blank lines and lines starting with # are skipped).
+    #[arg(long)]
+    api_key_file: Option<std::path::PathBuf>,
     /// Largest request body, in MiB (larger ones get 413).
     #[arg(long, default_value_t = 8)]
     max_body_mib: usize,
@@ -103,7 +119,12 @@ pub struct Args {
 
 struct AppState {
     model: Arc<Model>,
+    /// The name the server answers with (the first `--served-model-name`, else the model as given).
     name: String,
+    /// Every name a request's `model` may use: the served names, the model as given and its file stem.
+    names: Vec<String>,
+    /// Bearer tokens a request must present (none: open).
+    api_keys: Vec<String>,
     template: ChatTemplate,
     engine: EngineHandle,
     kv_tokens: usize,
@@ -296,14 +317,20 @@ pub fn run(args: Args) -> CliResult {
     )?;
     // A registry name as given; a path by its file name.
     let path = std::path::Path::new(&args.model);
-    let name = match path.file_stem() {
+    let stem = match path.file_stem() {
         Some(stem) if path.is_file() => stem.to_string_lossy().into_owned(),
         _ => args.model.clone(),
     };
+    let mut names = args.served_model_name.clone();
+    let name = names.first().cloned().unwrap_or_else(|| stem.clone());
+    names.extend([stem, args.model.clone()]);
+    let api_keys = api_keys(&args)?;
     let state = Arc::new(AppState {
         template: prompt::chat_template(&model)?,
         model,
         name,
+        names,
+        api_keys,
         engine,
         kv_tokens,
         spec: args.spec,
@@ -323,11 +350,18 @@ pub fn run(args: Args) -> CliResult {
     let app = Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model_info))
         .route("/metrics", get(metrics))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .layer(DefaultBodyLimit::max(state.max_body))
         .with_state(state);
     let limits = listen::ConnLimits {
@@ -365,11 +399,217 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [{
+/// The API keys of `--api-key`, FULCRUM_API_KEY and `--api-key-file`.
+fn api_keys(args: &Args) -> CliResult<Vec<String>> {
+    let mut keys: Vec<String> = args.api_key.iter().map(|k| k.trim().to_string()).collect();
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --api-key-file {}: {e}", path.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+        if keys.is_empty() {
+            return Err(format!("--api-key-file {} holds no key", path.display()).into());
+        }
+    }
+    if keys.iter().any(String::is_empty) {
+        return Err("an API key must not be empty".into());
+    }
+    Ok(keys)
+}
+
+/// With API keys set, every route but /health needs `Authorization: Bearer KEY`: a 401 in OpenAI's shape otherwise.
+async fn authorize(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.api_keys.is_empty() || request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    // Compared in time independent of where a wrong key differs.
+    let matches = |key: &String| {
+        presented.is_some_and(|p| {
+            p.len() == key.len() && p.bytes().zip(key.bytes()).fold(0, |d, (a, b)| d | (a ^ b)) == 0
+        })
+    };
+    if state.api_keys.iter().any(matches) {
+        return next.run(request).await;
+    }
+    let message = if presented.is_some() {
+        "incorrect API key provided"
+    } else {
+        "this server needs an API key: send 'Authorization: Bearer KEY'"
+    };
+    let mut response = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: Some("invalid_api_key"),
+        ..ApiError::invalid(message, None)
+    }
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The served model as /v1/models lists it, with what clients size requests by.
+fn model_json(state: &AppState) -> Value {
+    let c = &state.model.config;
+    json!({
         "id": state.name, "object": "model", "created": now(), "owned_by": "fulcrum",
         "max_model_len": state.engine.max_seq_len,
-    }]}))
+        "aliases": state.names.iter().filter(|n| **n != state.name).collect::<Vec<_>>(),
+        "meta": {
+            "architecture": c.arch_name, "n_ctx_train": c.context_length, "n_ctx": state.engine.max_seq_len,
+            "n_vocab": state.model.tokenizer.vocab_size(), "n_embd": c.d_model, "n_layer": c.n_layers,
+            "n_head": c.n_heads, "n_head_kv": c.n_kv_heads, "kv_cache_tokens": state.kv_tokens,
+            "chat_template": state.model.chat_template().is_some(),
+        },
+    })
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_json(&state)]}))
+}
+
+/// `GET /v1/models/{id}`: the served model by any of its names, else 404 `model_not_found`.
+async fn model_info(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> AppResult {
+    check_model(&state, Some(&id))?;
+    Ok(Json(model_json(&state)).into_response())
+}
+
+/// Parses a JSON object body whose fields are all among `fields`.
+fn object_body(body: &[u8], fields: &[&str]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}"), None))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::invalid(
+            "the request body must be a JSON object",
+            None,
+        ));
+    };
+    if let Some(key) = map.keys().find(|k| !fields.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            format!("unknown field '{key}'"),
+            Some(key.clone()),
+        ));
+    }
+    Ok(map)
+}
+
+/// `POST /tokenize`: a text (`content`, llama.cpp's name, or `prompt`, vLLM's) or a conversation (`messages`, through
+/// the chat template) to token ids, as the completion endpoints would tokenize it; `with_pieces` adds each token's text.
+async fn tokenize(State(state): State<Arc<AppState>>, request: Request) -> AppResult {
+    let body = read_body(&state, request).await?;
+    let map = object_body(
+        &body,
+        &[
+            "content",
+            "prompt",
+            "messages",
+            "model",
+            "add_special",
+            "add_special_tokens",
+            "with_pieces",
+            "add_generation_prompt",
+        ],
+    )?;
+    check_model(&state, map.get("model").and_then(Value::as_str))?;
+    let bool_field = |key: &str, default: bool| match map.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid(
+            format!("'{key}' must be a boolean"),
+            Some(key.into()),
+        )),
+    };
+    let add_special = bool_field("add_special", true)? && bool_field("add_special_tokens", true)?;
+    let with_pieces = bool_field("with_pieces", false)?;
+    let tokens = if let Some(messages) = map.get("messages") {
+        let chat = json!({"messages": messages}).to_string();
+        let Prompt::Chat(messages) = request::parse(chat.as_bytes(), true)?.prompt else {
+            unreachable!("a chat request has messages")
+        };
+        let generation_prompt = bool_field("add_generation_prompt", true)?;
+        prompt::tokenize_chat(&state.model, &state.template, &messages, generation_prompt)
+            .map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages".into())))?
+            .map_err(|e| ApiError::invalid(e.to_string(), Some("messages".into())))?
+    } else {
+        let text =
+            match map.get("content").or_else(|| map.get("prompt")) {
+                Some(Value::String(t)) => t,
+                _ => return Err(ApiError::invalid(
+                    "give the text to tokenize as a string 'content' (or 'prompt'), or 'messages'",
+                    Some("content".into()),
+                )),
+            };
+        if add_special {
+            prompt::tokenize(&state.model, text)
+        } else {
+            state.model.tokenizer.encode(text, false, true)
+        }
+    };
+    let tok = &state.model.tokenizer;
+    let listed: Vec<Value> = if with_pieces {
+        tokens
+            .iter()
+            .map(|&id| json!({"id": id, "piece": String::from_utf8_lossy(tok.token_bytes(id, true))}))
+            .collect()
+    } else {
+        tokens.iter().map(|&id| json!(id)).collect()
+    };
+    Ok(Json(
+        json!({"tokens": listed, "count": tokens.len(), "max_model_len": state.engine.max_seq_len}),
+    )
+    .into_response())
+}
+
+/// `POST /detokenize`: token ids to text (`content`, llama.cpp's name, and `prompt`, vLLM's).
+async fn detokenize(State(state): State<Arc<AppState>>, request: Request) -> AppResult {
+    let body = read_body(&state, request).await?;
+    let map = object_body(&body, &["tokens", "model"])?;
+    check_model(&state, map.get("model").and_then(Value::as_str))?;
+    let vocab = state.model.tokenizer.vocab_size();
+    let tokens: Vec<u32> = match map.get("tokens") {
+        Some(Value::Array(ids)) => ids
+            .iter()
+            .map(|id| {
+                id.as_u64()
+                    .filter(|&id| id < vocab as u64)
+                    .map(|id| id as u32)
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("'tokens' must be token ids from 0 to {}", vocab - 1),
+                    Some("tokens".into()),
+                )
+            })?,
+        _ => {
+            return Err(ApiError::invalid(
+                "'tokens' must be an array of token ids",
+                Some("tokens".into()),
+            ))
+        }
+    };
+    let text = state.model.tokenizer.decode(&tokens, true);
+    Ok(Json(json!({"content": text, "prompt": text})).into_response())
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -616,43 +856,79 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// One generation to run for a request: a prompt and the choice's seed.
+struct Job {
+    prompt: Arc<Vec<u32>>,
+    seed: u64,
+    /// Whether this is its prompt's first choice (whose prompt tokens the usage counts, and which is prefilled
+    /// before the others so that they find its KV in the prefix cache).
+    first: bool,
+}
+
 async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult {
     let Some(flight) = state.drain.enter() else {
         return Err(ApiError::draining(state.drain_timeout));
     };
     let body = read_body(&state, request).await?;
     let req = request::parse(&body, chat)?;
+    check_model(&state, req.model.as_deref())?;
+    let field = if chat { "messages" } else { "prompt" };
+    let tok = &state.model.tokenizer;
+    let vocab = tok.vocab_size();
     // Messages' content is tokenized as plain text: only the template's markup becomes control tokens.
-    let prompt = match &req.prompt {
-        Prompt::Text(t) => prompt::tokenize(&state.model, t),
-        Prompt::Chat(messages) => {
-            prompt::tokenize_chat(&state.model, &state.template, messages, true)
-                .map_err(|e| {
-                    ApiError::invalid(format!("chat template: {e}"), Some("messages".into()))
-                })?
-                .map_err(|e| ApiError::invalid(e.to_string(), Some("messages".into())))?
-        }
+    let prompts: Vec<Vec<u32>> = match &req.prompt {
+        Prompt::Chat(messages) => vec![prompt::tokenize_chat(
+            &state.model,
+            &state.template,
+            messages,
+            true,
+        )
+        .map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages".into())))?
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("messages".into())))?],
+        Prompt::Completion(inputs) => inputs
+            .iter()
+            .map(|input| match (input, &req.suffix) {
+                (PromptInput::Text(t), Some(suffix)) => {
+                    prompt::fill_in_the_middle(&state.model, t, suffix).ok_or_else(|| {
+                        ApiError::invalid(
+                            "this model has no fill-in-the-middle tokens, so 'suffix' cannot be used",
+                            Some("suffix".into()),
+                        )
+                    })
+                }
+                (PromptInput::Tokens(_), Some(_)) => Err(ApiError::invalid(
+                    "'suffix' needs a text prompt",
+                    Some("suffix".into()),
+                )),
+                (PromptInput::Text(t), None) => Ok(prompt::tokenize(&state.model, t)),
+                (PromptInput::Tokens(ids), None) => match ids.iter().find(|&&id| id as usize >= vocab) {
+                    Some(id) => Err(ApiError::invalid(
+                        format!("the prompt holds token {id}, outside this model's vocabulary of {vocab} tokens"),
+                        Some("prompt".into()),
+                    )),
+                    None => Ok(ids.clone()),
+                },
+            })
+            .collect::<Result<_, _>>()?,
     };
     let limit = state.engine.max_seq_len;
-    if prompt.is_empty() {
-        return Err(ApiError::invalid(
-            "the prompt is empty",
-            Some("prompt".into()),
-        ));
+    for prompt in &prompts {
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("the prompt is empty", Some(field.into())));
+        }
+        if prompt.len() >= limit {
+            return Err(ApiError {
+                code: Some("context_length_exceeded"),
+                ..ApiError::invalid(
+                    format!(
+                        "the prompt has {} tokens; this server's context is {limit} tokens (prompt and output)",
+                        prompt.len()
+                    ),
+                    Some(field.into()),
+                )
+            });
+        }
     }
-    if prompt.len() >= limit {
-        return Err(ApiError {
-            code: Some("context_length_exceeded"),
-            ..ApiError::invalid(
-                format!(
-                    "the prompt has {} tokens; this server's context is {limit} tokens (prompt and output)",
-                    prompt.len()
-                ),
-                Some(if chat { "messages" } else { "prompt" }.into()),
-            )
-        });
-    }
-    let vocab = state.model.tokenizer.vocab_size();
     if let Some(&(id, _)) = req
         .sampler
         .logit_bias
@@ -666,108 +942,79 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
             Some("logit_bias".into()),
         ));
     }
-    let spec = req.spec.clone().unwrap_or_else(|| state.spec.clone());
-    spec.check(state.model.config.n_layers)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("spec".into())))?;
-    if spec.needs_draft_model() {
-        let known = |(name, stem): &(String, String)| {
-            spec.draft_model().is_none_or(|n| n == name || n == stem)
-        };
-        match &state.draft {
-            None => {
-                return Err(ApiError::invalid(
-                    "this server has no draft model (start it with --draft-model NAME); try \"del\" or \"lookup\"",
-                    Some("spec".into()),
-                ))
-            }
-            Some(d) if !known(d) => {
-                return Err(ApiError::invalid(
-                    format!(
-                        "this server drafts with {}, not {}",
-                        d.0,
-                        spec.draft_model().unwrap_or_default()
-                    ),
-                    Some("spec".into()),
-                ))
-            }
-            Some(_) => {}
-        }
+    if req.echo && req.logprobs.is_some() {
+        return Err(ApiError::invalid(
+            "'echo' with 'logprobs' (log-probabilities of the prompt's tokens) is not supported by this server",
+            Some("echo".into()),
+        ));
     }
-    let max_tokens = req
-        .max_tokens
-        .unwrap_or(usize::MAX)
-        .min(limit - prompt.len());
-    let n_prompt = prompt.len();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut cancel = None;
-    if max_tokens == 0 {
-        // Nothing to generate: the answer is empty, cut by its length limit.
-        let usage = Usage {
-            prompt_tokens: n_prompt,
-            ..Usage::default()
-        };
-        let _ = tx.send(Chunk::Done {
-            reason: "length",
-            usage,
-        });
-        drop(tx);
+    let spec = req.spec.clone().unwrap_or_else(|| state.spec.clone());
+    check_spec(&state, &spec)?;
+    // Each prompt's choices are numbered together (OpenAI's index = prompt × n + choice); with best_of, `best_of`
+    // run per prompt and the best `n` are kept.
+    let per_prompt = req.best_of;
+    let jobs: Vec<Job> = prompts
+        .into_iter()
+        .flat_map(|p| {
+            let p = Arc::new(p);
+            (0..per_prompt).map(move |j| (p.clone(), j))
+        })
+        .map(|(prompt, j)| Job {
+            prompt,
+            seed: req.sampler.seed.wrapping_add(j as u64),
+            first: j == 0,
+        })
+        .collect();
+    let echo: Vec<String> = if req.echo {
+        jobs.iter().map(|j| tok.decode(&j.prompt, false)).collect()
     } else {
+        Vec::new()
+    };
+    let ranked = req.best_of > req.n;
+    // best_of ranks choices by their tokens' log-probabilities, so they are computed even when not asked for.
+    let logprobs = match (req.logprobs, ranked) {
+        (None, true) => Some(0),
+        (l, _) => l,
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut cancels: Vec<Option<Cancel>> = Vec::with_capacity(jobs.len());
+    let mut prefilled = None;
+    for (index, job) in jobs.iter().enumerate() {
+        // A prompt's other choices wait until its first is prefilled: they then share its KV through the prefix cache.
+        if !job.first {
+            if let Some(done) = prefilled.take() {
+                let _ = done.await;
+            }
+        }
         let params = Params {
-            max_tokens,
-            sampler: req.sampler.clone(),
-            logprobs: req.logprobs,
+            max_tokens: req
+                .max_tokens
+                .unwrap_or(usize::MAX)
+                .min(limit - job.prompt.len()),
+            sampler: SamplerConfig {
+                seed: job.seed,
+                ..req.sampler.clone()
+            },
+            logprobs,
             stop_at_eog: true,
-            spec,
+            spec: spec.clone(),
             attention: req.attention.unwrap_or(state.attention),
         };
-        // Submitting waits for the engine's next iteration boundary: on a blocking thread, which then relays the
-        // request's events, so the async workers stay free for other connections, /health and /metrics.
-        let (submitted, answer) = tokio::sync::oneshot::channel();
-        let (relay_state, stops) = (state.clone(), req.stop.clone());
-        tokio::task::spawn_blocking(move || {
-            match relay_state.engine.submit(prompt, params) {
-                Err(e) => {
-                    let _ = submitted.send(Err(e));
-                }
-                Ok((id, events)) => {
-                    if submitted.send(Ok(id)).is_err() {
-                        // The client went away while it was being submitted.
-                        relay_state.engine.abort(id);
-                        return;
-                    }
-                    generation::relay(
-                        &relay_state.model,
-                        &relay_state.engine,
-                        id,
-                        events,
-                        &stops,
-                        n_prompt,
-                        tx,
-                    )
-                }
-            }
-        });
-        let id = answer
-            .await
-            .unwrap_or(Err(Rejected::Unavailable))
-            .map_err(|e| match e {
-                Rejected::QueueFull(_) => ApiError {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    kind: "rate_limit_error",
-                    retry_after: Some(1),
-                    ..ApiError::invalid(format!("server overloaded: {e}; retry later"), None)
-                },
-                Rejected::Unavailable => ApiError::unavailable(e.to_string()),
-                other => ApiError::invalid(other.to_string(), None),
-            })?;
-        cancel = Some(Cancel {
-            engine: state.engine.clone(),
-            id,
-            done: false,
-        });
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let siblings = job.first && per_prompt > 1;
+        prefilled = siblings.then_some(wait);
+        let sink = generation::Sink {
+            index,
+            tx: tx.clone(),
+            prefilled: siblings.then_some(done),
+        };
+        cancels.push(submit(&state, job.prompt.clone(), params, req.stop.clone(), sink).await?);
     }
-    let number = cancel
-        .as_ref()
+    drop(tx);
+    let number = cancels
+        .iter()
+        .flatten()
+        .next()
         .map_or_else(|| state.engine.reserve_id(), |c| c.id);
     let ids = Ids {
         id: format!("{}-{number}", if chat { "chatcmpl" } else { "cmpl" }),
@@ -775,34 +1022,183 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
         model: state.name.clone(),
         chat,
     };
-    if !req.stream {
-        let mut rx = rx;
-        let mut text = String::new();
-        let mut logprobs = Vec::new();
-        let mut end = ("stop", Usage::default());
-        while let Some(chunk) = rx.recv().await {
-            match chunk {
-                Chunk::Delta {
-                    text: t,
-                    logprobs: l,
-                } => {
-                    text.push_str(&t);
-                    logprobs.extend(l);
+    let totals = Totals::new(jobs.iter().map(|j| j.first).collect());
+    if req.stream {
+        let want_logprobs = req.logprobs.is_some();
+        let stream = response::stream(
+            ids,
+            rx,
+            echo,
+            totals,
+            req.include_usage,
+            want_logprobs,
+            (cancels, flight),
+        );
+        return Ok(Sse::new(stream).into_response());
+    }
+    let mut rx = rx;
+    let mut totals = totals;
+    let mut choices: Vec<Choice> = (0..jobs.len())
+        .map(|index| Choice {
+            index,
+            text: String::new(),
+            logprobs: Vec::new(),
+            reason: "stop",
+        })
+        .collect();
+    while let Some((index, chunk)) = rx.recv().await {
+        match chunk {
+            Chunk::Delta { text, logprobs } => {
+                choices[index].text.push_str(&text);
+                choices[index].logprobs.extend(logprobs);
+            }
+            Chunk::Done { reason, usage } => {
+                choices[index].reason = reason;
+                totals.add(index, usage);
+            }
+            Chunk::Failed(message) => return Err(ApiError::internal(message)),
+        }
+    }
+    for c in cancels.iter_mut().flatten() {
+        c.done = true;
+    }
+    if ranked {
+        // Per prompt, the `n` choices with the best mean log-probability per token, renumbered.
+        let mut kept = Vec::with_capacity(choices.len() / per_prompt * req.n);
+        let mut echo_kept = Vec::new();
+        let mut rest = choices.into_iter();
+        let mut prompt = 0;
+        loop {
+            let mut group: Vec<Choice> = rest.by_ref().take(per_prompt).collect();
+            if group.is_empty() {
+                break;
+            }
+            group.sort_by(|a, b| b.mean_logprob().total_cmp(&a.mean_logprob()));
+            for (j, mut c) in group.into_iter().take(req.n).enumerate() {
+                if let Some(e) = echo.get(c.index) {
+                    echo_kept.push(e.clone());
                 }
-                Chunk::Done { reason, usage } => end = (reason, usage),
-                Chunk::Failed(message) => return Err(ApiError::internal(message)),
+                c.index = prompt * req.n + j;
+                kept.push(c);
+            }
+            prompt += 1;
+        }
+        let body = ids.full(&kept, req.logprobs.is_some(), &echo_kept, totals.usage);
+        return Ok(Json(body).into_response());
+    }
+    Ok(Json(ids.full(&choices, req.logprobs.is_some(), &echo, totals.usage)).into_response())
+}
+
+/// A request's `model` must be the served model (by any of its names) when given.
+fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if !m.is_empty() && !state.names.iter().any(|n| n == m) => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: Some("model_not_found"),
+            param: Some("model".into()),
+            ..ApiError::invalid(
+                format!(
+                    "the model '{m}' does not exist here; this server serves '{}'",
+                    state.name
+                ),
+                None,
+            )
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The speculation asked for must fit the model and the server's draft model.
+fn check_spec(state: &AppState, spec: &Speculation) -> Result<(), ApiError> {
+    spec.check(state.model.config.n_layers)
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("spec".into())))?;
+    if !spec.needs_draft_model() {
+        return Ok(());
+    }
+    let known =
+        |(name, stem): &(String, String)| spec.draft_model().is_none_or(|n| n == name || n == stem);
+    match &state.draft {
+        None => Err(ApiError::invalid(
+            "this server has no draft model (start it with --draft-model NAME); try \"del\" or \"lookup\"",
+            Some("spec".into()),
+        )),
+        Some(d) if !known(d) => Err(ApiError::invalid(
+            format!("this server drafts with {}, not {}", d.0, spec.draft_model().unwrap_or_default()),
+            Some("spec".into()),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Submits one choice to the engine and relays its events to `sink`; `None` when there is nothing to generate (the
+/// choice is answered at once, empty, cut by its length).
+async fn submit(
+    state: &Arc<AppState>,
+    prompt: Arc<Vec<u32>>,
+    params: Params,
+    stops: Vec<String>,
+    sink: generation::Sink,
+) -> Result<Option<Cancel>, ApiError> {
+    let n_prompt = prompt.len();
+    if params.max_tokens == 0 {
+        let usage = Usage {
+            prompt_tokens: n_prompt,
+            ..Usage::default()
+        };
+        let _ = sink.tx.send((
+            sink.index,
+            Chunk::Done {
+                reason: "length",
+                usage,
+            },
+        ));
+        return Ok(None);
+    }
+    // Submitting waits for the engine's next iteration boundary: on a blocking thread, which then relays the
+    // request's events, so the async workers stay free for other connections, /health and /metrics.
+    let (submitted, answer) = tokio::sync::oneshot::channel();
+    let relay_state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        match relay_state.engine.submit((*prompt).clone(), params) {
+            Err(e) => {
+                let _ = submitted.send(Err(e));
+            }
+            Ok((id, events)) => {
+                if submitted.send(Ok(id)).is_err() {
+                    // The client went away while it was being submitted.
+                    relay_state.engine.abort(id);
+                    return;
+                }
+                generation::relay(
+                    &relay_state.model,
+                    &relay_state.engine,
+                    id,
+                    events,
+                    &stops,
+                    n_prompt,
+                    sink,
+                )
             }
         }
-        if let Some(c) = &mut cancel {
-            c.done = true;
-        }
-        let lp = req.logprobs.map(|_| ids.logprobs_json(&logprobs));
-        return Ok(Json(ids.full(&text, lp, end.0, end.1)).into_response());
-    }
-    let include_usage = req.include_usage;
-    let want_logprobs = req.logprobs.is_some();
-    let stream = async_stream(ids, rx, include_usage, want_logprobs, (cancel, flight));
-    Ok(Sse::new(stream).into_response())
+    });
+    let id = answer
+        .await
+        .unwrap_or(Err(Rejected::Unavailable))
+        .map_err(|e| match e {
+            Rejected::QueueFull(_) => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                kind: "rate_limit_error",
+                retry_after: Some(1),
+                ..ApiError::invalid(format!("server overloaded: {e}; retry later"), None)
+            },
+            Rejected::Unavailable => ApiError::unavailable(e.to_string()),
+            other => ApiError::invalid(other.to_string(), None),
+        })?;
+    Ok(Some(Cancel {
+        engine: state.engine.clone(),
+        id,
+        done: false,
+    }))
 }
 
 /// `GET /health`: 200 while the engine runs, 503 once it has stopped or while the server drains for shutdown.
@@ -822,147 +1218,4 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     } else {
         Json(json!({"status": "ok"})).into_response()
     }
-}
-
-/// The identity shared by the chunks of one response.
-struct Ids {
-    id: String,
-    created: u64,
-    model: String,
-    chat: bool,
-}
-
-impl Ids {
-    fn object(&self, chunk: bool) -> &'static str {
-        match (self.chat, chunk) {
-            (true, true) => "chat.completion.chunk",
-            (true, false) => "chat.completion",
-            (false, _) => "text_completion",
-        }
-    }
-
-    fn usage(u: Usage) -> Value {
-        json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-               "total_tokens": u.prompt_tokens + u.completion_tokens,
-               "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
-    }
-
-    fn logprobs_json(&self, lps: &[TokenLogprob]) -> Value {
-        if self.chat {
-            let entry = |t: &str, l: f32| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
-            json!({"content": lps.iter().map(|lp| {
-                let mut e = entry(&lp.token, lp.logprob);
-                e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, *l)).collect();
-                e
-            }).collect::<Vec<_>>()})
-        } else {
-            let mut offset = 0;
-            let offsets: Vec<usize> = lps
-                .iter()
-                .map(|lp| {
-                    let o = offset;
-                    offset += lp.token.len();
-                    o
-                })
-                .collect();
-            json!({
-                "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
-                "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-                "top_logprobs": lps.iter().map(|l| l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
-                "text_offset": offsets,
-            })
-        }
-    }
-
-    fn full(&self, text: &str, logprobs: Option<Value>, reason: &str, usage: Usage) -> Value {
-        let choice = if self.chat {
-            json!({"index": 0, "message": {"role": "assistant", "content": text},
-                   "logprobs": logprobs, "finish_reason": reason})
-        } else {
-            json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason})
-        };
-        json!({"id": self.id, "object": self.object(false), "created": self.created, "model": self.model,
-               "choices": [choice], "usage": Ids::usage(usage)})
-    }
-
-    fn chunk(&self, text: Option<&str>, logprobs: Option<Value>, reason: Option<&str>) -> Value {
-        let choice = if self.chat {
-            let delta = match text {
-                Some(t) => json!({"content": t}),
-                None if reason.is_none() => json!({"role": "assistant", "content": ""}),
-                None => json!({}),
-            };
-            json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
-        } else {
-            json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason})
-        };
-        json!({"id": self.id, "object": self.object(true), "created": self.created, "model": self.model,
-               "choices": [choice]})
-    }
-}
-
-/// The SSE events of a streamed response; `guards` (the engine request's cancellation and the request's count in
-/// flight) live as long as the stream: dropped early (the client went away), the request is cancelled.
-fn async_stream(
-    ids: Ids,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Chunk>,
-    include_usage: bool,
-    want_logprobs: bool,
-    guards: (Option<Cancel>, listen::Flight),
-) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
-    enum Phase {
-        Start,
-        Body,
-        Usage(Usage),
-        Done,
-        End,
-    }
-    let data = |v: Value| Ok(SseEvent::default().data(v.to_string()));
-    futures_util::stream::unfold(
-        (ids, rx, Phase::Start, guards),
-        move |(ids, mut rx, phase, mut guards)| async move {
-            match phase {
-                Phase::Start if ids.chat => {
-                    let first = ids.chunk(None, None, None);
-                    Some((data(first), (ids, rx, Phase::Body, guards)))
-                }
-                Phase::Start | Phase::Body => match rx.recv().await {
-                    Some(Chunk::Delta { text, logprobs }) => {
-                        let lp = want_logprobs.then(|| ids.logprobs_json(&logprobs));
-                        let v = ids.chunk(Some(&text), lp, None);
-                        Some((data(v), (ids, rx, Phase::Body, guards)))
-                    }
-                    Some(Chunk::Done { reason, usage }) => {
-                        if let Some(cancel) = &mut guards.0 {
-                            cancel.done = true;
-                        }
-                        let v = ids.chunk(None, None, Some(reason));
-                        let next = if include_usage {
-                            Phase::Usage(usage)
-                        } else {
-                            Phase::Done
-                        };
-                        Some((data(v), (ids, rx, next, guards)))
-                    }
-                    Some(Chunk::Failed(message)) => {
-                        // OpenAI's clients raise an error for a `data:` event holding an `error` object.
-                        let v = json!({"error": {"message": message, "type": "server_error",
-                                                 "param": null, "code": null}});
-                        Some((data(v), (ids, rx, Phase::End, guards)))
-                    }
-                    None => None,
-                },
-                Phase::Usage(u) => {
-                    let v = json!({"id": ids.id, "object": ids.object(true), "created": ids.created,
-                                   "model": ids.model, "choices": [], "usage": Ids::usage(u)});
-                    Some((data(v), (ids, rx, Phase::Done, guards)))
-                }
-                Phase::Done => Some((
-                    Ok(SseEvent::default().data("[DONE]")),
-                    (ids, rx, Phase::End, guards),
-                )),
-                Phase::End => None,
-            }
-        },
-    )
 }

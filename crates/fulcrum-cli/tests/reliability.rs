@@ -564,3 +564,58 @@ fn preemption_under_kv_pressure_keeps_every_answer() {
         server.metric("fulcrum_kv_cache_usage_perc") == 0.0
     });
 }
+
+#[test]
+fn api_keys_guard_every_route_but_health() {
+    let dir = std::env::temp_dir().join(format!("fulcrum-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys");
+    std::fs::write(&file, "# one per line\nfrom-file\n\n").unwrap();
+    let server = Server::start(
+        "auth",
+        &[
+            "--ctx",
+            "256",
+            "--api-key",
+            "sekrit",
+            "--api-key-file",
+            file.to_str().unwrap(),
+            "--served-model-name",
+            "coder",
+        ],
+    );
+    let port = server.port;
+    let with_key = |key: &str, method: &str, path: &str, body: &str| {
+        send(
+            port,
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    // /health stays open for probes.
+    assert_eq!(get(port, "/health").status, 200);
+    for path in ["/v1/models", "/metrics", "/v1/models/coder"] {
+        let e = get(port, path).error(401);
+        assert_eq!(e["code"], "invalid_api_key", "{path}");
+        with_key("wrong", "GET", path, "").error(401);
+        assert_eq!(with_key("sekrit", "GET", path, "").status, 200, "{path}");
+    }
+    let body = r#"{"prompt":"hi","max_tokens":2,"model":"coder"}"#;
+    completion(port, serde_json::from_str(body).unwrap()).error(401);
+    let answer = with_key("from-file", "POST", "/v1/completions", body);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["model"], "coder");
+    // The served name and the registry name both address the model; another is a 404.
+    let models = with_key("sekrit", "GET", "/v1/models", "").json();
+    assert_eq!(models["data"][0]["id"], "coder");
+    assert_eq!(
+        with_key("sekrit", "GET", &format!("/v1/models/{MODEL}"), "").status,
+        200
+    );
+    let e = with_key("sekrit", "GET", "/v1/models/gpt-4", "").error(404);
+    assert_eq!(e["code"], "model_not_found");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -102,3 +102,31 @@ pub fn tokenize_guarded(model: &Model, text: &str, plain: &[std::ops::Range<usiz
     }
     ids
 }
+
+/// The fill-in-the-middle tokens (prefix, suffix, middle) of the families that have them, by their text.
+const FIM_TOKENS: [[&str; 3]; 4] = [
+    ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"],
+    ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"],
+    ["<fim-prefix>", "<fim-suffix>", "<fim-middle>"],
+    ["<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"],
+];
+
+/// A fill-in-the-middle prompt (what editors' code completion sends): prefix, suffix and middle tokens around the
+/// code before and after the cursor, as plain text; `None` when the model has no such tokens.
+pub fn fill_in_the_middle(model: &Model, prefix: &str, suffix: &str) -> Option<Vec<u32>> {
+    let tok = &model.tokenizer;
+    let [pre, suf, mid] = FIM_TOKENS.iter().find_map(|texts| {
+        let ids = texts.map(|t| tok.token_id(t));
+        Some([ids[0]?, ids[1]?, ids[2]?])
+    })?;
+    let mut ids = Vec::new();
+    if tok.add_bos() {
+        ids.extend(tok.bos());
+    }
+    ids.push(pre);
+    ids.extend(tok.encode(prefix, false, false));
+    ids.push(suf);
+    ids.extend(tok.encode(suffix, false, false));
+    ids.push(mid);
+    Some(ids)
+}

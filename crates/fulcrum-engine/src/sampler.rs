@@ -49,8 +49,12 @@ pub struct SamplerConfig {
     pub min_p: f32,
     /// Penalty for tokens seen in the last `repeat_last_n` tokens; 1 turns it off.
     pub repeat_penalty: f32,
-    /// How many recent tokens the repetition penalty looks at.
+    /// How many recent tokens the repetition, presence and frequency penalties look at.
     pub repeat_last_n: usize,
+    /// Subtracted from the logit of every token seen in the last `repeat_last_n` tokens; 0 turns it off.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per occurrence in the last `repeat_last_n` tokens; 0 turns it off.
+    pub frequency_penalty: f32,
     /// Seed of the random generator.
     pub seed: u64,
     /// `(token, bias)` pairs added to the logits before anything else (OpenAI's `logit_bias`; -100 or -inf bans a
@@ -68,6 +72,8 @@ impl Default for SamplerConfig {
             min_p: 0.05,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             seed: DEFAULT_SEED,
             logit_bias: Vec::new(),
         }
@@ -120,6 +126,14 @@ impl SamplerConfig {
                 "numbers or -inf (-100 or -inf bans a token)",
             );
         }
+        for (name, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !value.is_finite() {
+                return bad(name, value, "a finite number (0 = off)");
+            }
+        }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
             return bad(
                 "repeat_penalty",
@@ -164,8 +178,8 @@ pub struct Sampler {
     rng: Rng,
     /// Candidates of the current call; capacity kept across calls.
     candidates: Vec<Candidate>,
-    /// Distinct recent tokens for the repetition penalty; capacity kept across calls.
-    recent_distinct: Vec<u32>,
+    /// The penalties' window, sorted; capacity kept across calls.
+    recent_sorted: Vec<u32>,
     /// Probability mass per logit bucket for top-p; capacity kept across calls.
     bucket_mass: Vec<f64>,
     /// Min-heap of the best rank keys for top-k; capacity kept across calls.
@@ -182,7 +196,7 @@ impl Sampler {
             rng: Rng::seed_from(config.seed),
             config,
             candidates: Vec::new(),
-            recent_distinct: Vec::new(),
+            recent_sorted: Vec::new(),
             bucket_mass: Vec::new(),
             top_keys: BinaryHeap::new(),
             weights: Vec::new(),
@@ -299,26 +313,33 @@ impl Sampler {
         }
     }
 
-    /// llama.cpp's rule: each distinct token of the last `repeat_last_n` has its logit divided
-    /// by the penalty when positive and multiplied by it otherwise, once however often it occurs.
+    /// llama.cpp's rules over the last `repeat_last_n` tokens: each distinct token has its logit divided by the
+    /// repetition penalty when positive and multiplied by it otherwise, once however often it occurs; then it loses
+    /// `count × frequency_penalty + presence_penalty` (OpenAI's presence and frequency penalties).
     fn apply_repeat_penalty(&mut self, recent: &[u32]) {
-        let penalty = self.config.repeat_penalty;
-        if penalty == 1.0 || self.config.repeat_last_n == 0 {
+        let SamplerConfig {
+            repeat_penalty: penalty,
+            presence_penalty: presence,
+            frequency_penalty: frequency,
+            repeat_last_n,
+            ..
+        } = self.config;
+        if (penalty == 1.0 && presence == 0.0 && frequency == 0.0) || repeat_last_n == 0 {
             return;
         }
-        let window = &recent[recent.len().saturating_sub(self.config.repeat_last_n)..];
-        self.recent_distinct.clear();
-        self.recent_distinct.extend_from_slice(window);
-        self.recent_distinct.sort_unstable();
-        self.recent_distinct.dedup();
+        let window = &recent[recent.len().saturating_sub(repeat_last_n)..];
+        self.recent_sorted.clear();
+        self.recent_sorted.extend_from_slice(window);
+        self.recent_sorted.sort_unstable();
         // Candidates are still in id order here, so a token id indexes its candidate.
-        for &id in &self.recent_distinct {
-            if let Some(candidate) = self.candidates.get_mut(id as usize) {
+        for run in self.recent_sorted.chunk_by(|a, b| a == b) {
+            if let Some(candidate) = self.candidates.get_mut(run[0] as usize) {
                 if candidate.logit <= 0.0 {
                     candidate.logit *= penalty;
                 } else {
                     candidate.logit /= penalty;
                 }
+                candidate.logit -= run.len() as f32 * frequency + presence;
             }
         }
     }

@@ -54,7 +54,15 @@ fn held_suffix(text: &str, stops: &[String]) -> usize {
     best
 }
 
-/// Relays request `id`'s events to `out` until it finishes or `out` is dropped.
+/// Where a choice's chunks go: the response's channel, tagged with the choice's index.
+pub struct Sink {
+    pub index: usize,
+    pub tx: UnboundedSender<(usize, Chunk)>,
+    /// Told when the prompt has been prefilled (its KV is then in the prefix cache for the other choices).
+    pub prefilled: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Relays request `id`'s events to `sink` until it finishes or the response goes away.
 pub fn relay(
     model: &Model,
     engine: &EngineHandle,
@@ -62,7 +70,7 @@ pub fn relay(
     events: Receiver<Event>,
     stops: &[String],
     prompt_tokens: usize,
-    out: UnboundedSender<Chunk>,
+    mut sink: Sink,
 ) {
     let tok = &model.tokenizer;
     let mut decoder = StreamDecoder::new();
@@ -71,10 +79,16 @@ pub fn relay(
     let mut generated = 0;
     let mut cached = 0;
     let piece = |id: u32| String::from_utf8_lossy(tok.token_bytes(id, true)).into_owned();
-    let send = |chunk: Chunk| out.send(chunk).is_ok();
+    let (index, out) = (sink.index, sink.tx);
+    let send = |chunk: Chunk| out.send((index, chunk)).is_ok();
     for event in events {
         match event {
-            Event::Prefilled { cached_tokens } => cached = cached_tokens,
+            Event::Prefilled { cached_tokens } => {
+                cached = cached_tokens;
+                if let Some(prefilled) = sink.prefilled.take() {
+                    let _ = prefilled.send(());
+                }
+            }
             Event::Token {
                 id: token,
                 logprobs,

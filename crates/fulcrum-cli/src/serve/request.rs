@@ -1,5 +1,5 @@
-//! Parsing of OpenAI-style request bodies into what the engine needs, with OpenAI-shaped errors. Unknown fields are
-//! ignored; known fields with wrong types or values are a 400 that names the field.
+//! Parsing of OpenAI-style request bodies into what the engine needs, with OpenAI-shaped errors. A field that is
+//! unknown, not supported, of the wrong type or out of range is a 400 that names it: nothing is silently ignored.
 
 use fulcrum_core::AttentionMode;
 use fulcrum_engine::chat::Message;
@@ -26,15 +26,33 @@ fn bad(param: &str, message: impl Into<String>) -> BadRequest {
     }
 }
 
+/// One prompt of `/v1/completions`: text, or token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
 /// What the prompt is.
 pub enum Prompt {
-    Text(String),
+    /// `/v1/completions`: one or more prompts (each gets `n` choices).
+    Completion(Vec<PromptInput>),
     Chat(Vec<Message>),
 }
 
 /// A parsed completion or chat completion request.
 pub struct Request {
+    /// The model asked for, if named.
+    pub model: Option<String>,
     pub prompt: Prompt,
+    /// Fill-in-the-middle: the text after the insertion point (`/v1/completions`' `suffix`).
+    pub suffix: Option<String>,
+    /// Choices per prompt.
+    pub n: usize,
+    /// Choices generated per prompt, of which the `n` with the best mean log-probability per token are returned.
+    pub best_of: usize,
+    /// Whether a completion's text starts with its prompt.
+    pub echo: bool,
     pub max_tokens: Option<usize>,
     pub sampler: SamplerConfig,
     pub stop: Vec<String>,
@@ -47,6 +65,65 @@ pub struct Request {
     /// Attention asked for (`"attention"`: `"dense"` or `"delta"`); `None`: the server's default.
     pub attention: Option<AttentionMode>,
 }
+
+/// Fields of both endpoints, OpenAI's and the extensions of llama.cpp, vLLM and Fulcrum.
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "seed",
+    "user",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "repeat_penalty",
+    "repeat_last_n",
+    "spec",
+    "attention",
+];
+/// Fields only of `/v1/completions`.
+const COMPLETION_FIELDS: &[&str] = &["prompt", "suffix", "echo", "best_of"];
+/// Fields only of `/v1/chat/completions`.
+const CHAT_FIELDS: &[&str] = &[
+    "messages",
+    "max_completion_tokens",
+    "top_logprobs",
+    "metadata",
+    "store",
+    "parallel_tool_calls",
+    "tools",
+    "tool_choice",
+    "modalities",
+];
+/// OpenAI fields this server knows but cannot honour yet: a 400 that says so, rather than a silent default.
+const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
+    ("response_format", "structured output"),
+    ("functions", "function calling (deprecated: use 'tools')"),
+    (
+        "function_call",
+        "function calling (deprecated: use 'tool_choice')",
+    ),
+    ("audio", "audio output"),
+    ("prediction", "predicted outputs"),
+    ("web_search_options", "web search"),
+    ("reasoning_effort", "a reasoning effort"),
+    ("service_tier", "service tiers"),
+];
+/// Roles a chat message may have (`developer` is OpenAI's newer name for `system`).
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool"];
+/// Most choices per prompt (`n`, `best_of`).
+const MAX_CHOICES: u64 = 16;
+/// Most prompts in one request.
+const MAX_PROMPTS: usize = 64;
 
 fn number(body: &Value, key: &str) -> Result<Option<f64>, BadRequest> {
     match body.get(key) {
@@ -91,54 +168,31 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
             param: None,
         });
     }
+    check_fields(&body, chat)?;
     let prompt = if chat {
-        let messages = body
-            .get("messages")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("messages", "'messages' must be an array of messages"))?;
-        if messages.is_empty() {
-            return Err(bad("messages", "'messages' must not be empty"));
-        }
-        let mut out = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("messages", format!("message {i} has no 'role'")))?;
-            let content = match m.get("content") {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect::<Vec<_>>()
-                    .join(""),
-                None | Some(Value::Null) => String::new(),
-                Some(_) => {
-                    return Err(bad(
-                        "messages",
-                        format!("message {i}: 'content' must be a string"),
-                    ))
-                }
-            };
-            out.push(Message::new(role, content));
-        }
-        Prompt::Chat(out)
+        Prompt::Chat(messages(&body)?)
     } else {
-        match body.get("prompt") {
-            Some(Value::String(s)) => Prompt::Text(s.clone()),
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                Prompt::Text(a[0].as_str().unwrap_or_default().to_string())
-            }
-            Some(Value::Array(_)) => {
-                return Err(bad("prompt", "only one prompt per request is supported"))
-            }
-            _ => return Err(bad("prompt", "'prompt' must be a string")),
-        }
+        Prompt::Completion(prompts(&body)?)
     };
-    if let Some(n) = count(&body, "n", u32::MAX as u64)? {
-        if n != 1 {
-            return Err(bad("n", "only n = 1 is supported"));
-        }
+    let n = count(&body, "n", MAX_CHOICES)?.unwrap_or(1);
+    if n == 0 {
+        return Err(bad(
+            "n",
+            format!("'n' must be an integer from 1 to {MAX_CHOICES}"),
+        ));
+    }
+    let best_of = count(&body, "best_of", MAX_CHOICES)?.unwrap_or(n);
+    if best_of < n {
+        return Err(bad("best_of", "'best_of' must be at least 'n'"));
+    }
+    let echo = flag(&body, "echo")?;
+    let suffix = match body.get("suffix") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(bad("suffix", "'suffix' must be a string")),
+    };
+    if suffix.is_some() && echo {
+        return Err(bad("echo", "'echo' cannot be combined with 'suffix'"));
     }
     let max_tokens = match count(&body, "max_completion_tokens", u32::MAX as u64)? {
         Some(n) => Some(n),
@@ -184,11 +238,52 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
         ));
     }
     let stream = flag(&body, "stream")?;
-    let include_usage = body
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    if stream && best_of > n {
+        return Err(bad(
+            "best_of",
+            "'best_of' greater than 'n' cannot be streamed",
+        ));
+    }
+    let include_usage = match body.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) if stream => flag(&Value::Object(o.clone()), "include_usage")
+            .map_err(|_| {
+                bad(
+                    "stream_options",
+                    "'stream_options.include_usage' must be a boolean",
+                )
+            })?,
+        Some(Value::Object(_)) => {
+            return Err(bad(
+                "stream_options",
+                "'stream_options' needs 'stream': true",
+            ))
+        }
+        Some(_) => return Err(bad("stream_options", "'stream_options' must be an object")),
+    };
+    let penalty = |key: &str| -> Result<f32, BadRequest> {
+        let v = number(&body, key)?.unwrap_or(0.0);
+        if !(-2.0..=2.0).contains(&v) {
+            return Err(bad(key, format!("'{key}' must be between -2 and 2")));
+        }
+        Ok(v as f32)
+    };
+    let presence_penalty = penalty("presence_penalty")?;
+    let frequency_penalty = penalty("frequency_penalty")?;
+    // vLLM's name and llama.cpp's for the multiplicative repetition penalty.
+    let repeat_key = if body.get("repetition_penalty").is_some_and(|v| !v.is_null()) {
+        "repetition_penalty"
+    } else {
+        "repeat_penalty"
+    };
+    let repeat_penalty = number(&body, repeat_key)?.unwrap_or(1.0);
+    if !(repeat_penalty > 0.0 && repeat_penalty <= 10.0) {
+        return Err(bad(
+            repeat_key,
+            format!("'{repeat_key}' must be in (0, 10] (1 = off)"),
+        ));
+    }
+    let repeat_last_n = count(&body, "repeat_last_n", u32::MAX as u64)?.unwrap_or(64);
     let logprobs = if chat {
         if flag(&body, "logprobs")? {
             Some(count(&body, "top_logprobs", 20)?.unwrap_or(0))
@@ -251,6 +346,10 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
         }
     };
     Ok(Request {
+        model: body
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         prompt,
         max_tokens,
         sampler: SamplerConfig {
@@ -258,11 +357,17 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
             top_k,
             top_p: top_p as f32,
             min_p: min_p as f32,
-            repeat_penalty: 1.0,
-            repeat_last_n: 64,
+            repeat_penalty: repeat_penalty as f32,
+            repeat_last_n,
+            presence_penalty,
+            frequency_penalty,
             seed,
             logit_bias,
         },
+        suffix,
+        n,
+        best_of,
+        echo,
         stop,
         stream,
         include_usage,
@@ -270,6 +375,213 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
         spec,
         attention,
     })
+}
+
+/// Every field must be known to the endpoint; the ones this server cannot honour are refused by name.
+fn check_fields(body: &Value, chat: bool) -> Result<(), BadRequest> {
+    let Some(fields) = body.as_object() else {
+        return Ok(());
+    };
+    let own = if chat { CHAT_FIELDS } else { COMPLETION_FIELDS };
+    let present = |key: &str| fields.get(key).is_some_and(|v| !v.is_null());
+    for key in fields.keys() {
+        if let Some((_, what)) = UNSUPPORTED_FIELDS.iter().find(|(k, _)| k == key) {
+            if present(key) {
+                return Err(bad(
+                    key,
+                    format!("'{key}' ({what}) is not supported by this server"),
+                ));
+            }
+        } else if !COMMON_FIELDS.contains(&key.as_str()) && !own.contains(&key.as_str()) {
+            let other = if chat { COMPLETION_FIELDS } else { CHAT_FIELDS };
+            let hint = if other.contains(&key.as_str()) {
+                format!(
+                    " of {}",
+                    if chat {
+                        "/v1/completions"
+                    } else {
+                        "/v1/chat/completions"
+                    }
+                )
+            } else {
+                String::new()
+            };
+            return Err(bad(key, format!("unknown field '{key}'{hint}")));
+        }
+    }
+    if chat {
+        match fields.get("tools") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(tools)) if tools.is_empty() => {}
+            Some(_) => {
+                return Err(bad(
+                    "tools",
+                    "'tools' (tool calling) is not supported by this server",
+                ))
+            }
+        }
+        match fields.get("tool_choice") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(choice)) if choice == "none" => {}
+            Some(_) => {
+                return Err(bad("tool_choice", "'tool_choice' other than \"none\" needs tool calling, which this server does not support"))
+            }
+        }
+        match fields.get("modalities") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(m)) if m.iter().all(|m| m == "text") => {}
+            Some(_) => {
+                return Err(bad(
+                    "modalities",
+                    "this server generates text only: 'modalities' may be [\"text\"]",
+                ))
+            }
+        }
+        for key in ["store", "parallel_tool_calls"] {
+            flag(body, key)?;
+        }
+        if fields
+            .get("metadata")
+            .is_some_and(|m| !m.is_null() && !m.is_object())
+        {
+            return Err(bad("metadata", "'metadata' must be an object"));
+        }
+    }
+    if fields
+        .get("user")
+        .is_some_and(|u| !u.is_null() && !u.is_string())
+    {
+        return Err(bad("user", "'user' must be a string"));
+    }
+    if let Some(model) = fields.get("model") {
+        if !model.is_null() && !model.is_string() {
+            return Err(bad("model", "'model' must be a string"));
+        }
+    }
+    Ok(())
+}
+
+/// The messages of a chat request: known roles, text content (a string or text parts).
+fn messages(body: &Value) -> Result<Vec<Message>, BadRequest> {
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("messages", "'messages' must be an array of messages"))?;
+    if messages.is_empty() {
+        return Err(bad("messages", "'messages' must not be empty"));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let Some(m) = m.as_object() else {
+            return Err(bad("messages", format!("message {i} must be an object")));
+        };
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("messages", format!("message {i} has no 'role'")))?;
+        if !ROLES.contains(&role) {
+            return Err(bad(
+                "messages",
+                format!(
+                    "message {i} has role '{role}'; roles are {}",
+                    ROLES.join(", ")
+                ),
+            ));
+        }
+        for key in m.keys() {
+            match key.as_str() {
+                "role" | "content" | "name" | "tool_call_id" | "refusal" => {}
+                "tool_calls" | "function_call" if m[key].is_null() => {}
+                "tool_calls" | "function_call" => {
+                    return Err(bad(
+                        "messages",
+                        format!("message {i}: '{key}' needs tool calling, which this server does not support"),
+                    ))
+                }
+                _ => return Err(bad("messages", format!("message {i} has an unknown field '{key}'"))),
+            }
+        }
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for (j, part) in parts.iter().enumerate() {
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => match part.get("text") {
+                            Some(Value::String(t)) => text.push_str(t),
+                            _ => {
+                                return Err(bad(
+                                    "messages",
+                                    format!("message {i}, content part {j}: a text part needs a string 'text'"),
+                                ))
+                            }
+                        },
+                        Some(kind) => {
+                            return Err(bad(
+                                "messages",
+                                format!("message {i}, content part {j}: '{kind}' parts are not supported: this model takes text only"),
+                            ))
+                        }
+                        None => {
+                            return Err(bad(
+                                "messages",
+                                format!("message {i}, content part {j} has no 'type'"),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+            None | Some(Value::Null) => String::new(),
+            Some(_) => {
+                return Err(bad(
+                    "messages",
+                    format!("message {i}: 'content' must be a string or an array of text parts"),
+                ))
+            }
+        };
+        let role = if role == "developer" { "system" } else { role };
+        out.push(Message::new(role, content));
+    }
+    Ok(out)
+}
+
+/// The prompts of a completion request: a string, token ids, or an array of either.
+fn prompts(body: &Value) -> Result<Vec<PromptInput>, BadRequest> {
+    let message = "'prompt' must be a string, an array of token ids, or an array of strings or of token-id arrays";
+    let tokens = |items: &[Value]| -> Result<Vec<u32>, BadRequest> {
+        items
+            .iter()
+            .map(|t| {
+                t.as_u64()
+                    .filter(|&t| t <= u32::MAX as u64)
+                    .map(|t| t as u32)
+                    .ok_or_else(|| bad("prompt", message))
+            })
+            .collect()
+    };
+    let out = match body.get("prompt") {
+        Some(Value::String(s)) => vec![PromptInput::Text(s.clone())],
+        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_number) => {
+            vec![PromptInput::Tokens(tokens(items)?)]
+        }
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(PromptInput::Text(s.clone())),
+                Value::Array(ids) if !ids.is_empty() => Ok(PromptInput::Tokens(tokens(ids)?)),
+                _ => Err(bad("prompt", message)),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad("prompt", message)),
+    };
+    if out.len() > MAX_PROMPTS {
+        return Err(bad(
+            "prompt",
+            format!("at most {MAX_PROMPTS} prompts per request"),
+        ));
+    }
+    Ok(out)
 }
 
 fn rand_seed() -> u64 {
@@ -321,17 +633,47 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_ignored_and_known_ones_checked() {
+    fn every_field_is_known_and_checked() {
         let r = parse(
-            br#"{"model":"x","prompt":"hi","max_tokens":5,"frobnicate":true,"stop":["a","b"],"seed":3}"#,
+            br#"{"model":"x","prompt":"hi","max_tokens":5,"user":"u","stop":["a","b"],"seed":3,"n":2,"best_of":3}"#,
             false,
         )
         .unwrap();
         assert_eq!(r.max_tokens, Some(5));
         assert_eq!(r.stop, ["a", "b"]);
         assert_eq!(r.sampler.seed, 3);
+        assert_eq!((r.n, r.best_of), (2, 3));
         for (body, param) in [
-            (&br#"{"prompt":"hi","n":2}"#[..], "n"),
+            (&br#"{"prompt":"hi","frobnicate":true}"#[..], "frobnicate"),
+            (br#"{"prompt":"hi","messages":[]}"#, "messages"),
+            (br#"{"prompt":"hi","n":0}"#, "n"),
+            (br#"{"prompt":"hi","n":17}"#, "n"),
+            (br#"{"prompt":"hi","n":3,"best_of":2}"#, "best_of"),
+            (br#"{"prompt":"hi","best_of":2,"stream":true}"#, "best_of"),
+            (
+                br#"{"prompt":"hi","presence_penalty":5}"#,
+                "presence_penalty",
+            ),
+            (
+                br#"{"prompt":"hi","frequency_penalty":-3}"#,
+                "frequency_penalty",
+            ),
+            (
+                br#"{"prompt":"hi","repetition_penalty":0}"#,
+                "repetition_penalty",
+            ),
+            (
+                br#"{"prompt":"hi","response_format":{"type":"json_object"}}"#,
+                "response_format",
+            ),
+            (
+                br#"{"prompt":"hi","stream_options":{"include_usage":true}}"#,
+                "stream_options",
+            ),
+            (br#"{"prompt":"hi","suffix":"x","echo":true}"#, "echo"),
+            (br#"{"prompt":[]}"#, "prompt"),
+            (br#"{"prompt":[1,-2]}"#, "prompt"),
+            (br#"{"prompt":[[1],"a",{}]}"#, "prompt"),
             (br#"{"prompt":"hi","temperature":"hot"}"#, "temperature"),
             (br#"{"prompt":"hi","stop":["a","b","c","d","e"]}"#, "stop"),
             (br#"{"prompt":"hi","max_tokens":-1}"#, "max_tokens"),
@@ -360,6 +702,52 @@ mod tests {
             let e = parse(body, false).err().expect("rejected");
             assert_eq!(e.param.as_deref(), Some(param));
         }
+        for (body, message) in [
+            (&br#"{"messages":[{"role":"wizard","content":"hi"}]}"#[..], "role 'wizard'"),
+            (
+                br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+                "'image_url' parts are not supported",
+            ),
+            (br#"{"messages":[{"role":"user","content":"hi","mood":1}]}"#, "unknown field 'mood'"),
+            (br#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}]}"#, "tool calling"),
+            (br#"{"messages":[{"role":"user","content":"hi"}],"echo":true}"#, "of /v1/completions"),
+        ] {
+            let e = parse(body, true).err().expect("rejected");
+            assert!(e.message.contains(message), "{}", e.message);
+        }
+        let chat = parse(
+            br#"{"messages":[{"role":"developer","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"tool_choice":"none","tools":[],"stream":true,"stream_options":{"include_usage":true}}"#,
+            true,
+        )
+        .unwrap();
+        let Prompt::Chat(m) = &chat.prompt else {
+            panic!()
+        };
+        assert_eq!(
+            (m[0].role.as_str(), m[0].content.as_str()),
+            ("system", "ab")
+        );
+        assert!(chat.include_usage);
+        let many = parse(br#"{"prompt":[[1,2],"text",[3]],"presence_penalty":0.5,"frequency_penalty":-0.5,"repetition_penalty":1.1}"#, false).unwrap();
+        let Prompt::Completion(p) = &many.prompt else {
+            panic!()
+        };
+        assert_eq!(
+            p,
+            &[
+                PromptInput::Tokens(vec![1, 2]),
+                PromptInput::Text("text".into()),
+                PromptInput::Tokens(vec![3])
+            ]
+        );
+        assert_eq!(
+            (
+                many.sampler.presence_penalty,
+                many.sampler.frequency_penalty,
+                many.sampler.repeat_penalty
+            ),
+            (0.5, -0.5, 1.1)
+        );
         assert!(parse(b"{not json", false).err().unwrap().param.is_none());
         assert!(parse(br#"{"messages":[]}"#, true).is_err());
         let chat = parse(

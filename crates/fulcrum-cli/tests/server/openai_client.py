@@ -66,12 +66,78 @@ check(banned.choices[0].finish_reason == "length" and banned.usage.completion_to
 check(banned.choices[0].message.content.startswith(ended.choices[0].message.content), "the bias changes nothing else")
 
 # Errors.
-for kwargs, what in [(dict(n=2), "n=2"), (dict(temperature=7), "temperature 7")]:
+for kwargs, param in [(dict(n=99), "n"), (dict(temperature=7), "temperature"), (dict(presence_penalty=5), "presence_penalty"),
+                      (dict(best_of=2, n=3), "best_of"), (dict(extra_body={"frobnicate": 1}), "frobnicate"),
+                      (dict(logit_bias={"999999": 1}), "logit_bias"), (dict(extra_body={"response_format": {"type": "json_object"}}), "response_format")]:
     try:
         client.completions.create(prompt="x", max_tokens=2, model=model, **kwargs)
+        check(False, f"{kwargs} rejected")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and e.param == param, f"{kwargs} is a 400 naming '{param}'")
+for messages, what in [([{"role": "wizard", "content": "hi"}], "an unknown role"),
+                       ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]}], "an image part")]:
+    try:
+        client.chat.completions.create(messages=messages, max_tokens=2, model=model)
         check(False, what + " rejected")
     except openai.BadRequestError as e:
-        check(e.status_code == 400, what + " is a 400")
+        check(e.param == "messages", what + " is a 400 naming 'messages'")
+try:
+    client.chat.completions.create(messages=msgs, max_tokens=2, model="gpt-4")
+    check(False, "an unknown model rejected")
+except openai.NotFoundError as e:
+    check(e.code == "model_not_found", "an unknown model is a 404 model_not_found")
+check(client.models.retrieve(model).id == model, "/v1/models/{id} finds the served model")
+try:
+    client.models.retrieve("gpt-4")
+    check(False, "an unknown model id rejected")
+except openai.NotFoundError as e:
+    check(e.code == "model_not_found", "/v1/models/{id} of another model is a 404")
+
+# n and best_of: three choices; greedy, three identical ones; sampled with a seed, each its own seed stream.
+three = client.completions.create(prompt="def fibonacci(n):", max_tokens=8, n=3, **greedy)
+check(sorted(ch.index for ch in three.choices) == [0, 1, 2] and all(ch.text == c.choices[0].text for ch in three.choices),
+      "n=3 at temperature 0: three identical choices")
+check(three.usage.completion_tokens == 24 and three.usage.prompt_tokens == c.usage.prompt_tokens,
+      "n=3 usage: every choice's tokens, the prompt once")
+sampled = client.chat.completions.create(messages=msgs, max_tokens=12, n=3, temperature=1.0, seed=5, model=model)
+check(len({ch.message.content for ch in sampled.choices}) > 1, "n=3 sampled: the choices differ")
+again = client.chat.completions.create(messages=msgs, max_tokens=12, n=3, temperature=1.0, seed=5, model=model)
+check([ch.message.content for ch in again.choices] == [ch.message.content for ch in sampled.choices],
+      "n=3 with a seed is reproducible")
+streamed = {}
+for chunk in client.chat.completions.create(messages=msgs, max_tokens=12, n=3, temperature=1.0, seed=5, model=model,
+                                            stream=True):
+    for ch in chunk.choices:
+        streamed[ch.index] = streamed.get(ch.index, "") + (ch.delta.content or "")
+check([streamed[i] for i in range(3)] == [ch.message.content for ch in sampled.choices], "n=3 streamed: the same choices")
+best = client.completions.create(prompt="The capital of France is", max_tokens=6, n=1, best_of=3, temperature=1.0,
+                                 seed=3, logprobs=1, model=model)
+pool = client.completions.create(prompt="The capital of France is", max_tokens=6, n=3, temperature=1.0, seed=3,
+                                 logprobs=1, model=model)
+mean = lambda ch: sum(ch.logprobs.token_logprobs) / len(ch.logprobs.token_logprobs)
+check(len(best.choices) == 1 and best.choices[0].text == max(pool.choices, key=mean).text,
+      "best_of=3 returns the choice of the best mean log-probability")
+# Prompts as token ids and as arrays: one choice per prompt (and per n), in order.
+ids = [int(t) for t in json.loads(urllib.request.urlopen(urllib.request.Request(
+    base + "/tokenize", data=json.dumps({"content": "def fibonacci(n):"}).encode())).read())["tokens"]]
+by_ids = client.completions.create(prompt=ids, max_tokens=8, **greedy)
+check(by_ids.choices[0].text == c.choices[0].text, "a prompt of token ids (from /tokenize) gives the text's completion")
+several = client.completions.create(prompt=["def fibonacci(n):", ids, "1, 2, 3, 4, 5,"], max_tokens=8, n=2, **greedy)
+texts = [ch.text for ch in sorted(several.choices, key=lambda ch: ch.index)]
+check(len(texts) == 6 and texts[0] == texts[1] == texts[2] == texts[3] == c.choices[0].text, "an array of prompts, n=2 each")
+detok = json.loads(urllib.request.urlopen(urllib.request.Request(
+    base + "/detokenize", data=json.dumps({"tokens": ids}).encode())).read())
+check(detok["content"] == "def fibonacci(n):", "/detokenize inverts /tokenize")
+echoed = client.completions.create(prompt="def fibonacci(n):", max_tokens=8, echo=True, **greedy)
+check(echoed.choices[0].text == "def fibonacci(n):" + c.choices[0].text, "echo prepends the prompt")
+# Penalties: a frequency penalty breaks the model's counting (it repeats ", " every step), a presence penalty too.
+for penalty in [dict(frequency_penalty=2.0), dict(presence_penalty=2.0), dict(extra_body={"repetition_penalty": 1.5})]:
+    penalised = client.completions.create(prompt="1, 2, 3, 4, 5,", max_tokens=20, **penalty, **greedy)
+    check(penalised.choices[0].text != counting.choices[0].text, f"{penalty} changes what the model writes")
+# Fill-in-the-middle: Qwen2.5-Coder completes the body between a signature and its use.
+fim = client.completions.create(prompt="def add(a, b):\n    return ", suffix="\n\nprint(add(2, 3))\n", max_tokens=8,
+                                stop=["\n"], **greedy)
+check("a + b" in fim.choices[0].text, f"suffix fills in the middle ({fim.choices[0].text!r})")
 try:
     client.completions.create(prompt="word " * 2000, max_tokens=2, model=model)
     check(False, "long prompt rejected")

@@ -14,7 +14,7 @@ fn plain(seed: u64) -> SamplerConfig {
         repeat_penalty: 1.0,
         repeat_last_n: 64,
         seed,
-        logit_bias: Vec::new(),
+        ..SamplerConfig::default()
     }
 }
 
@@ -257,6 +257,35 @@ fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
     s.apply_repeat_penalty(&[2, 0, 1, 0, 99]);
     let logits: Vec<f32> = s.candidates.iter().map(|c| c.logit).collect();
     assert_eq!(logits, vec![2.0, -2.0, 3.0, 0.0, 2.0]);
+}
+
+#[test]
+fn presence_and_frequency_penalties_subtract_per_token_and_per_occurrence() {
+    let mut s = sampler(SamplerConfig {
+        repeat_penalty: 2.0,
+        presence_penalty: 0.5,
+        frequency_penalty: 0.25,
+        repeat_last_n: 4,
+        ..SamplerConfig::greedy()
+    });
+    s.load_candidates(&[4.0, -1.0, 3.0, 0.0, 2.0]);
+    // The window is [0, 1, 0, 0]: token 0 three times (4 / 2 - 3 × 0.25 - 0.5), token 1 once (-1 × 2 - 0.25 - 0.5);
+    // token 2 lies outside it.
+    s.apply_repeat_penalty(&[2, 0, 1, 0, 0]);
+    let logits: Vec<f32> = s.candidates.iter().map(|c| c.logit).collect();
+    assert_eq!(logits, vec![0.75, -2.75, 3.0, 0.0, 2.0]);
+    // Negative penalties encourage repetition; alone (no multiplicative penalty) they still apply.
+    let mut s = sampler(SamplerConfig {
+        frequency_penalty: -1.0,
+        ..SamplerConfig::greedy()
+    });
+    assert_eq!(s.sample(&[1.0, 1.5], &[0, 0]), 0);
+    assert!(SamplerConfig {
+        presence_penalty: f32::NAN,
+        ..SamplerConfig::greedy()
+    }
+    .validate()
+    .is_err());
 }
 
 #[test]

@@ -1,0 +1,257 @@
+//! OpenAI-shaped response bodies of the completion endpoints: whole responses, and the SSE events of a streamed one,
+//! for any number of choices.
+
+use super::generation::{Chunk, TokenLogprob, Usage};
+use super::{listen, Cancel};
+use axum::response::sse::Event as SseEvent;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+/// One finished choice of a response.
+pub struct Choice {
+    pub index: usize,
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub reason: &'static str,
+}
+
+impl Choice {
+    /// Mean log-probability per generated token (what `best_of` ranks by); 0 for an empty choice.
+    pub fn mean_logprob(&self) -> f64 {
+        if self.logprobs.is_empty() {
+            return 0.0;
+        }
+        self.logprobs
+            .iter()
+            .map(|l| f64::from(l.logprob))
+            .sum::<f64>()
+            / self.logprobs.len() as f64
+    }
+}
+
+/// The usage of a response: completion tokens of every choice, prompt tokens once per prompt.
+pub struct Totals {
+    /// Per choice index: whether it is the one whose prompt tokens count.
+    counts_prompt: Vec<bool>,
+    pub usage: Usage,
+}
+
+impl Totals {
+    /// Totals for choices `0..first_of_prompt.len()`, of which those marked true count their prompt.
+    pub fn new(counts_prompt: Vec<bool>) -> Totals {
+        Totals {
+            counts_prompt,
+            usage: Usage::default(),
+        }
+    }
+
+    /// Adds choice `index`'s usage.
+    pub fn add(&mut self, index: usize, u: Usage) {
+        self.usage.completion_tokens += u.completion_tokens;
+        if self.counts_prompt.get(index).copied().unwrap_or(false) {
+            self.usage.prompt_tokens += u.prompt_tokens;
+            self.usage.cached_tokens += u.cached_tokens;
+        }
+    }
+}
+
+/// The identity shared by the chunks of one response.
+pub struct Ids {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub chat: bool,
+}
+
+impl Ids {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.chat, chunk) {
+            (true, true) => "chat.completion.chunk",
+            (true, false) => "chat.completion",
+            (false, _) => "text_completion",
+        }
+    }
+
+    fn usage(u: Usage) -> Value {
+        json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+               "total_tokens": u.prompt_tokens + u.completion_tokens,
+               "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
+    }
+
+    /// Log-probabilities in the endpoint's shape; `offset` is where the tokens' text starts (after an echoed prompt).
+    pub fn logprobs_json(&self, lps: &[TokenLogprob], offset: usize) -> Value {
+        if self.chat {
+            let entry = |t: &str, l: f32| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
+            json!({"content": lps.iter().map(|lp| {
+                let mut e = entry(&lp.token, lp.logprob);
+                e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, *l)).collect();
+                e
+            }).collect::<Vec<_>>()})
+        } else {
+            let mut next = offset;
+            let offsets: Vec<usize> = lps
+                .iter()
+                .map(|lp| {
+                    let o = next;
+                    next += lp.token.len();
+                    o
+                })
+                .collect();
+            json!({
+                "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
+                "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+                "top_logprobs": lps.iter().map(|l| l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            })
+        }
+    }
+
+    /// A whole response; `echo` holds each choice's echoed prompt text (empty: none).
+    pub fn full(
+        &self,
+        choices: &[Choice],
+        want_logprobs: bool,
+        echo: &[String],
+        usage: Usage,
+    ) -> Value {
+        let choices: Vec<Value> = choices
+            .iter()
+            .map(|c| {
+                let echoed = echo.get(c.index).map_or("", String::as_str);
+                let lp = want_logprobs.then(|| self.logprobs_json(&c.logprobs, echoed.len()));
+                if self.chat {
+                    json!({"index": c.index, "message": {"role": "assistant", "content": c.text},
+                           "logprobs": lp, "finish_reason": c.reason})
+                } else {
+                    json!({"index": c.index, "text": format!("{echoed}{}", c.text), "logprobs": lp,
+                           "finish_reason": c.reason})
+                }
+            })
+            .collect();
+        json!({"id": self.id, "object": self.object(false), "created": self.created, "model": self.model,
+               "choices": choices, "usage": Ids::usage(usage)})
+    }
+
+    fn chunk(
+        &self,
+        index: usize,
+        text: Option<&str>,
+        logprobs: Option<Value>,
+        reason: Option<&str>,
+    ) -> Value {
+        let choice = if self.chat {
+            let delta = match text {
+                Some(t) => json!({"content": t}),
+                None if reason.is_none() => json!({"role": "assistant", "content": ""}),
+                None => json!({}),
+            };
+            json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
+        } else {
+            json!({"index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason})
+        };
+        json!({"id": self.id, "object": self.object(true), "created": self.created, "model": self.model,
+               "choices": [choice]})
+    }
+}
+
+/// What a streamed response holds on to while it runs: the engine requests' cancellations (one per choice; `None`
+/// where nothing was submitted) and the request's count in flight. Dropped early (the client went away), the requests
+/// are cancelled.
+pub type Guards = (Vec<Option<Cancel>>, listen::Flight);
+
+/// The SSE events of a streamed response over the choices of `rx`; `echo` per choice as in [`Ids::full`].
+pub fn stream(
+    ids: Ids,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(usize, Chunk)>,
+    echo: Vec<String>,
+    totals: Totals,
+    include_usage: bool,
+    want_logprobs: bool,
+    guards: Guards,
+) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
+    struct State {
+        ids: Ids,
+        rx: tokio::sync::mpsc::UnboundedReceiver<(usize, Chunk)>,
+        /// Events ready to go out before the next chunk is awaited.
+        queue: VecDeque<String>,
+        /// Text already sent per choice (the offset of its next log-probabilities).
+        sent: Vec<usize>,
+        running: usize,
+        totals: Totals,
+        guards: Guards,
+        ended: bool,
+    }
+    let choices = guards.0.len();
+    let mut queue = VecDeque::new();
+    for index in 0..choices {
+        match echo.get(index) {
+            _ if ids.chat => queue.push_back(ids.chunk(index, None, None, None).to_string()),
+            Some(echoed) if !echoed.is_empty() => {
+                queue.push_back(ids.chunk(index, Some(echoed), None, None).to_string())
+            }
+            _ => {}
+        }
+    }
+    let sent = (0..choices)
+        .map(|i| echo.get(i).map_or(0, String::len))
+        .collect();
+    let state = State {
+        ids,
+        rx,
+        queue,
+        sent,
+        running: choices,
+        totals,
+        guards,
+        ended: false,
+    };
+    futures_util::stream::unfold(state, move |mut st| async move {
+        loop {
+            if let Some(event) = st.queue.pop_front() {
+                return Some((Ok(SseEvent::default().data(event)), st));
+            }
+            if st.ended {
+                return None;
+            }
+            if st.running == 0 {
+                if include_usage {
+                    let v = json!({"id": st.ids.id, "object": st.ids.object(true), "created": st.ids.created,
+                                   "model": st.ids.model, "choices": [], "usage": Ids::usage(st.totals.usage)});
+                    st.queue.push_back(v.to_string());
+                }
+                st.queue.push_back("[DONE]".into());
+                st.ended = true;
+                continue;
+            }
+            match st.rx.recv().await {
+                Some((index, Chunk::Delta { text, logprobs })) => {
+                    let offset = st.sent.get(index).copied().unwrap_or(0);
+                    let lp = want_logprobs.then(|| st.ids.logprobs_json(&logprobs, offset));
+                    if let Some(s) = st.sent.get_mut(index) {
+                        *s += text.len();
+                    }
+                    st.queue
+                        .push_back(st.ids.chunk(index, Some(&text), lp, None).to_string());
+                }
+                Some((index, Chunk::Done { reason, usage })) => {
+                    if let Some(Some(cancel)) = st.guards.0.get_mut(index) {
+                        cancel.done = true;
+                    }
+                    st.totals.add(index, usage);
+                    st.running -= 1;
+                    st.queue
+                        .push_back(st.ids.chunk(index, None, None, Some(reason)).to_string());
+                }
+                Some((_, Chunk::Failed(message))) => {
+                    // OpenAI's clients raise an error for a `data:` event holding an `error` object.
+                    let v = json!({"error": {"message": message, "type": "server_error",
+                                             "param": null, "code": null}});
+                    st.queue.push_back(v.to_string());
+                    st.ended = true;
+                }
+                None => return None,
+            }
+        }
+    })
+}
