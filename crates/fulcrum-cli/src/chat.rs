@@ -30,6 +30,8 @@ pub struct Args {
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
+    format: crate::common::FormatArgs,
+    #[command(flatten)]
     attention: crate::common::AttentionArgs,
 }
 
@@ -37,6 +39,8 @@ pub struct Args {
 pub fn run(args: Args) -> CliResult {
     let model = load_model(&args.model, true)?;
     let mut sampler = Sampler::new(args.sampling.config_for(&model)?)?;
+    // Every reply follows the format from its start.
+    let format = args.format.compiled(&model)?;
     let n_ctx = context_size(&model, args.ctx)?;
     let template = prompt::chat_template(&model)?;
     if template.is_fallback() {
@@ -101,6 +105,9 @@ pub fn run(args: Args) -> CliResult {
             .min(ids.len() - 1);
         session.truncate(common);
         cached.truncate(common);
+        if let Some(format) = &format {
+            sampler.set_format(format.fresh());
+        }
         let stdout = std::io::stdout();
         let reply = generation::decode(
             &mut session,

@@ -2,7 +2,8 @@
 
 use clap::Args as ClapArgs;
 use fulcrum_core::{AttentionMode, DeltaConfig, Model};
-use fulcrum_engine::sampler::SamplerConfig;
+use fulcrum_engine::constraint::{Constraint, ConstraintFactory, ConstraintSpec};
+use fulcrum_engine::sampler::{Format, SamplerConfig};
 use fulcrum_models as models;
 use fulcrum_models::draft::{draft_weights, DraftWeights};
 use std::path::Path;
@@ -149,6 +150,96 @@ impl SamplingArgs {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// Structured-output flags shared by `generate` and `chat`: what the output must be (llama.cpp's flag names).
+#[derive(ClapArgs, Clone, Debug, Default)]
+pub struct FormatArgs {
+    /// The output must be valid under this JSON schema (inline JSON; `{}` for any JSON value).
+    #[arg(long, short = 'j', value_name = "SCHEMA", group = "format")]
+    pub json_schema: Option<String>,
+    /// The output must be valid under the JSON schema in this file.
+    #[arg(long, value_name = "FILE", group = "format")]
+    pub json_schema_file: Option<std::path::PathBuf>,
+    /// The output must follow this grammar (GBNF, as llama.cpp takes it, or llguidance's Lark).
+    #[arg(long, value_name = "GRAMMAR", group = "format")]
+    pub grammar: Option<String>,
+    /// The output must follow the grammar in this file (GBNF or Lark).
+    #[arg(long, value_name = "FILE", group = "format")]
+    pub grammar_file: Option<std::path::PathBuf>,
+    /// The whole output must match this regex.
+    #[arg(long, value_name = "REGEX", group = "format")]
+    pub regex: Option<String>,
+}
+
+impl FormatArgs {
+    /// The format asked for, if any.
+    fn spec(&self) -> CliResult<Option<ConstraintSpec>> {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
+        };
+        let schema = |flag: &str, text: &str| -> CliResult<ConstraintSpec> {
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| format!("--{flag}: not JSON: {e}"))?;
+            if !value.is_object() {
+                return Err(format!("--{flag}: a JSON schema is an object").into());
+            }
+            Ok(ConstraintSpec::JsonSchema(value))
+        };
+        let grammar = |text: String| {
+            // GBNF defines rules with `::=`; Lark with `:`.
+            if text.contains("::=") {
+                ConstraintSpec::Gbnf(text)
+            } else {
+                ConstraintSpec::Lark(text)
+            }
+        };
+        Ok(Some(match self {
+            FormatArgs {
+                json_schema: Some(s),
+                ..
+            } => schema("json-schema", s)?,
+            FormatArgs {
+                json_schema_file: Some(p),
+                ..
+            } => schema("json-schema-file", &read("json-schema-file", p)?)?,
+            FormatArgs {
+                grammar: Some(g), ..
+            } => grammar(g.clone()),
+            FormatArgs {
+                grammar_file: Some(p),
+                ..
+            } => grammar(read("grammar-file", p)?),
+            FormatArgs { regex: Some(r), .. } => ConstraintSpec::Regex(r.clone()),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Compiles the format for `model`'s vocabulary, once; `None` when no format was asked for.
+    pub fn compiled(&self, model: &Model) -> CliResult<Option<FormatSource>> {
+        let Some(spec) = self.spec()? else {
+            return Ok(None);
+        };
+        let factory = ConstraintFactory::from_tokenizer(&model.tokenizer)?;
+        let constraint = factory.compile(&spec)?;
+        Ok(Some(FormatSource {
+            constraint,
+            eog: model.tokenizer.eog_ids().to_vec(),
+        }))
+    }
+}
+
+/// A compiled format at its start, from which each output takes a fresh copy.
+pub struct FormatSource {
+    constraint: Constraint,
+    eog: Vec<u32>,
+}
+
+impl FormatSource {
+    /// The format for one output, from its start.
+    pub fn fresh(&self) -> Format {
+        Format::new(self.constraint.clone(), &self.eog)
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Args {
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
+    format: crate::common::FormatArgs,
+    #[command(flatten)]
     attention: AttentionArgs,
 }
 
@@ -144,6 +146,9 @@ pub fn run(args: Args) -> CliResult {
     let sampler_config = args.sampling.config_for(&model)?;
     let seed = sampler_config.seed;
     let mut sampler = Sampler::new(sampler_config)?;
+    if let Some(format) = args.format.compiled(&model)? {
+        sampler.set_format(format.fresh());
+    }
     let n_ctx = context_size(&model, args.ctx)?;
     let text = prompt::user_prompt(&model, &prompt, args.system.as_deref(), args.raw)?;
     let prompt_ids = prompt::tokenize(&model, &text);

@@ -18,10 +18,11 @@ use clap::Args as ClapArgs;
 use fulcrum_core::AttentionMode;
 use fulcrum_core::Model;
 use fulcrum_engine::chat::ChatTemplate;
+use fulcrum_engine::constraint::{ConstraintFactory, ConstraintSpec};
 use fulcrum_engine::engine::{self, EngineConfig, EngineHandle, Params};
 use fulcrum_engine::latency::TbtTarget;
 use fulcrum_engine::prompt;
-use fulcrum_engine::sampler::SamplerConfig;
+use fulcrum_engine::sampler::{Format, SamplerConfig};
 use fulcrum_engine::scheduler::{Limits, Rejected};
 use fulcrum_engine::spec::Speculation;
 use generation::{Chunk, Usage};
@@ -29,7 +30,7 @@ use request::{BadRequest, Prompt, PromptInput};
 use response::{Choice, Ids, Totals};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Arguments of `fulcrum serve`.
@@ -142,6 +143,8 @@ struct AppState {
     max_body: usize,
     /// What a draining server tells clients to wait, in seconds.
     drain_timeout: u64,
+    /// The vocabulary compiled for structured outputs, built in the background at start-up (or why it cannot be).
+    formats: Arc<OnceLock<Result<ConstraintFactory, String>>>,
 }
 
 type AppResult = Result<Response, ApiError>;
@@ -226,6 +229,49 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The model's vocabulary compiled for structured outputs, with how long that took on the log.
+fn build_formats(model: &Model) -> Result<ConstraintFactory, String> {
+    let started = std::time::Instant::now();
+    let factory = ConstraintFactory::from_tokenizer(&model.tokenizer).map_err(|e| e.to_string());
+    match &factory {
+        Ok(f) => eprintln!(
+            "structured outputs: {} tokens compiled in {} ms",
+            f.vocab_size(),
+            started.elapsed().as_millis()
+        ),
+        Err(e) => eprintln!("structured outputs unavailable: {e}"),
+    }
+    factory
+}
+
+/// Compiles a request's response format (given by field `param`) off the async threads; an invalid schema, regex
+/// or grammar is a 400 naming the field.
+async fn compile_format(
+    state: &Arc<AppState>,
+    param: &'static str,
+    spec: &ConstraintSpec,
+) -> Result<Format, ApiError> {
+    let (shared, spec) = (state.clone(), spec.clone());
+    let constraint = tokio::task::spawn_blocking(move || {
+        let factory = shared
+            .formats
+            .get_or_init(|| build_formats(&shared.model))
+            .as_ref()
+            .map_err(|e| {
+                ApiError::invalid(
+                    format!("structured output is not available for this model: {e}"),
+                    Some(param.into()),
+                )
+            })?;
+        factory
+            .compile(&spec)
+            .map_err(|e| ApiError::invalid(e.to_string(), Some(param.into())))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("compiling the response format failed: {e}")))??;
+    Ok(Format::new(constraint, state.model.tokenizer.eog_ids()))
 }
 
 /// The `--tbt-target` setting: off, or a target.
@@ -325,7 +371,17 @@ pub fn run(args: Args) -> CliResult {
     let name = names.first().cloned().unwrap_or_else(|| stem.clone());
     names.extend([stem, args.model.clone()]);
     let api_keys = api_keys(&args)?;
+    let formats = Arc::new(OnceLock::new());
+    {
+        let (formats, model) = (formats.clone(), model.clone());
+        std::thread::Builder::new()
+            .name("formats".into())
+            .spawn(move || {
+                formats.get_or_init(|| build_formats(&model));
+            })?;
+    }
     let state = Arc::new(AppState {
+        formats,
         template: prompt::chat_template(&model)?,
         model,
         name,
@@ -950,6 +1006,10 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
     }
     let spec = req.spec.clone().unwrap_or_else(|| state.spec.clone());
     check_spec(&state, &spec)?;
+    let format = match &req.constraint {
+        Some((param, spec)) => Some(compile_format(&state, param, spec).await?),
+        None => None,
+    };
     // Each prompt's choices are numbered together (OpenAI's index = prompt × n + choice); with best_of, `best_of`
     // run per prompt and the best `n` are kept.
     let per_prompt = req.best_of;
@@ -999,6 +1059,7 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
             stop_at_eog: true,
             spec: spec.clone(),
             attention: req.attention.unwrap_or(state.attention),
+            format: format.clone(),
         };
         let (done, wait) = tokio::sync::oneshot::channel();
         let siblings = job.first && per_prompt > 1;

@@ -65,6 +65,7 @@ pub fn decode(
     };
     if max_tokens > 0 {
         let id = sampler.sample(&logits, history);
+        sampler.accept(id);
         history.push(id);
         let mut going = emit(&mut out, id);
         while going && session.len() < session.n_ctx() {
@@ -82,6 +83,7 @@ pub fn decode(
                 None => {
                     logits.copy_from_slice(session.eval_last(&[id_of(history)])?);
                     let id = sampler.sample(&logits, history);
+                    sampler.accept(id);
                     history.push(id);
                     going = emit(&mut out, id);
                 }

@@ -4,6 +4,7 @@
 
 pub mod blocks;
 pub mod chat;
+pub mod constraint;
 pub mod engine;
 pub mod eval;
 pub mod generation;

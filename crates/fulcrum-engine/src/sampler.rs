@@ -10,6 +10,8 @@ use std::collections::BinaryHeap;
 
 use thiserror::Error;
 
+use crate::constraint::Constraint;
+
 mod candidates;
 mod logprobs;
 mod rng;
@@ -171,10 +173,45 @@ fn from_rank_key(key: u64) -> Candidate {
     }
 }
 
+/// A request's response format as its sampler enforces it: only tokens the format allows can be drawn.
+#[derive(Clone)]
+pub struct Format(Box<FormatState>);
+
+#[derive(Clone)]
+struct FormatState {
+    constraint: Constraint,
+    /// The end-of-generation tokens, allowed alone if the grammar engine fails (the output then ends).
+    eog: Vec<u32>,
+    /// Why the grammar engine failed, if it did.
+    failed: Option<String>,
+}
+
+impl Format {
+    /// Enforces `constraint`; `eog` are the model's end-of-generation tokens.
+    pub fn new(constraint: Constraint, eog: &[u32]) -> Format {
+        Format(Box::new(FormatState {
+            constraint,
+            eog: eog.to_vec(),
+            failed: None,
+        }))
+    }
+}
+
+impl std::fmt::Debug for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Format")
+            .field("committed", &self.0.constraint.committed())
+            .field("failed", &self.0.failed)
+            .finish()
+    }
+}
+
 /// A configured sampling chain with its random generator and scratch buffers.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     config: SamplerConfig,
+    /// The response format to enforce, if any.
+    format: Option<Format>,
     rng: Rng,
     /// Candidates of the current call; capacity kept across calls.
     candidates: Vec<Candidate>,
@@ -195,6 +232,7 @@ impl Sampler {
         Ok(Sampler {
             rng: Rng::seed_from(config.seed),
             config,
+            format: None,
             candidates: Vec::new(),
             recent_sorted: Vec::new(),
             bucket_mass: Vec::new(),
@@ -206,6 +244,44 @@ impl Sampler {
     /// The settings this sampler runs with.
     pub fn config(&self) -> &SamplerConfig {
         &self.config
+    }
+
+    /// Enforces a response format from the next token on.
+    pub fn set_format(&mut self, format: Format) {
+        self.format = Some(format);
+    }
+
+    /// Whether a response format is enforced.
+    pub fn has_format(&self) -> bool {
+        self.format.is_some()
+    }
+
+    /// Why the response format's grammar engine failed, if it did (the output was then ended).
+    pub fn format_failure(&self) -> Option<&str> {
+        self.format.as_ref()?.0.failed.as_deref()
+    }
+
+    /// Records that `token` was emitted: the response format moves past it. Call once per emitted token, in order.
+    pub fn accept(&mut self, token: u32) {
+        if let Some(Format(format)) = &mut self.format {
+            if format.failed.is_none() {
+                if let Err(e) = format.constraint.commit(token) {
+                    format.failed = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// How many of `draft`'s tokens, in order, the response format allows from here (all of them without one); the
+    /// format's position is unchanged.
+    pub fn allowed_prefix(&mut self, draft: &[u32]) -> usize {
+        match &mut self.format {
+            Some(Format(format)) if format.failed.is_none() => {
+                format.constraint.valid_prefix(draft)
+            }
+            Some(_) => 0,
+            None => draft.len(),
+        }
     }
 
     /// Restarts the random generator from `seed`.
@@ -309,6 +385,50 @@ impl Sampler {
         for &(id, bias) in &self.config.logit_bias {
             if let Some(candidate) = self.candidates.get_mut(id as usize) {
                 candidate.logit = (candidate.logit + bias).min(f32::MAX);
+            }
+        }
+        self.apply_format();
+    }
+
+    /// Tokens the response format does not allow next become impossible.
+    fn apply_format(&mut self) {
+        let Some(Format(format)) = &mut self.format else {
+            return;
+        };
+        let words = match format.failed {
+            None => match format.constraint.mask() {
+                Ok(words) => Some(words),
+                Err(e) => {
+                    format.failed = Some(e.to_string());
+                    None
+                }
+            },
+            Some(_) => None,
+        };
+        match words {
+            Some(words) => {
+                for (chunk, &word) in self.candidates.chunks_mut(32).zip(words) {
+                    if word == u32::MAX {
+                        continue;
+                    }
+                    for (bit, candidate) in chunk.iter_mut().enumerate() {
+                        if word >> bit & 1 == 0 {
+                            candidate.logit = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                let covered = words.len() * 32;
+                for candidate in self.candidates.iter_mut().skip(covered) {
+                    candidate.logit = f32::NEG_INFINITY;
+                }
+            }
+            // The grammar engine failed: only the end tokens remain, so the output ends here.
+            None => {
+                for candidate in &mut self.candidates {
+                    if !format.eog.contains(&candidate.id) {
+                        candidate.logit = f32::NEG_INFINITY;
+                    }
+                }
             }
         }
     }

@@ -79,6 +79,7 @@ fn params(spec: Speculation, attention: AttentionMode) -> Params {
         stop_at_eog: false,
         spec,
         attention,
+        format: None,
     }
 }
 

@@ -45,6 +45,7 @@ fn params(max_tokens: usize, spec: Speculation) -> Params {
         stop_at_eog: false,
         spec,
         attention: fulcrum_core::AttentionMode::Dense,
+        format: None,
     }
 }
 

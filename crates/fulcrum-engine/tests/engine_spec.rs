@@ -72,6 +72,7 @@ fn generate(
                 stop_at_eog: true,
                 spec: spec.clone(),
                 attention: fulcrum_core::AttentionMode::Dense,
+                format: None,
             };
             engine.submit(prompt, params).expect("accepted").1
         })
@@ -137,6 +138,7 @@ fn del_forced_to_draft_uses_early_exits_and_stays_lossless() {
         stop_at_eog: true,
         spec: Speculation::Del,
         attention: fulcrum_core::AttentionMode::Dense,
+        format: None,
     };
     let rx = engine.submit(prompt, params).expect("accepted").1;
     for event in rx {

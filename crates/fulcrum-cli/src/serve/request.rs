@@ -3,6 +3,7 @@
 
 use fulcrum_core::AttentionMode;
 use fulcrum_engine::chat::Message;
+use fulcrum_engine::constraint::ConstraintSpec;
 use fulcrum_engine::sampler::SamplerConfig;
 use fulcrum_engine::spec::Speculation;
 use serde_json::Value;
@@ -64,6 +65,9 @@ pub struct Request {
     pub spec: Option<Speculation>,
     /// Attention asked for (`"attention"`: `"dense"` or `"delta"`); `None`: the server's default.
     pub attention: Option<AttentionMode>,
+    /// What the output must be, with the field that said so (`response_format`, or the extensions `json_schema`,
+    /// `grammar`, `regex`).
+    pub constraint: Option<(&'static str, ConstraintSpec)>,
 }
 
 /// Fields of both endpoints, OpenAI's and the extensions of llama.cpp, vLLM and Fulcrum.
@@ -89,6 +93,10 @@ const COMMON_FIELDS: &[&str] = &[
     "repeat_last_n",
     "spec",
     "attention",
+    "response_format",
+    "json_schema",
+    "grammar",
+    "regex",
 ];
 /// Fields only of `/v1/completions`.
 const COMPLETION_FIELDS: &[&str] = &["prompt", "suffix", "echo", "best_of"];
@@ -106,7 +114,6 @@ const CHAT_FIELDS: &[&str] = &[
 ];
 /// OpenAI fields this server knows but cannot honour yet: a 400 that says so, rather than a silent default.
 const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
-    ("response_format", "structured output"),
     ("functions", "function calling (deprecated: use 'tools')"),
     (
         "function_call",
@@ -345,6 +352,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
             ))
         }
     };
+    let constraint = constraint(&body)?;
     Ok(Request {
         model: body
             .get("model")
@@ -374,7 +382,80 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
         logprobs,
         spec,
         attention,
+        constraint,
     })
+}
+
+/// The output format: OpenAI's `response_format`, or one of the extensions `json_schema` (llama.cpp's), `grammar`
+/// (GBNF, as llama.cpp takes it, or llguidance's Lark) and `regex`; at most one of them.
+fn constraint(body: &Value) -> Result<Option<(&'static str, ConstraintSpec)>, BadRequest> {
+    let given: Vec<&'static str> = ["response_format", "json_schema", "grammar", "regex"]
+        .into_iter()
+        .filter(|k| body.get(*k).is_some_and(|v| !v.is_null()))
+        .collect();
+    if given.len() > 1 {
+        return Err(bad(
+            given[1],
+            format!("give one of {}, not several", given.join(", ")),
+        ));
+    }
+    let Some(&key) = given.first() else {
+        return Ok(None);
+    };
+    let spec = constraint_spec(body, key)?;
+    Ok(spec.map(|spec| (key, spec)))
+}
+
+/// The format given by field `key` (`None`: plain text).
+fn constraint_spec(body: &Value, key: &'static str) -> Result<Option<ConstraintSpec>, BadRequest> {
+    let value = &body[key];
+    let string = |what: &str| {
+        value
+            .as_str()
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| bad(key, format!("'{key}' must be a non-empty string ({what})")))
+    };
+    Ok(Some(match key {
+        "json_schema" if value.is_object() => ConstraintSpec::JsonSchema(value.clone()),
+        "json_schema" => return Err(bad(key, "'json_schema' must be a JSON schema (an object)")),
+        "regex" => ConstraintSpec::Regex(string("a regex the whole output must match")?),
+        "grammar" => {
+            let grammar = string("a GBNF or Lark grammar")?;
+            // GBNF defines rules with `::=`; Lark with `:`.
+            if grammar.contains("::=") {
+                ConstraintSpec::Gbnf(grammar)
+            } else {
+                ConstraintSpec::Lark(grammar)
+            }
+        }
+        _ => {
+            let kind = value.get("type").and_then(Value::as_str);
+            match kind {
+                Some("text") => return Ok(None),
+                Some("json_object") => ConstraintSpec::JsonObject,
+                Some("json_schema") => {
+                    let schema = value
+                        .get("json_schema")
+                        .and_then(|s| s.get("schema"))
+                        .filter(|s| s.is_object())
+                        .ok_or_else(|| {
+                            bad(
+                                "response_format",
+                                "'response_format' of type json_schema needs 'json_schema': {\"name\": …, \"schema\": {…}}",
+                            )
+                        })?;
+                    ConstraintSpec::JsonSchema(schema.clone())
+                }
+                _ => {
+                    return Err(bad(
+                        "response_format",
+                        "'response_format' must have 'type' \"text\", \"json_object\" or \"json_schema\"",
+                    ))
+                }
+            }
+        }
+    }))
 }
 
 /// Every field must be known to the endpoint; the ones this server cannot honour are refused by name.
@@ -618,7 +699,8 @@ mod tests {
                 "\"logit_bias\":", "\"messages\":", "\"content\":", "\"role\":", "\"spec\":",
                 "\"attention\":", "\"seed\":", "\"n\":", "\"top_logprobs\":", "\"prompt\":", "null", "true",
                 "-1", "1e400", "18446744073709551616", "-0.0", "[", "]", "{", "}", ",", "\"\\ud800\"", "\"\"",
-                "\"draft:x,9\"", "\"early-exit:99,3\"", "\"dense\"",
+                "\"draft:x,9\"", "\"early-exit:99,3\"", "\"dense\"", "\"response_format\":", "\"json_schema\":",
+                "\"grammar\":", "\"regex\":", "\"type\":", "\"json_object\"",
             ]),
             crate_dir: env!("CARGO_MANIFEST_DIR"),
             max_len: 4096,
@@ -663,7 +745,13 @@ mod tests {
                 "repetition_penalty",
             ),
             (
-                br#"{"prompt":"hi","response_format":{"type":"json_object"}}"#,
+                br#"{"prompt":"hi","response_format":{"type":"xml"}}"#,
+                "response_format",
+            ),
+            (br#"{"prompt":"hi","json_schema":"x"}"#, "json_schema"),
+            (br#"{"prompt":"hi","regex":""}"#, "regex"),
+            (
+                br#"{"prompt":"hi","response_format":{"type":"json_schema"}}"#,
                 "response_format",
             ),
             (
@@ -748,6 +836,18 @@ mod tests {
             ),
             (0.5, -0.5, 1.1)
         );
+        for (body, spec) in [
+            (&br#"{"prompt":"hi","response_format":{"type":"json_object"}}"#[..], Some(ConstraintSpec::JsonObject)),
+            (br#"{"prompt":"hi","response_format":{"type":"text"}}"#, None),
+            (br#"{"prompt":"hi","regex":"[0-9]+"}"#, Some(ConstraintSpec::Regex("[0-9]+".into()))),
+            (br#"{"prompt":"hi","grammar":"root ::= [0-9]+"}"#, Some(ConstraintSpec::Gbnf("root ::= [0-9]+".into()))),
+            (br#"{"prompt":"hi","grammar":"start: /[0-9]+/"}"#, Some(ConstraintSpec::Lark("start: /[0-9]+/".into()))),
+            (
+                br#"{"prompt":"hi","response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"object"},"strict":true}}}"#,
+                Some(ConstraintSpec::JsonSchema(serde_json::json!({"type":"object"})))),
+        ] {
+            assert_eq!(parse(body, false).unwrap().constraint.map(|(_, s)| s), spec);
+        }
         assert!(parse(b"{not json", false).err().unwrap().param.is_none());
         assert!(parse(br#"{"messages":[]}"#, true).is_err());
         let chat = parse(

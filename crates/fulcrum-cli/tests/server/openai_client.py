@@ -68,7 +68,10 @@ check(banned.choices[0].message.content.startswith(ended.choices[0].message.cont
 # Errors.
 for kwargs, param in [(dict(n=99), "n"), (dict(temperature=7), "temperature"), (dict(presence_penalty=5), "presence_penalty"),
                       (dict(best_of=2, n=3), "best_of"), (dict(extra_body={"frobnicate": 1}), "frobnicate"),
-                      (dict(logit_bias={"999999": 1}), "logit_bias"), (dict(extra_body={"response_format": {"type": "json_object"}}), "response_format")]:
+                      (dict(logit_bias={"999999": 1}), "logit_bias"), (dict(extra_body={"response_format": {"type": "xml"}}), "response_format"),
+                      (dict(extra_body={"regex": "[0-9"}), "regex"), (dict(extra_body={"grammar": "root ::= nowhere"}), "grammar"),
+                      (dict(extra_body={"json_schema": {"type": "object", "properties": {"a": {"$ref": "#/nope"}}}}), "json_schema"),
+                      (dict(extra_body={"regex": "a", "grammar": "root ::= \"a\""}), "regex")]:
     try:
         client.completions.create(prompt="x", max_tokens=2, model=model, **kwargs)
         check(False, f"{kwargs} rejected")
@@ -92,6 +95,61 @@ try:
     check(False, "an unknown model id rejected")
 except openai.NotFoundError as e:
     check(e.code == "model_not_found", "/v1/models/{id} of another model is a 404")
+
+# Structured outputs: a Pydantic model through the client's parse helper, and a schema with nesting, enums, arrays and
+# bounds over several seeds and temperatures, with and without speculation; JSON mode; a GBNF grammar; a regex.
+import pydantic
+from typing import List, Literal
+
+
+class Address(pydantic.BaseModel):
+    city: str
+    zip: str
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+    role: Literal["admin", "user", "guest"]
+    tags: List[str]
+    address: Address
+
+
+person_msgs = [{"role": "user", "content": "Invent a user of a web shop and describe them."}]
+parsed = client.beta.chat.completions.parse(messages=person_msgs, max_tokens=200, response_format=Person, **greedy)
+check(isinstance(parsed.choices[0].message.parsed, Person) and parsed.choices[0].finish_reason == "stop",
+      "chat.completions.parse gives a valid Pydantic object")
+schema = {"type": "object", "additionalProperties": False, "required": ["id", "kind", "scores", "ok"],
+          "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 999},
+                         "kind": {"enum": ["cat", "dog", "fish"]},
+                         "scores": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3},
+                         "ok": {"type": "boolean"}, "note": {"type": "string", "maxLength": 20}}}
+fmt = {"type": "json_schema", "json_schema": {"name": "pet", "schema": schema, "strict": True}}
+for seed, temperature in [(1, 0.0), (2, 0.7), (3, 1.0), (4, 1.3)]:
+    r = client.chat.completions.create(messages=[{"role": "user", "content": "Describe a pet as JSON."}], max_tokens=120,
+                                       model=model, seed=seed, temperature=temperature, response_format=fmt)
+    v = json.loads(r.choices[0].message.content)
+    check(set(v) <= set(schema["properties"]) and {"id", "kind", "scores", "ok"} <= set(v) and 0 <= v["id"] <= 999
+          and v["kind"] in ("cat", "dog", "fish") and 1 <= len(v["scores"]) <= 3 and isinstance(v["ok"], bool)
+          and len(v.get("note", "")) <= 20, f"the schema holds at temperature {temperature} (seed {seed})")
+plain = client.chat.completions.create(messages=person_msgs, max_tokens=80, response_format=fmt,
+                                       extra_body={"spec": "off"}, **greedy)
+fast = client.chat.completions.create(messages=person_msgs, max_tokens=80, response_format=fmt,
+                                      extra_body={"spec": "del"}, **greedy)
+check(plain.choices[0].message.content == fast.choices[0].message.content, "a constrained output is the same with DEL")
+obj = client.chat.completions.create(messages=msgs, max_tokens=80, response_format={"type": "json_object"}, **greedy)
+check(isinstance(json.loads(obj.choices[0].message.content), dict), "JSON mode gives a JSON object")
+digits = client.completions.create(prompt="The year was", max_tokens=12, temperature=1.0, seed=9, model=model,
+                                   extra_body={"grammar": 'root ::= " " [1-9] [0-9] [0-9] [0-9] "."'})
+check(len(digits.choices[0].text) == 6 and digits.choices[0].text[1:5].isdigit() and digits.choices[0].finish_reason == "stop",
+      "a GBNF grammar: a year and a full stop")
+phone = client.completions.create(prompt="Call me at", max_tokens=20, model=model, temperature=0.8, seed=2, n=2,
+                                  extra_body={"regex": r" \([0-9]{3}\) [0-9]{3}-[0-9]{4}"})
+import re
+check(all(re.fullmatch(r" \([0-9]{3}\) [0-9]{3}-[0-9]{4}", ch.text) for ch in phone.choices), "a regex holds in every choice")
+streamed_json = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(
+    messages=person_msgs, max_tokens=200, response_format=fmt, stream=True, **greedy) if ch.choices)
+check(json.loads(streamed_json) is not None, "a streamed constrained output is valid JSON")
 
 # n and best_of: three choices; greedy, three identical ones; sampled with a seed, each its own seed stream.
 three = client.completions.create(prompt="def fibonacci(n):", max_tokens=8, n=3, **greedy)

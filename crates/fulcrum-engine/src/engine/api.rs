@@ -3,7 +3,7 @@
 
 use super::metrics::Metrics;
 use crate::latency::TbtTarget;
-use crate::sampler::SamplerConfig;
+use crate::sampler::{Format, SamplerConfig};
 use crate::scheduler::{Limits, Rejected};
 use crate::spec::Speculation;
 use fulcrum_core::{AttentionMode, DeltaConfig};
@@ -46,6 +46,8 @@ pub struct Params {
     pub spec: Speculation,
     /// How its decode steps attend: densely, or with DELTA's sparse attention.
     pub attention: AttentionMode,
+    /// The response format its output must follow (structured outputs), if any.
+    pub format: Option<Format>,
 }
 
 /// Why generation ended.

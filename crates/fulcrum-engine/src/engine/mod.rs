@@ -241,8 +241,11 @@ impl Engine {
         params: Params,
         events: mpsc::SyncSender<Event>,
     ) -> Result<(), Rejected> {
-        let sampler = crate::sampler::Sampler::new(params.sampler.clone())
+        let mut sampler = crate::sampler::Sampler::new(params.sampler.clone())
             .map_err(|e| Rejected::Invalid(e.to_string()))?;
+        if let Some(format) = &params.format {
+            sampler.set_format(format.clone());
+        }
         let spec = match &params.spec {
             Speculation::Off => None,
             mode => {

@@ -83,7 +83,8 @@ pub struct WalkBuffers {
 /// The acceptance walk over a lane's `logits` rows: with no draft, the token sampled from the first row; with a
 /// draft, each draft token while the target keeps it (greedy: it is the target's pick; sampling: rejection sampling
 /// against the draft model's distributions `dists` if it sampled them, else as deterministic proposals), then the
-/// target's own token.
+/// target's own token. Each committed token moves the sampler's response format on, so the next row is masked for
+/// the text the walk has kept.
 pub fn walk(
     logits: &[f32],
     vocab: usize,
@@ -94,7 +95,9 @@ pub fn walk(
 ) -> Vec<u32> {
     let (p, residual, recent) = (&mut b.p, &mut b.residual, &mut b.recent);
     if draft.is_empty() {
-        return vec![sampler.sample(&logits[..vocab], recent)];
+        let token = sampler.sample(&logits[..vocab], recent);
+        sampler.accept(token);
+        return vec![token];
     }
     let mut committed = Vec::with_capacity(draft.len() + 1);
     for (j, row) in logits.chunks_exact(vocab).enumerate() {
@@ -105,16 +108,19 @@ pub fn walk(
             } else {
                 sampler.draw_from(p)
             };
+            sampler.accept(bonus);
             committed.push(bonus);
             break;
         };
         let q = dists.and_then(|q| q.get(j)).map(Vec::as_slice);
         match check(p, q, d, sampler, residual) {
             Verdict::Accept => {
+                sampler.accept(d);
                 committed.push(d);
                 recent.push(d);
             }
             Verdict::Replace(token) => {
+                sampler.accept(token);
                 committed.push(token);
                 break;
             }
@@ -268,5 +274,51 @@ mod tests {
             check(&p, None, 4, &mut s, &mut residual),
             Verdict::Replace(5)
         );
+    }
+
+    #[test]
+    fn the_walk_masks_each_row_for_the_text_it_kept() {
+        use crate::constraint::{ConstraintFactory, ConstraintSpec};
+        use crate::sampler::Format;
+        // One token per byte and an end token (256); the output must be two digits then the end.
+        const EOS: u32 = 256;
+        let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        tokens.push(b"\xff<eos>".to_vec());
+        let factory = ConstraintFactory::new(tokens, &[EOS]).unwrap();
+        let constraint = factory
+            .compile(&ConstraintSpec::Regex("[0-9]{2}".into()))
+            .unwrap();
+        let vocab = 257;
+        let mut sampler = Sampler::new(SamplerConfig::greedy()).unwrap();
+        sampler.set_format(Format::new(constraint, &[EOS]));
+        // Every row prefers `a`, then `7`: the format allows only digits, so `7`, `7`, then the end.
+        let mut logits = vec![0.0f32; 4 * vocab];
+        for row in logits.chunks_exact_mut(vocab) {
+            row[b'a' as usize] = 9.0;
+            row[b'7' as usize] = 5.0;
+        }
+        let mut buffers = WalkBuffers::default();
+        // The draft `7`, `a`, `7`: the first is kept, `a` is replaced by the format's best, the walk ends there.
+        let committed = walk(
+            &logits,
+            vocab,
+            &[55, 97, 55],
+            None,
+            &mut sampler,
+            &mut buffers,
+        );
+        assert_eq!(committed, [55, 55]);
+        // Two digits are complete: only the end token is left.
+        let committed = walk(
+            &logits[..vocab],
+            vocab,
+            &[],
+            None,
+            &mut sampler,
+            &mut buffers,
+        );
+        assert_eq!(committed, [EOS]);
+        assert_eq!(sampler.format_failure(), None);
+        assert_eq!(sampler.allowed_prefix(&[55]), 0);
     }
 }
