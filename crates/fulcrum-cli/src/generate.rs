@@ -146,9 +146,11 @@ pub fn run(args: Args) -> CliResult {
     let sampler_config = args.sampling.config_for(&model)?;
     let seed = sampler_config.seed;
     let mut sampler = Sampler::new(sampler_config)?;
+    let format_started = std::time::Instant::now();
     if let Some(format) = args.format.compiled(&model)? {
         sampler.set_format(format.fresh());
     }
+    let format_setup = format_started.elapsed().as_secs_f64();
     let n_ctx = context_size(&model, args.ctx)?;
     let text = prompt::user_prompt(&model, &prompt, args.system.as_deref(), args.raw)?;
     let prompt_ids = prompt::tokenize(&model, &text);
@@ -202,6 +204,13 @@ pub fn run(args: Args) -> CliResult {
             "seed": seed,
             "speculation": speculator.as_ref().map(spec_json),
             "attention": attention_json(args.attention.attention, session.attention_counts()),
+            // The response format's cost: compiling the vocabulary and the format, then masks and advancing.
+            "format": sampler.has_format().then(|| json!({
+                "setup_ms": format_setup * 1e3,
+                "mask_ms": sampler.format_seconds() * 1e3,
+                "mask_share": sampler.format_seconds() / result.gen_seconds.max(1e-9),
+                "failure": sampler.format_failure(),
+            })),
             "timings": {
                 "prompt_tokens_per_s": prompt_tps,
                 "gen_tokens_per_s": gen_tps,

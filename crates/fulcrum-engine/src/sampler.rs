@@ -184,6 +184,8 @@ struct FormatState {
     eog: Vec<u32>,
     /// Why the grammar engine failed, if it did.
     failed: Option<String>,
+    /// Time spent computing masks and advancing the format, in seconds.
+    seconds: f64,
 }
 
 impl Format {
@@ -193,6 +195,7 @@ impl Format {
             constraint,
             eog: eog.to_vec(),
             failed: None,
+            seconds: 0.0,
         }))
     }
 }
@@ -261,13 +264,20 @@ impl Sampler {
         self.format.as_ref()?.0.failed.as_deref()
     }
 
+    /// Time the response format has cost so far (masks and advancing past tokens), in seconds; 0 without one.
+    pub fn format_seconds(&self) -> f64 {
+        self.format.as_ref().map_or(0.0, |f| f.0.seconds)
+    }
+
     /// Records that `token` was emitted: the response format moves past it. Call once per emitted token, in order.
     pub fn accept(&mut self, token: u32) {
         if let Some(Format(format)) = &mut self.format {
             if format.failed.is_none() {
+                let started = std::time::Instant::now();
                 if let Err(e) = format.constraint.commit(token) {
                     format.failed = Some(e.to_string());
                 }
+                format.seconds += started.elapsed().as_secs_f64();
             }
         }
     }
@@ -395,6 +405,7 @@ impl Sampler {
         let Some(Format(format)) = &mut self.format else {
             return;
         };
+        let started = std::time::Instant::now();
         let words = match format.failed {
             None => match format.constraint.mask() {
                 Ok(words) => Some(words),
@@ -431,6 +442,7 @@ impl Sampler {
                 }
             }
         }
+        format.seconds += started.elapsed().as_secs_f64();
     }
 
     /// llama.cpp's rules over the last `repeat_last_n` tokens: each distinct token has its logit divided by the
