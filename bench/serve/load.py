@@ -5,6 +5,7 @@ concurrency levels, and the shared-prefix workload's TTFT. Standard library only
 usage: load.py URL [--concurrency 1,4,8] [--requests-per-client 3] [--prompt-tokens 100] [--max-tokens 128]
                [--shared-prefix]    # a ~1,000-token system prompt with varied questions
                [--ban-tokens 151643,151645]   # logit_bias -100 on these ids: every answer runs to --max-tokens
+               [--extra '{"response_format": {...}}']   # fields added to every request's body
 """
 import argparse
 import json
@@ -47,7 +48,7 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
-def run_level(url, concurrency, per_client, messages_for, max_tokens, ban_tokens=()):
+def run_level(url, concurrency, per_client, messages_for, max_tokens, ban_tokens=(), extra=None):
     ttfts, tbts, tokens = [], [], 0
     lock = threading.Lock()
 
@@ -58,6 +59,7 @@ def run_level(url, concurrency, per_client, messages_for, max_tokens, ban_tokens
                     "stream": True, "stream_options": {"include_usage": True}}
             if ban_tokens:
                 body["logit_bias"] = {str(t): -100 for t in ban_tokens}
+            body.update(extra or {})
             ttft, arrivals, n = stream_one(url, body)
             with lock:
                 ttfts.append(ttft)
@@ -95,11 +97,13 @@ def main():
     ap.add_argument("--shared-prefix", action="store_true")
     ap.add_argument("--ban-tokens", default="", help="comma-separated token ids given logit_bias -100 (the model's "
                     "end-of-generation tokens make every answer run to --max-tokens)")
+    ap.add_argument("--extra", type=json.loads, default={}, help="a JSON object of fields added to every request "
+                    "(a response_format, a spec)")
     a = ap.parse_args()
     messages_for = workload(a.shared_prefix, a.prompt_tokens)
     for c in map(int, a.concurrency.split(",")):
         print(json.dumps(run_level(a.url, c, a.requests_per_client, messages_for, a.max_tokens,
-                                   [int(t) for t in a.ban_tokens.split(",") if t.strip()])), flush=True)
+                                   [int(t) for t in a.ban_tokens.split(",") if t.strip()], a.extra)), flush=True)
 
 
 if __name__ == "__main__":
