@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// Arguments of `fulcrum serve`.
 #[derive(ClapArgs)]
@@ -102,6 +103,10 @@ pub struct Args {
     /// A file of API keys, one per line (blank lines and lines starting with # are skipped).
     #[arg(long)]
     api_key_file: Option<std::path::PathBuf>,
+    /// An origin whose web pages may call the API from a browser (CORS), as `https://host[:port]`, or `*` for any;
+    /// repeatable. None: no cross-origin access.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origin: Vec<String>,
     /// Largest request body, in MiB (larger ones get 413).
     #[arg(long, default_value_t = 8)]
     max_body_mib: usize,
@@ -229,6 +234,42 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The CORS policy for `--cors-origin`: those origins (or any) may call every route with a bearer key and a JSON
+/// body; `None` without the flag.
+fn cors(origins: &[String]) -> CliResult<Option<CorsLayer>> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| {
+                let valid = (o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.ends_with('/')
+                    && !o.contains(char::is_whitespace);
+                valid
+                    .then(|| HeaderValue::from_str(o).ok())
+                    .flatten()
+                    .ok_or_else(|| {
+                        format!(
+                            "--cors-origin {o:?}: expected scheme://host[:port] (no path), or *"
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(3600)),
+    ))
 }
 
 /// The model's vocabulary compiled for structured outputs, with how long that took on the log.
@@ -420,6 +461,11 @@ pub fn run(args: Args) -> CliResult {
         ))
         .layer(DefaultBodyLimit::max(state.max_body))
         .with_state(state);
+    // Outermost, so preflight requests are answered before authorization and every answer carries the headers.
+    let app = match cors(&args.cors_origin)? {
+        Some(layer) => app.layer(layer),
+        None => app,
+    };
     let limits = listen::ConnLimits {
         header_timeout: Duration::from_secs(args.read_timeout),
         max_connections: args.max_connections as usize,

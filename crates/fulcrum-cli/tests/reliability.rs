@@ -582,6 +582,8 @@ fn api_keys_guard_every_route_but_health() {
             file.to_str().unwrap(),
             "--served-model-name",
             "coder",
+            "--cors-origin",
+            "http://localhost:3000",
         ],
     );
     let port = server.port;
@@ -617,5 +619,39 @@ fn api_keys_guard_every_route_but_health() {
     );
     let e = with_key("sekrit", "GET", "/v1/models/gpt-4", "").error(404);
     assert_eq!(e["code"], "model_not_found");
+    // CORS: a browser's preflight is answered without a key; the allowed origin is echoed on every answer, a 401
+    // included, and another origin gets no grant.
+    let preflight = send(
+        port,
+        b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: http://localhost:3000\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\n\r\n",
+    );
+    assert_eq!(preflight.status, 200, "{}", preflight.head);
+    assert!(preflight
+        .head
+        .contains("access-control-allow-origin: http://localhost:3000"));
+    assert!(
+        preflight.head.contains("authorization"),
+        "{}",
+        preflight.head
+    );
+    let from = |origin: &str, key: &str| {
+        send(
+            port,
+            format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: {origin}\r\nAuthorization: Bearer {key}\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    let denied = from("http://localhost:3000", "wrong");
+    assert_eq!(denied.status, 401);
+    assert!(denied
+        .head
+        .contains("access-control-allow-origin: http://localhost:3000"));
+    let other = from("http://evil.example", "sekrit");
+    assert_eq!(other.status, 200);
+    assert!(
+        !other.head.contains("access-control-allow-origin"),
+        "{}",
+        other.head
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
