@@ -14,7 +14,9 @@ use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use clap::Args as ClapArgs;
+use fulcrum_core::session::Session;
 use fulcrum_core::AttentionMode;
 use fulcrum_core::Model;
 use fulcrum_engine::chat::ChatTemplate;
@@ -150,6 +152,12 @@ struct AppState {
     drain_timeout: u64,
     /// The vocabulary compiled for structured outputs, built in the background at start-up (or why it cannot be).
     formats: Arc<OnceLock<Result<ConstraintFactory, String>>>,
+    /// Threads of an embedding run.
+    threads: usize,
+    /// Longest input in tokens (the sequence limit).
+    max_seq_len: usize,
+    /// One embedding run at a time, beside the engine.
+    embedding: tokio::sync::Semaphore,
 }
 
 type AppResult = Result<Response, ApiError>;
@@ -423,6 +431,9 @@ pub fn run(args: Args) -> CliResult {
     }
     let state = Arc::new(AppState {
         formats,
+        threads,
+        max_seq_len,
+        embedding: tokio::sync::Semaphore::new(1),
         template: prompt::chat_template(&model)?,
         model,
         name,
@@ -451,6 +462,7 @@ pub fn run(args: Args) -> CliResult {
         .route("/metrics", get(metrics))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .fallback(not_found)
@@ -613,6 +625,95 @@ fn object_body(body: &[u8], fields: &[&str]) -> Result<serde_json::Map<String, V
         ));
     }
     Ok(map)
+}
+
+/// `POST /v1/embeddings`: each input's final hidden states pooled (mean, or the last token's with the extension
+/// `"pooling": "last"`) and scaled to unit length (unless `"normalize": false`), as floats or base64. Runs one request
+/// at a time on its own session beside the engine.
+async fn embeddings(State(state): State<Arc<AppState>>, request: Request) -> AppResult {
+    let Some(_flight) = state.drain.enter() else {
+        return Err(ApiError::draining(state.drain_timeout));
+    };
+    let body = read_body(&state, request).await?;
+    let req = request::parse_embeddings(&body)?;
+    check_model(&state, req.model.as_deref())?;
+    let vocab = state.model.config.vocab_size;
+    let inputs: Vec<Vec<u32>> = req
+        .input
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let ids = match input {
+                PromptInput::Text(t) => prompt::tokenize(&state.model, t),
+                PromptInput::Tokens(ids) => ids.clone(),
+            };
+            if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ApiError::invalid(
+                    format!("input {i} holds token {id}, outside this model's vocabulary of {vocab} tokens"),
+                    Some("input".into()),
+                ));
+            }
+            if ids.is_empty() || ids.len() > state.max_seq_len {
+                return Err(ApiError::invalid(
+                    format!(
+                        "input {i} has {} tokens; this server embeds 1 to {} tokens per input",
+                        ids.len(),
+                        state.max_seq_len
+                    ),
+                    Some("input".into()),
+                ));
+            }
+            Ok(ids)
+        })
+        .collect::<Result<_, _>>()?;
+    let _turn = state
+        .embedding
+        .acquire()
+        .await
+        .map_err(|_| ApiError::unavailable("the embedding runner has stopped"))?;
+    let (shared, pooling, normalize) = (state.clone(), req.pooling, req.normalize);
+    let inputs = Arc::new(inputs);
+    let work = inputs.clone();
+    let vectors = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<f32>>, String> {
+        let longest = work.iter().map(Vec::len).max().unwrap_or(1);
+        let mut session = Session::new(
+            shared.model.clone(),
+            longest,
+            shared.threads,
+            fulcrum_core::session::DEFAULT_BATCH,
+        )
+        .map_err(|e| e.to_string())?;
+        work.iter()
+            .map(|ids| {
+                fulcrum_engine::embeddings::embed(&mut session, ids, pooling, normalize)
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the embedding run failed: {e}")))?
+    .map_err(ApiError::internal)?;
+    let tokens: usize = inputs.iter().map(Vec::len).sum();
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let embedding = if req.base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": state.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response())
 }
 
 /// `POST /tokenize`: a text (`content`, llama.cpp's name, or `prompt`, vLLM's) or a conversation (`messages`, through

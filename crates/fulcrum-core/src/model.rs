@@ -615,6 +615,19 @@ impl Model {
         p.trace.record(names[2], Some(l), x, m);
     }
 
+    /// The final norm of the residual stream's first `rows` rows, `(rows, d_model)`: the hidden states the
+    /// classifier reads (llama.cpp's `result_norm`, what its embeddings pool).
+    pub fn final_norm<'s>(&self, rows: usize, s: &'s mut Scratch) -> &'s [f32] {
+        let d = self.config.d_model;
+        ops::rms_norm(
+            &s.x[..rows * d],
+            &self.weights.output_norm,
+            self.config.rms_eps,
+            &mut s.xb[..rows * d],
+        );
+        &s.xb[..rows * d]
+    }
+
     /// Final norm and classifier for the first `rows` rows of the residual stream: `(rows, vocab)` logits.
     pub fn classify<'s>(
         &self,

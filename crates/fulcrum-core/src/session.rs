@@ -150,6 +150,42 @@ impl Session {
         Ok(out)
     }
 
+    /// The model this session runs.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Evaluates `tokens` after what is cached and returns every token's final hidden state (after the final norm),
+    /// `(tokens.len(), d_model)` row-major: what embeddings pool.
+    pub fn eval_hidden(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.check_fits(tokens.len())?;
+        let d = self.model.config.d_model;
+        let n_layers = self.model.config.n_layers;
+        let mut out = Vec::with_capacity(tokens.len() * d);
+        for part in tokens.chunks(self.scratch.max_batch) {
+            let span = SeqSpan {
+                start_row: 0,
+                len: part.len(),
+                start_pos: self.kv.len,
+                slots: None,
+                logits_from: 0,
+                delta: None,
+            };
+            self.model.embed(part, &mut self.scratch)?;
+            self.model.run_layers(
+                &self.pool,
+                0..n_layers,
+                &[span],
+                &mut self.kv,
+                &mut self.scratch,
+                Rounding::Reference,
+            )?;
+            self.kv.len += part.len();
+            out.extend_from_slice(self.model.final_norm(part.len(), &mut self.scratch));
+        }
+        Ok(out)
+    }
+
     /// [`Session::eval_last`] that also copies, for the last `window` tokens (at most the last chunk's), the hidden
     /// state at each layer boundary of `boundaries` (ascending, each below the layer count) into `captured`, one
     /// `(window, d_model)` buffer per boundary. The arithmetic, and so the logits, are those of `eval_last`.

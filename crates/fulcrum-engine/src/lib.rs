@@ -5,6 +5,7 @@
 pub mod blocks;
 pub mod chat;
 pub mod constraint;
+pub mod embeddings;
 pub mod engine;
 pub mod eval;
 pub mod generation;

@@ -4,6 +4,7 @@
 use fulcrum_core::AttentionMode;
 use fulcrum_engine::chat::Message;
 use fulcrum_engine::constraint::ConstraintSpec;
+use fulcrum_engine::embeddings::Pooling;
 use fulcrum_engine::sampler::SamplerConfig;
 use fulcrum_engine::spec::Speculation;
 use serde_json::Value;
@@ -629,7 +630,15 @@ fn messages(body: &Value) -> Result<Vec<Message>, BadRequest> {
 
 /// The prompts of a completion request: a string, token ids, or an array of either.
 fn prompts(body: &Value) -> Result<Vec<PromptInput>, BadRequest> {
-    let message = "'prompt' must be a string, an array of token ids, or an array of strings or of token-id arrays";
+    texts(body, "prompt", MAX_PROMPTS)
+}
+
+/// Field `key` of `body` as one or more texts: a string, token ids, or an array of strings or token-id arrays; at
+/// most `max` of them.
+fn texts(body: &Value, key: &str, max: usize) -> Result<Vec<PromptInput>, BadRequest> {
+    let message = format!(
+        "'{key}' must be a string, an array of token ids, or an array of strings or of token-id arrays"
+    );
     let tokens = |items: &[Value]| -> Result<Vec<u32>, BadRequest> {
         items
             .iter()
@@ -637,11 +646,11 @@ fn prompts(body: &Value) -> Result<Vec<PromptInput>, BadRequest> {
                 t.as_u64()
                     .filter(|&t| t <= u32::MAX as u64)
                     .map(|t| t as u32)
-                    .ok_or_else(|| bad("prompt", message))
+                    .ok_or_else(|| bad(key, message.clone()))
             })
             .collect()
     };
-    let out = match body.get("prompt") {
+    let out = match body.get(key) {
         Some(Value::String(s)) => vec![PromptInput::Text(s.clone())],
         Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_number) => {
             vec![PromptInput::Tokens(tokens(items)?)]
@@ -651,18 +660,99 @@ fn prompts(body: &Value) -> Result<Vec<PromptInput>, BadRequest> {
             .map(|item| match item {
                 Value::String(s) => Ok(PromptInput::Text(s.clone())),
                 Value::Array(ids) if !ids.is_empty() => Ok(PromptInput::Tokens(tokens(ids)?)),
-                _ => Err(bad("prompt", message)),
+                _ => Err(bad(key, message.clone())),
             })
             .collect::<Result<_, _>>()?,
-        _ => return Err(bad("prompt", message)),
+        _ => return Err(bad(key, message)),
     };
-    if out.len() > MAX_PROMPTS {
-        return Err(bad(
-            "prompt",
-            format!("at most {MAX_PROMPTS} prompts per request"),
-        ));
+    if out.len() > max {
+        return Err(bad(key, format!("at most {max} inputs per request")));
     }
     Ok(out)
+}
+
+/// Most inputs of one `/v1/embeddings` request (OpenAI's limit).
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// A `/v1/embeddings` request.
+#[derive(Debug)]
+pub struct EmbeddingRequest {
+    pub model: Option<String>,
+    pub input: Vec<PromptInput>,
+    /// `encoding_format: "base64"`: little-endian f32s in base64 instead of a JSON array.
+    pub base64: bool,
+    /// The extension `pooling`: `"mean"` (the default) or `"last"`.
+    pub pooling: Pooling,
+    /// The extension `normalize` (default true): unit-length vectors.
+    pub normalize: bool,
+}
+
+/// Parses a `/v1/embeddings` body; every field is known or a 400 that names it.
+pub fn parse_embeddings(body: &[u8]) -> Result<EmbeddingRequest, BadRequest> {
+    let body: Value = serde_json::from_slice(body).map_err(|e| BadRequest {
+        message: format!("the body is not valid JSON: {e}"),
+        param: None,
+    })?;
+    let Some(fields) = body.as_object() else {
+        return Err(BadRequest {
+            message: "the body must be a JSON object".into(),
+            param: None,
+        });
+    };
+    for key in fields.keys() {
+        match key.as_str() {
+            "input" | "model" | "encoding_format" | "user" | "pooling" | "normalize" => {}
+            "dimensions" => {
+                return Err(bad(
+                    key,
+                    "'dimensions' (shortened embeddings) is not supported: this model's embeddings have a fixed size",
+                ))
+            }
+            _ => return Err(bad(key, format!("unknown field '{key}' for /v1/embeddings"))),
+        }
+    }
+    let input = texts(&body, "input", MAX_EMBEDDING_INPUTS)?;
+    if input
+        .iter()
+        .any(|i| matches!(i, PromptInput::Text(t) if t.is_empty()))
+    {
+        return Err(bad("input", "'input' must not contain empty strings"));
+    }
+    let base64 = match body.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
+        Some(_) => {
+            return Err(bad(
+                "encoding_format",
+                "'encoding_format' must be \"float\" or \"base64\"",
+            ))
+        }
+    };
+    let pooling = match body.get("pooling") {
+        None | Some(Value::Null) => Pooling::Mean,
+        Some(Value::String(p)) => p.parse().map_err(|e: String| bad("pooling", e))?,
+        Some(_) => return Err(bad("pooling", "'pooling' must be \"mean\" or \"last\"")),
+    };
+    let normalize = match body.get("normalize") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("normalize", "'normalize' must be true or false")),
+    };
+    if let Some(user) = body.get("user").filter(|u| !u.is_null() && !u.is_string()) {
+        return Err(bad("user", format!("'user' must be a string, not {user}")));
+    }
+    Ok(EmbeddingRequest {
+        model: match body.get("model") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) => Some(m.clone()),
+            Some(_) => return Err(bad("model", "'model' must be a string")),
+        },
+        input,
+        base64,
+        pooling,
+        normalize,
+    })
 }
 
 fn rand_seed() -> u64 {
@@ -861,5 +951,41 @@ mod tests {
         let delta = parse(br#"{"prompt":"hi","attention":"delta"}"#, false).unwrap();
         assert_eq!(delta.attention, Some(AttentionMode::Delta));
         assert_eq!(parse(br#"{"prompt":"hi"}"#, false).unwrap().attention, None);
+    }
+
+    #[test]
+    fn embedding_requests_are_parsed_or_name_the_bad_field() {
+        let r = parse_embeddings(
+            br#"{"input":["a",[1,2]],"encoding_format":"base64","pooling":"last"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.input,
+            [
+                PromptInput::Text("a".into()),
+                PromptInput::Tokens(vec![1, 2])
+            ]
+        );
+        assert!(r.base64 && r.normalize && r.pooling == Pooling::Last);
+        let r =
+            parse_embeddings(br#"{"input":"a","normalize":false,"model":"m","user":"u"}"#).unwrap();
+        assert!(!r.base64 && !r.normalize && r.pooling == Pooling::Mean);
+        for (body, param) in [
+            (&br#"{"input":"a","dimensions":8}"#[..], "dimensions"),
+            (br#"{"input":"a","frobnicate":1}"#, "frobnicate"),
+            (br#"{"input":""}"#, "input"),
+            (br#"{"input":[]}"#, "input"),
+            (br#"{}"#, "input"),
+            (
+                br#"{"input":"a","encoding_format":"hex"}"#,
+                "encoding_format",
+            ),
+            (br#"{"input":"a","pooling":"cls"}"#, "pooling"),
+            (br#"{"input":"a","normalize":"yes"}"#, "normalize"),
+        ] {
+            let e = parse_embeddings(body).expect_err("rejected");
+            assert_eq!(e.param.as_deref(), Some(param));
+        }
+        assert!(parse_embeddings(b"[1]").err().unwrap().param.is_none());
     }
 }

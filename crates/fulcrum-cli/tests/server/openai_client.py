@@ -151,6 +151,42 @@ streamed_json = "".join(ch.choices[0].delta.content or "" for ch in client.chat.
     messages=person_msgs, max_tokens=200, response_format=fmt, stream=True, **greedy) if ch.choices)
 check(json.loads(streamed_json) is not None, "a streamed constrained output is valid JSON")
 
+# Embeddings: llama.cpp's vectors for the same texts (embedding_reference.json, from embedding_reference.py), mean and
+# last-token pooled; base64 the same floats; one text alone the same as in a batch; bad fields named.
+import base64
+import math
+import pathlib
+import struct
+
+reference = json.loads((pathlib.Path(__file__).parent / "embedding_reference.json").read_text())
+
+
+def cosine(a, b):
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+for pooling in ("mean", "last"):
+    got = client.embeddings.create(input=reference["texts"], model=model, extra_body={"pooling": pooling})
+    check(got.usage.prompt_tokens > 0 and [d.index for d in got.data] == [0, 1, 2], f"{pooling} embeddings: shape")
+    for d, ref in zip(got.data, reference[pooling]):
+        check(len(d.embedding) == len(ref) and cosine(d.embedding, ref) > 0.999
+              and abs(math.sqrt(sum(v * v for v in d.embedding)) - 1) < 1e-4,
+              f"{pooling} embedding of text {d.index} agrees with llama.cpp (cosine {cosine(d.embedding, ref):.6f})")
+alone = client.embeddings.create(input=reference["texts"][1], model=model).data[0].embedding
+raw = client.embeddings.with_raw_response.create(input=reference["texts"][1], model=model, encoding_format="base64")
+b64 = json.loads(raw.text)["data"][0]["embedding"]
+floats = list(struct.unpack(f"<{len(alone)}f", base64.b64decode(b64)))
+check(floats == alone, "base64 embeddings are the same floats")
+check(cosine(alone, client.embeddings.create(input=reference["texts"], model=model).data[1].embedding) > 0.999999,
+      "a text embeds the same alone and in a batch")
+for kwargs, param in [(dict(input="x", dimensions=8), "dimensions"), (dict(input=""), "input"),
+                      (dict(input=[[999999]]), "input"), (dict(input="x", extra_body={"pooling": "cls"}), "pooling")]:
+    try:
+        client.embeddings.create(model=model, **kwargs)
+        check(False, f"embeddings {kwargs} rejected")
+    except openai.BadRequestError as e:
+        check(e.param == param, f"embeddings {kwargs} is a 400 naming '{param}'")
+
 # n and best_of: three choices; greedy, three identical ones; sampled with a seed, each its own seed stream.
 three = client.completions.create(prompt="def fibonacci(n):", max_tokens=8, n=3, **greedy)
 check(sorted(ch.index for ch in three.choices) == [0, 1, 2] and all(ch.text == c.choices[0].text for ch in three.choices),
