@@ -187,14 +187,6 @@ impl FormatArgs {
             }
             Ok(ConstraintSpec::JsonSchema(value))
         };
-        let grammar = |text: String| {
-            // GBNF defines rules with `::=`; Lark with `:`.
-            if text.contains("::=") {
-                ConstraintSpec::Gbnf(text)
-            } else {
-                ConstraintSpec::Lark(text)
-            }
-        };
         Ok(Some(match self {
             FormatArgs {
                 json_schema: Some(s),
@@ -206,11 +198,11 @@ impl FormatArgs {
             } => schema("json-schema-file", &read("json-schema-file", p)?)?,
             FormatArgs {
                 grammar: Some(g), ..
-            } => grammar(g.clone()),
+            } => ConstraintSpec::grammar(g.clone()),
             FormatArgs {
                 grammar_file: Some(p),
                 ..
-            } => grammar(read("grammar-file", p)?),
+            } => ConstraintSpec::grammar(read("grammar-file", p)?),
             FormatArgs { regex: Some(r), .. } => ConstraintSpec::Regex(r.clone()),
             _ => return Ok(None),
         }))

@@ -671,11 +671,10 @@ async fn embeddings(State(state): State<Arc<AppState>>, request: Request) -> App
         .acquire()
         .await
         .map_err(|_| ApiError::unavailable("the embedding runner has stopped"))?;
+    let tokens: usize = inputs.iter().map(Vec::len).sum();
     let (shared, pooling, normalize) = (state.clone(), req.pooling, req.normalize);
-    let inputs = Arc::new(inputs);
-    let work = inputs.clone();
     let vectors = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<f32>>, String> {
-        let longest = work.iter().map(Vec::len).max().unwrap_or(1);
+        let longest = inputs.iter().map(Vec::len).max().unwrap_or(1);
         let mut session = Session::new(
             shared.model.clone(),
             longest,
@@ -683,7 +682,8 @@ async fn embeddings(State(state): State<Arc<AppState>>, request: Request) -> App
             fulcrum_core::session::DEFAULT_BATCH,
         )
         .map_err(|e| e.to_string())?;
-        work.iter()
+        inputs
+            .iter()
             .map(|ids| {
                 fulcrum_engine::embeddings::embed(&mut session, ids, pooling, normalize)
                     .map_err(|e| e.to_string())
@@ -693,7 +693,6 @@ async fn embeddings(State(state): State<Arc<AppState>>, request: Request) -> App
     .await
     .map_err(|e| ApiError::internal(format!("the embedding run failed: {e}")))?
     .map_err(ApiError::internal)?;
-    let tokens: usize = inputs.iter().map(Vec::len).sum();
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()

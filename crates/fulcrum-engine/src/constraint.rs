@@ -42,6 +42,15 @@ pub enum ConstraintSpec {
 }
 
 impl ConstraintSpec {
+    /// A grammar in whichever syntax it is written: GBNF defines rules with `::=`, Lark with `:`.
+    pub fn grammar(text: String) -> ConstraintSpec {
+        if text.contains("::=") {
+            ConstraintSpec::Gbnf(text)
+        } else {
+            ConstraintSpec::Lark(text)
+        }
+    }
+
     /// The format's name as a user wrote it, for error messages.
     fn kind(&self) -> &'static str {
         match self {
@@ -205,21 +214,21 @@ impl Constraint {
 
     /// Sets the logits of disallowed tokens (and of ids past the vocabulary) to negative infinity.
     pub fn apply(&mut self, logits: &mut [f32]) -> Result<(), ConstraintError> {
+        self.ban(logits.len(), |id| logits[id] = f32::NEG_INFINITY)
+    }
+
+    /// Calls `ban` with every id below `n` the format does not allow next (ids past the vocabulary included).
+    pub fn ban(&mut self, n: usize, mut ban: impl FnMut(usize)) -> Result<(), ConstraintError> {
         let words = self.current_mask()?.as_slice();
-        for (chunk, &word) in logits.chunks_mut(32).zip(words) {
+        for (w, &word) in words.iter().enumerate().take(n.div_ceil(32)) {
             if word == u32::MAX {
                 continue;
             }
-            for (bit, logit) in chunk.iter_mut().enumerate() {
-                if word >> bit & 1 == 0 {
-                    *logit = f32::NEG_INFINITY;
-                }
-            }
+            (w * 32..(w * 32 + 32).min(n))
+                .filter(|id| word >> (id % 32) & 1 == 0)
+                .for_each(&mut ban);
         }
-        logits
-            .iter_mut()
-            .skip(words.len() * 32)
-            .for_each(|logit| *logit = f32::NEG_INFINITY);
+        (words.len() * 32..n).for_each(ban);
         Ok(())
     }
 

@@ -282,18 +282,6 @@ impl Sampler {
         }
     }
 
-    /// How many of `draft`'s tokens, in order, the response format allows from here (all of them without one); the
-    /// format's position is unchanged.
-    pub fn allowed_prefix(&mut self, draft: &[u32]) -> usize {
-        match &mut self.format {
-            Some(Format(format)) if format.failed.is_none() => {
-                format.constraint.valid_prefix(draft)
-            }
-            Some(_) => 0,
-            None => draft.len(),
-        }
-    }
-
     /// Restarts the random generator from `seed`.
     pub fn reseed(&mut self, seed: u64) {
         self.config.seed = seed;
@@ -406,39 +394,21 @@ impl Sampler {
             return;
         };
         let started = std::time::Instant::now();
-        let words = match format.failed {
-            None => match format.constraint.mask() {
-                Ok(words) => Some(words),
-                Err(e) => {
-                    format.failed = Some(e.to_string());
-                    None
-                }
-            },
-            Some(_) => None,
-        };
-        match words {
-            Some(words) => {
-                for (chunk, &word) in self.candidates.chunks_mut(32).zip(words) {
-                    if word == u32::MAX {
-                        continue;
-                    }
-                    for (bit, candidate) in chunk.iter_mut().enumerate() {
-                        if word >> bit & 1 == 0 {
-                            candidate.logit = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-                let covered = words.len() * 32;
-                for candidate in self.candidates.iter_mut().skip(covered) {
-                    candidate.logit = f32::NEG_INFINITY;
-                }
+        let candidates = &mut self.candidates;
+        if format.failed.is_none() {
+            // Candidates are in id order here, so a token id indexes its candidate.
+            let banned = format.constraint.ban(candidates.len(), |id| {
+                candidates[id].logit = f32::NEG_INFINITY;
+            });
+            if let Err(e) = banned {
+                format.failed = Some(e.to_string());
             }
-            // The grammar engine failed: only the end tokens remain, so the output ends here.
-            None => {
-                for candidate in &mut self.candidates {
-                    if !format.eog.contains(&candidate.id) {
-                        candidate.logit = f32::NEG_INFINITY;
-                    }
+        }
+        // The grammar engine failed: only the end tokens remain, so the output ends here.
+        if format.failed.is_some() {
+            for candidate in candidates.iter_mut() {
+                if !format.eog.contains(&candidate.id) {
+                    candidate.logit = f32::NEG_INFINITY;
                 }
             }
         }

@@ -421,15 +421,7 @@ fn constraint_spec(body: &Value, key: &'static str) -> Result<Option<ConstraintS
         "json_schema" if value.is_object() => ConstraintSpec::JsonSchema(value.clone()),
         "json_schema" => return Err(bad(key, "'json_schema' must be a JSON schema (an object)")),
         "regex" => ConstraintSpec::Regex(string("a regex the whole output must match")?),
-        "grammar" => {
-            let grammar = string("a GBNF or Lark grammar")?;
-            // GBNF defines rules with `::=`; Lark with `:`.
-            if grammar.contains("::=") {
-                ConstraintSpec::Gbnf(grammar)
-            } else {
-                ConstraintSpec::Lark(grammar)
-            }
-        }
+        "grammar" => ConstraintSpec::grammar(string("a GBNF or Lark grammar")?),
         _ => {
             let kind = value.get("type").and_then(Value::as_str);
             match kind {

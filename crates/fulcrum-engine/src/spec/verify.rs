@@ -319,6 +319,5 @@ mod tests {
         );
         assert_eq!(committed, [EOS]);
         assert_eq!(sampler.format_failure(), None);
-        assert_eq!(sampler.allowed_prefix(&[55]), 0);
     }
 }
