@@ -55,10 +55,7 @@ pub fn run(args: Args) -> CliResult {
     session.set_delta(args.attention.decode_delta(model.config.n_layers)?)?;
     let mut messages: Vec<Message> = Vec::new();
     if let Some(s) = &args.system {
-        messages.push(Message {
-            role: "system".into(),
-            content: s.clone(),
-        });
+        messages.push(Message::new("system", s.clone()));
     }
     // Tokens currently in the session's KV cache, to reuse the common prefix of the next turn.
     let mut cached: Vec<u32> = Vec::new();
@@ -82,10 +79,7 @@ pub fn run(args: Args) -> CliResult {
             }
             _ => {}
         }
-        messages.push(Message {
-            role: "user".into(),
-            content: text.to_string(),
-        });
+        messages.push(Message::new("user", text.to_string()));
         let ids = prompt::tokenize(&model, &template.render(&messages, true)?);
         if ids.is_empty() {
             messages.pop();
@@ -125,10 +119,7 @@ pub fn run(args: Args) -> CliResult {
         println!();
         // The last sampled token was never evaluated; the next turn re-renders and re-evaluates from the prefix.
         cached.truncate(session.len());
-        messages.push(Message {
-            role: "assistant".into(),
-            content: reply.text.trim().to_string(),
-        });
+        messages.push(Message::new("assistant", reply.text.trim().to_string()));
     }
     Ok(())
 }

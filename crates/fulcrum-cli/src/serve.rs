@@ -27,9 +27,10 @@ use fulcrum_engine::prompt;
 use fulcrum_engine::sampler::{Format, SamplerConfig};
 use fulcrum_engine::scheduler::{Limits, Rejected};
 use fulcrum_engine::spec::Speculation;
+use fulcrum_engine::tools::{call_grammar, Tool, ToolChoice};
 use generation::{Chunk, Usage};
 use request::{BadRequest, Prompt, PromptInput};
-use response::{Choice, Ids, Totals};
+use response::{Choice, Ids, Tooling, Totals};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -749,9 +750,15 @@ async fn tokenize(State(state): State<Arc<AppState>>, request: Request) -> AppRe
             unreachable!("a chat request has messages")
         };
         let generation_prompt = bool_field("add_generation_prompt", true)?;
-        prompt::tokenize_chat(&state.model, &state.template, &messages, generation_prompt)
-            .map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages".into())))?
-            .map_err(|e| ApiError::invalid(e.to_string(), Some("messages".into())))?
+        prompt::tokenize_chat(
+            &state.model,
+            &state.template,
+            &messages,
+            &[],
+            generation_prompt,
+        )
+        .map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages".into())))?
+        .map_err(|e| ApiError::invalid(e.to_string(), Some("messages".into())))?
     } else {
         let text =
             match map.get("content").or_else(|| map.get("prompt")) {
@@ -1077,12 +1084,17 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
     let field = if chat { "messages" } else { "prompt" };
     let tok = &state.model.tokenizer;
     let vocab = tok.vocab_size();
+    // With `tool_choice: "none"` the model is not shown the tools at all.
+    let tooling = !req.tools.is_empty() && req.tool_choice != ToolChoice::None;
+    let shown: &[Tool] = if tooling { &req.tools } else { &[] };
+    let syntax = state.template.tool_syntax();
     // Messages' content is tokenized as plain text: only the template's markup becomes control tokens.
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         Prompt::Chat(messages) => vec![prompt::tokenize_chat(
             &state.model,
             &state.template,
             messages,
+            shown,
             true,
         )
         .map_err(|e| ApiError::invalid(format!("chat template: {e}"), Some("messages".into())))?
@@ -1152,9 +1164,20 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
     }
     let spec = req.spec.clone().unwrap_or_else(|| state.spec.clone());
     check_spec(&state, &spec)?;
-    let format = match &req.constraint {
-        Some((param, spec)) => Some(compile_format(&state, param, spec).await?),
-        None => None,
+    // A required or named call is forced by a grammar of the tool-call syntax over the functions' schemas.
+    let forced = call_grammar(
+        syntax,
+        shown,
+        &req.tool_choice,
+        req.parallel_tool_calls,
+        |text| tok.token_id(text),
+    );
+    let format = match (&req.constraint, forced) {
+        (Some((param, spec)), _) => Some(compile_format(&state, param, spec).await?),
+        (None, Some(grammar)) => {
+            Some(compile_format(&state, "tool_choice", &ConstraintSpec::Lark(grammar)).await?)
+        }
+        (None, None) => None,
     };
     // Each prompt's choices are numbered together (OpenAI's index = prompt × n + choice); with best_of, `best_of`
     // run per prompt and the best `n` are kept.
@@ -1212,6 +1235,8 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
         prefilled = siblings.then_some(wait);
         let sink = generation::Sink {
             index,
+            // Some syntaxes mark calls with control tokens, so their text is kept for the parser.
+            special: tooling,
             tx: tx.clone(),
             prefilled: siblings.then_some(done),
         };
@@ -1228,6 +1253,11 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
         created: now(),
         model: state.name.clone(),
         chat,
+        tools: tooling.then(|| Tooling {
+            syntax,
+            parallel: req.parallel_tool_calls,
+            names: req.tools.iter().map(|t| t.name.clone()).collect(),
+        }),
     };
     let totals = Totals::new(jobs.iter().map(|j| j.first).collect());
     if req.stream {

@@ -24,6 +24,8 @@ use minijinja::value::Value;
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
 use thiserror::Error;
 
+use crate::tools::{describe_in_messages, Tool, ToolSyntax};
+
 mod date;
 
 /// Instructions a template may execute for one render (real templates use a few thousand).
@@ -65,6 +67,23 @@ pub struct Message {
     pub role: String,
     /// The text of the turn.
     pub content: String,
+    /// The functions an assistant turn called.
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` turn answers.
+    pub tool_call_id: Option<String>,
+    /// The function a `tool` turn answers for (or a participant's name).
+    pub name: Option<String>,
+}
+
+/// A function call made in an assistant turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The call's id, which the tool's answer refers to.
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments: String,
 }
 
 impl Message {
@@ -73,7 +92,47 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
         }
+    }
+
+    /// The message as a template sees it: OpenAI's shape, with each call's arguments as a JSON object where they
+    /// parse as one (Hugging Face templates write them with `tojson`).
+    fn to_value(&self) -> Value {
+        let mut fields = vec![
+            ("role", Value::from(self.role.as_str())),
+            ("content", Value::from(self.content.as_str())),
+        ];
+        if !self.tool_calls.is_empty() {
+            let calls: Vec<Value> = self
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    let arguments = serde_json::from_str::<serde_json::Value>(&c.arguments)
+                        .map(|v| Value::from_serialize(&v))
+                        .unwrap_or_else(|_| Value::from(c.arguments.as_str()));
+                    let function = Value::from_iter([
+                        ("name", Value::from(c.name.as_str())),
+                        ("arguments", arguments),
+                    ]);
+                    Value::from_iter([
+                        ("id", Value::from(c.id.as_str())),
+                        ("type", Value::from("function")),
+                        ("function", function),
+                    ])
+                })
+                .collect();
+            fields.push(("tool_calls", Value::from(calls)));
+        }
+        if let Some(id) = &self.tool_call_id {
+            fields.push(("tool_call_id", Value::from(id.as_str())));
+        }
+        if let Some(name) = &self.name {
+            fields.push(("name", Value::from(name.as_str())));
+        }
+        Value::from_iter(fields)
     }
 }
 
@@ -82,6 +141,8 @@ impl Message {
 pub struct ChatTemplate {
     /// None for the fallback.
     environment: Option<Environment<'static>>,
+    /// The template's text (None for the fallback).
+    source: Option<String>,
     bos_token: String,
     eos_token: String,
 }
@@ -108,6 +169,7 @@ impl ChatTemplate {
         };
         Ok(ChatTemplate {
             environment,
+            source: source.map(str::to_owned),
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
         })
@@ -118,33 +180,60 @@ impl ChatTemplate {
         self.environment.is_none()
     }
 
+    /// Whether the template shows the model a request's tools itself (otherwise [`ChatTemplate::render_tools`]
+    /// describes them in the system message).
+    pub fn renders_tools(&self) -> bool {
+        self.source.as_deref().is_some_and(|s| s.contains("tools"))
+    }
+
+    /// The syntax in which this template's model writes tool calls.
+    pub fn tool_syntax(&self) -> ToolSyntax {
+        ToolSyntax::of_template(self.source.as_deref())
+    }
+
     /// Renders the conversation; `add_generation_prompt` appends the assistant turn's opening.
     pub fn render(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
+        self.render_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Renders the conversation with the functions the model may call (none: as [`ChatTemplate::render`]).
+    pub fn render_tools(
+        &self,
+        messages: &[Message],
+        tools: &[Tool],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        if !tools.is_empty() && !self.renders_tools() {
+            let described = describe_in_messages(messages, tools);
+            return self.render_tools(&described, &[], add_generation_prompt);
+        }
         let Some(environment) = &self.environment else {
             return Ok(render_fallback(messages, add_generation_prompt));
         };
         let template = environment
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ChatError::Syntax(describe(&e)))?;
-        let messages: Vec<Value> = messages
-            .iter()
-            .map(|m| {
-                Value::from_iter([
-                    ("role", Value::from(m.role.as_str())),
-                    ("content", Value::from(m.content.as_str())),
-                ])
-            })
-            .collect();
+        let messages: Vec<Value> = messages.iter().map(Message::to_value).collect();
+        let tools = if tools.is_empty() {
+            Value::from(())
+        } else {
+            Value::from(
+                tools
+                    .iter()
+                    .map(|t| Value::from_serialize(&t.definition))
+                    .collect::<Vec<_>>(),
+            )
+        };
         let context = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
-            tools => Value::from(()),
+            tools => tools,
         };
         let mut output = CappedWriter::default();
         // A hostile template can trip a panic inside the renderer (one found by fuzzing): it is an error here.
@@ -175,10 +264,15 @@ impl ChatTemplate {
     pub fn render_spans(
         &self,
         messages: &[Message],
+        tools: &[Tool],
         add_generation_prompt: bool,
     ) -> Result<(String, ContentSpans), ChatError> {
-        let text = self.render(messages, add_generation_prompt)?;
-        let spans = self.content_spans(&text, messages, add_generation_prompt);
+        if !tools.is_empty() && !self.renders_tools() {
+            let described = describe_in_messages(messages, tools);
+            return self.render_spans(&described, &[], add_generation_prompt);
+        }
+        let text = self.render_tools(messages, tools, add_generation_prompt)?;
+        let spans = self.content_spans(&text, messages, tools, add_generation_prompt);
         Ok((text, spans))
     }
 
@@ -188,6 +282,7 @@ impl ChatTemplate {
         &self,
         text: &str,
         messages: &[Message],
+        tools: &[Tool],
         add_generation_prompt: bool,
     ) -> ContentSpans {
         const OPEN: char = '\u{F8F0}';
@@ -195,12 +290,22 @@ impl ChatTemplate {
         if messages.iter().any(|m| m.content.contains([OPEN, CLOSE])) {
             return None;
         }
+        // An empty content stays empty: templates test it (`if message.content`) beside tool calls.
         let marked: Vec<Message> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| Message::new(m.role.clone(), format!("{OPEN}{i}{CLOSE}")))
+            .map(|(i, m)| Message {
+                content: if m.content.is_empty() {
+                    String::new()
+                } else {
+                    format!("{OPEN}{i}{CLOSE}")
+                },
+                ..m.clone()
+            })
             .collect();
-        let skeleton = self.render(&marked, add_generation_prompt).ok()?;
+        let skeleton = self
+            .render_tools(&marked, tools, add_generation_prompt)
+            .ok()?;
         'variant: for trim in [false, true] {
             let (mut out, mut spans, mut rest) = (String::new(), Vec::new(), skeleton.as_str());
             while let Some(open) = rest.find(OPEN) {
@@ -265,7 +370,67 @@ fn sandboxed_environment() -> Environment<'static> {
     environment.add_function("strftime_now", |format: String| -> String {
         date::Date::today().format(&format)
     });
+    environment.add_filter("tojson", python_json);
     environment
+}
+
+/// `tojson` as Hugging Face's renderer defines it (Python's `json.dumps` with `ensure_ascii=False`): `", "` and
+/// `": "` between items, or `indent` spaces per level; minijinja's own escapes HTML characters and writes compactly.
+fn python_json(value: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, JinjaError> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let result = match indent {
+        Some(n) => {
+            let spaces = " ".repeat(n);
+            let mut serializer = serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(spaces.as_bytes()),
+            );
+            serde::Serialize::serialize(&value, &mut serializer)
+        }
+        None => {
+            let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+            serde::Serialize::serialize(&value, &mut serializer)
+        }
+    };
+    result.map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let text = String::from_utf8(out)
+        .map_err(|_| JinjaError::new(ErrorKind::InvalidOperation, "tojson: not UTF-8"))?;
+    Ok(Value::from_safe_string(text))
+}
+
+/// Python's default JSON separators on one line.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        writer.write_all(b": ")
+    }
 }
 
 /// Maps a minijinja error to the variant that tells the user what happened.

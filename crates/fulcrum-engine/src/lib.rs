@@ -14,3 +14,4 @@ pub mod prompt;
 pub mod sampler;
 pub mod scheduler;
 pub mod spec;
+pub mod tools;

@@ -2,6 +2,7 @@
 //! message rendered through it, and tokenization the way llama.cpp tokenizes a prompt.
 
 use crate::chat::{ChatError, ChatTemplate, Message};
+use crate::tools::Tool;
 use fulcrum_core::Model;
 
 /// The model's chat template (or the plain fallback), with its BOS and EOS texts.
@@ -60,6 +61,7 @@ pub fn tokenize_chat(
     model: &Model,
     template: &ChatTemplate,
     messages: &[Message],
+    tools: &[Tool],
     add_generation_prompt: bool,
 ) -> Result<Result<Vec<u32>, UnsafeContent>, ChatError> {
     let tok = &model.tokenizer;
@@ -70,10 +72,10 @@ pub fn tokenize_chat(
         // Nothing to protect: the template's text as it is (the same tokens as guarding every content).
         return Ok(Ok(tokenize(
             model,
-            &template.render(messages, add_generation_prompt)?,
+            &template.render_tools(messages, tools, add_generation_prompt)?,
         )));
     };
-    let (text, spans) = template.render_spans(messages, add_generation_prompt)?;
+    let (text, spans) = template.render_spans(messages, tools, add_generation_prompt)?;
     Ok(match spans {
         Some(spans) => Ok(tokenize_guarded(model, &text, &spans)),
         None => Err(UnsafeContent {

@@ -53,7 +53,8 @@ fn fuzz_chat_conversations() {
         let messages = messages(bytes);
         for template in &templates {
             for add_generation_prompt in [false, true] {
-                let Ok((text, spans)) = template.render_spans(&messages, add_generation_prompt)
+                let Ok((text, spans)) =
+                    template.render_spans(&messages, &[], add_generation_prompt)
                 else {
                     continue;
                 };
@@ -124,7 +125,7 @@ fn fuzz_chat_template_sources() {
         let source = String::from_utf8_lossy(bytes);
         if let Ok(template) = ChatTemplate::new(Some(&source), "<s>", "</s>") {
             let _ = template.render(&conversation, true);
-            let _ = template.render_spans(&conversation[1..2], false);
+            let _ = template.render_spans(&conversation[1..2], &[], false);
         }
     });
 }

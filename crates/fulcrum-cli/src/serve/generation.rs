@@ -57,6 +57,8 @@ fn held_suffix(text: &str, stops: &[String]) -> usize {
 /// Where a choice's chunks go: the response's channel, tagged with the choice's index.
 pub struct Sink {
     pub index: usize,
+    /// Whether control tokens are decoded as their text (for a tool-call parser) rather than dropped.
+    pub special: bool,
     pub tx: UnboundedSender<(usize, Chunk)>,
     /// Told when the prompt has been prefilled (its KV is then in the prefix cache for the other choices).
     pub prefilled: Option<tokio::sync::oneshot::Sender<()>>,
@@ -73,7 +75,11 @@ pub fn relay(
     mut sink: Sink,
 ) {
     let tok = &model.tokenizer;
-    let mut decoder = StreamDecoder::new();
+    let mut decoder = if sink.special {
+        StreamDecoder::with_special()
+    } else {
+        StreamDecoder::new()
+    };
     let mut held = String::new();
     let mut pending_logprobs = Vec::new();
     let mut generated = 0;

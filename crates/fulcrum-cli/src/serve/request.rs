@@ -2,11 +2,12 @@
 //! unknown, not supported, of the wrong type or out of range is a 400 that names it: nothing is silently ignored.
 
 use fulcrum_core::AttentionMode;
-use fulcrum_engine::chat::Message;
+use fulcrum_engine::chat::{Message, ToolCall};
 use fulcrum_engine::constraint::ConstraintSpec;
 use fulcrum_engine::embeddings::Pooling;
 use fulcrum_engine::sampler::SamplerConfig;
 use fulcrum_engine::spec::Speculation;
+use fulcrum_engine::tools::{Tool, ToolChoice};
 use serde_json::Value;
 
 /// A 400 error: the message and the offending parameter.
@@ -69,6 +70,12 @@ pub struct Request {
     /// What the output must be, with the field that said so (`response_format`, or the extensions `json_schema`,
     /// `grammar`, `regex`).
     pub constraint: Option<(&'static str, ConstraintSpec)>,
+    /// Functions the model may call (chat only).
+    pub tools: Vec<Tool>,
+    /// Whether and how it must call them.
+    pub tool_choice: ToolChoice,
+    /// Whether several calls may come in one reply.
+    pub parallel_tool_calls: bool,
 }
 
 /// Fields of both endpoints, OpenAI's and the extensions of llama.cpp, vLLM and Fulcrum.
@@ -354,7 +361,22 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
         }
     };
     let constraint = constraint(&body)?;
+    let (tools, tool_choice, parallel_tool_calls) = if chat {
+        tools(&body)?
+    } else {
+        (Vec::new(), ToolChoice::None, true)
+    };
+    if constraint.is_some() && matches!(tool_choice, ToolChoice::Required | ToolChoice::Function(_))
+    {
+        return Err(bad(
+            "tool_choice",
+            "a forced tool call cannot be combined with a response format: the call's arguments follow the function's schema",
+        ));
+    }
     Ok(Request {
+        tools,
+        tool_choice,
+        parallel_tool_calls,
         model: body
             .get("model")
             .and_then(Value::as_str)
@@ -484,23 +506,6 @@ fn check_fields(body: &Value, chat: bool) -> Result<(), BadRequest> {
         }
     }
     if chat {
-        match fields.get("tools") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(tools)) if tools.is_empty() => {}
-            Some(_) => {
-                return Err(bad(
-                    "tools",
-                    "'tools' (tool calling) is not supported by this server",
-                ))
-            }
-        }
-        match fields.get("tool_choice") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(choice)) if choice == "none" => {}
-            Some(_) => {
-                return Err(bad("tool_choice", "'tool_choice' other than \"none\" needs tool calling, which this server does not support"))
-            }
-        }
         match fields.get("modalities") {
             None | Some(Value::Null) => {}
             Some(Value::Array(m)) if m.iter().all(|m| m == "text") => {}
@@ -511,9 +516,7 @@ fn check_fields(body: &Value, chat: bool) -> Result<(), BadRequest> {
                 ))
             }
         }
-        for key in ["store", "parallel_tool_calls"] {
-            flag(body, key)?;
-        }
+        flag(body, "store")?;
         if fields
             .get("metadata")
             .is_some_and(|m| !m.is_null() && !m.is_object())
@@ -564,17 +567,41 @@ fn messages(body: &Value) -> Result<Vec<Message>, BadRequest> {
         }
         for key in m.keys() {
             match key.as_str() {
-                "role" | "content" | "name" | "tool_call_id" | "refusal" => {}
-                "tool_calls" | "function_call" if m[key].is_null() => {}
-                "tool_calls" | "function_call" => {
+                "role" | "content" | "name" | "tool_call_id" | "refusal" | "tool_calls" => {}
+                "function_call" if m[key].is_null() => {}
+                "function_call" => {
                     return Err(bad(
                         "messages",
-                        format!("message {i}: '{key}' needs tool calling, which this server does not support"),
+                        format!("message {i}: 'function_call' (deprecated) is not supported: use 'tool_calls'"),
                     ))
                 }
                 _ => return Err(bad("messages", format!("message {i} has an unknown field '{key}'"))),
             }
         }
+        let text_field = |key: &str| -> Result<Option<String>, BadRequest> {
+            match m.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(bad(
+                    "messages",
+                    format!("message {i}: '{key}' must be a string"),
+                )),
+            }
+        };
+        let (name, tool_call_id) = (text_field("name")?, text_field("tool_call_id")?);
+        let tool_calls = match m.get("tool_calls") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(_) if role != "assistant" => {
+                return Err(bad("messages", format!("message {i}: only assistant messages have 'tool_calls'")))
+            }
+            Some(Value::Array(calls)) => calls
+                .iter()
+                .enumerate()
+                .map(|(j, c)| message_tool_call(c).ok_or_else(|| bad("messages", format!(
+                    "message {i}, tool call {j}: a call is {{\"id\": …, \"type\": \"function\", \"function\": {{\"name\": …, \"arguments\": \"<JSON text>\"}}}}"))))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(bad("messages", format!("message {i}: 'tool_calls' must be an array"))),
+        };
         let content = match m.get("content") {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Array(parts)) => {
@@ -615,9 +642,144 @@ fn messages(body: &Value) -> Result<Vec<Message>, BadRequest> {
             }
         };
         let role = if role == "developer" { "system" } else { role };
-        out.push(Message::new(role, content));
+        if role == "tool" && tool_call_id.is_none() {
+            return Err(bad(
+                "messages",
+                format!("message {i}: a tool message needs the 'tool_call_id' it answers"),
+            ));
+        }
+        out.push(Message {
+            tool_calls,
+            tool_call_id,
+            name,
+            ..Message::new(role, content)
+        });
     }
     Ok(out)
+}
+
+/// One call of an assistant message: OpenAI's shape, arguments as JSON text (or, leniently, an object).
+fn message_tool_call(call: &Value) -> Option<ToolCall> {
+    let function = call.get("function")?;
+    if call.get("type").is_some_and(|t| t != "function") {
+        return None;
+    }
+    let arguments = match function.get("arguments") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v @ Value::Object(_)) => v.to_string(),
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(_) => return None,
+    };
+    Some(ToolCall {
+        id: call
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        name: function.get("name")?.as_str()?.to_string(),
+        arguments,
+    })
+}
+
+/// Most tools one request may offer.
+const MAX_TOOLS: usize = 128;
+
+/// The tools of a chat request, how they may be called, and whether several calls may come at once.
+fn tools(body: &Value) -> Result<(Vec<Tool>, ToolChoice, bool), BadRequest> {
+    let message = "each tool is {\"type\": \"function\", \"function\": {\"name\": …, \"description\": …, \"parameters\": {JSON schema}}}";
+    let list: Vec<Tool> = match body.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) if list.len() > MAX_TOOLS => {
+            return Err(bad("tools", format!("at most {MAX_TOOLS} tools")))
+        }
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|t| {
+                let function = t
+                    .get("function")
+                    .filter(|_| t.get("type").is_none_or(|k| k == "function"))
+                    .ok_or_else(|| bad("tools", message))?;
+                let name = function
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|n| {
+                        !n.is_empty()
+                            && n.len() <= 64
+                            && n.chars().all(|c| {
+                                c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'
+                            })
+                    })
+                    .ok_or_else(|| {
+                        bad(
+                            "tools",
+                            "a function's 'name' must be 1 to 64 letters, digits, '_', '-' or '.'",
+                        )
+                    })?;
+                let parameters =
+                    match function.get("parameters") {
+                        None | Some(Value::Null) => serde_json::json!({"type": "object"}),
+                        Some(p @ Value::Object(_)) => p.clone(),
+                        Some(_) => return Err(bad(
+                            "tools",
+                            format!(
+                                "function '{name}': 'parameters' must be a JSON schema (an object)"
+                            ),
+                        )),
+                    };
+                Ok(Tool {
+                    name: name.to_string(),
+                    definition: serde_json::json!({"type": "function", "function": function}),
+                    parameters,
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad("tools", "'tools' must be an array of tools")),
+    };
+    for (i, t) in list.iter().enumerate() {
+        if list[..i].iter().any(|u| u.name == t.name) {
+            return Err(bad("tools", format!("two tools are named '{}'", t.name)));
+        }
+    }
+    let choice = match body.get("tool_choice") {
+        None | Some(Value::Null) if list.is_empty() => ToolChoice::None,
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(c)) => match c.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            _ => return Err(bad("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}")),
+        },
+        Some(c) => match c.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+            Some(name) if c.get("type").is_none_or(|t| t == "function") => ToolChoice::Function(name.to_string()),
+            _ => return Err(bad("tool_choice", "a named 'tool_choice' is {\"type\": \"function\", \"function\": {\"name\": …}}")),
+        },
+    };
+    match &choice {
+        ToolChoice::Required | ToolChoice::Auto if list.is_empty() => {
+            return Err(bad(
+                "tool_choice",
+                "'tool_choice' other than \"none\" needs 'tools'",
+            ))
+        }
+        ToolChoice::Function(name) if !list.iter().any(|t| &t.name == name) => {
+            return Err(bad(
+                "tool_choice",
+                format!("'tool_choice' names '{name}', which is not one of 'tools'"),
+            ))
+        }
+        _ => {}
+    }
+    let parallel = match body.get("parallel_tool_calls") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(bad(
+                "parallel_tool_calls",
+                "'parallel_tool_calls' must be a boolean",
+            ))
+        }
+    };
+    Ok((list, choice, parallel))
 }
 
 /// The prompts of a completion request: a string, token ids, or an array of either.
@@ -747,7 +909,8 @@ pub fn parse_embeddings(body: &[u8]) -> Result<EmbeddingRequest, BadRequest> {
     })
 }
 
-fn rand_seed() -> u64 {
+/// A random 64-bit number (the clock through a randomly keyed hash).
+pub fn rand_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -879,7 +1042,12 @@ mod tests {
                 "'image_url' parts are not supported",
             ),
             (br#"{"messages":[{"role":"user","content":"hi","mood":1}]}"#, "unknown field 'mood'"),
-            (br#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}]}"#, "tool calling"),
+            (br#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function"}]}"#, "each tool is"),
+            (br#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}}"#, "names 'g'"),
+            (br#"{"messages":[{"role":"user","content":"hi"}],"tool_choice":"required"}"#, "needs 'tools'"),
+            (br#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"function":{"name":"f"}}],"tool_choice":"required","response_format":{"type":"json_object"}}"#, "cannot be combined"),
+            (br#"{"messages":[{"role":"tool","content":"42"}]}"#, "needs the 'tool_call_id'"),
+            (br#"{"messages":[{"role":"user","content":"hi","tool_calls":[]}]}"#, "only assistant messages"),
             (br#"{"messages":[{"role":"user","content":"hi"}],"echo":true}"#, "of /v1/completions"),
         ] {
             let e = parse(body, true).err().expect("rejected");

@@ -2,8 +2,9 @@
 //! for any number of choices.
 
 use super::generation::{Chunk, TokenLogprob, Usage};
-use super::{listen, Cancel};
+use super::{listen, request, Cancel};
 use axum::response::sse::Event as SseEvent;
+use fulcrum_engine::tools::{parse_output, ParsedCall, Piece, ToolParser, ToolSyntax};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -62,6 +63,44 @@ pub struct Ids {
     pub created: u64,
     pub model: String,
     pub chat: bool,
+    /// When the model was offered tools: how its calls are parsed.
+    pub tools: Option<Tooling>,
+}
+
+/// How a reply's tool calls are found.
+pub struct Tooling {
+    /// The syntax the model writes them in.
+    pub syntax: ToolSyntax,
+    /// Whether several calls may come in one reply (otherwise only the first is kept).
+    pub parallel: bool,
+    /// The offered functions' names.
+    pub names: Vec<String>,
+}
+
+impl Tooling {
+    fn parser(&self) -> ToolParser {
+        ToolParser::new(self.syntax).untagged_calls_of(self.names.clone())
+    }
+}
+
+/// A new tool call id, as OpenAI writes them.
+fn call_id() -> String {
+    format!("call_{:016x}", request::rand_seed())
+}
+
+/// A tool call in a response message.
+fn call_json(call: &ParsedCall) -> Value {
+    json!({"id": call_id(), "type": "function",
+           "function": {"name": call.name, "arguments": call.arguments}})
+}
+
+/// The finish reason of a choice that made calls: `tool_calls` where the model ended by itself.
+fn reason_with_calls(reason: &'static str, calls: usize) -> &'static str {
+    if calls > 0 && reason == "stop" {
+        "tool_calls"
+    } else {
+        reason
+    }
 }
 
 impl Ids {
@@ -120,7 +159,19 @@ impl Ids {
             .map(|c| {
                 let echoed = echo.get(c.index).map_or("", String::as_str);
                 let lp = want_logprobs.then(|| self.logprobs_json(&c.logprobs, echoed.len()));
-                if self.chat {
+                if let (true, Some(tooling)) = (self.chat, &self.tools) {
+                    let (content, mut calls) = parse_output(tooling.parser(), &c.text);
+                    if !tooling.parallel {
+                        calls.truncate(1);
+                    }
+                    let mut message = json!({"role": "assistant",
+                                             "content": (!content.is_empty() || calls.is_empty()).then_some(content)});
+                    if !calls.is_empty() {
+                        message["tool_calls"] = calls.iter().map(call_json).collect();
+                    }
+                    json!({"index": c.index, "message": message, "logprobs": lp,
+                           "finish_reason": reason_with_calls(c.reason, calls.len())})
+                } else if self.chat {
                     json!({"index": c.index, "message": {"role": "assistant", "content": c.text},
                            "logprobs": lp, "finish_reason": c.reason})
                 } else {
@@ -155,6 +206,16 @@ impl Ids {
     }
 }
 
+impl Ids {
+    /// The streamed delta of choice `index`'s call number `number`: its id, name and whole arguments at once.
+    fn call_chunk(&self, index: usize, number: usize, call: &ParsedCall) -> Value {
+        let delta = json!({"tool_calls": [{"index": number, "id": call_id(), "type": "function",
+                                           "function": {"name": call.name, "arguments": call.arguments}}]});
+        json!({"id": self.id, "object": self.object(true), "created": self.created, "model": self.model,
+               "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]})
+    }
+}
+
 /// What a streamed response holds on to while it runs: the engine requests' cancellations (one per choice; `None`
 /// where nothing was submitted) and the request's count in flight. Dropped early (the client went away), the requests
 /// are cancelled.
@@ -181,6 +242,35 @@ pub fn stream(
         totals: Totals,
         guards: Guards,
         ended: bool,
+        /// Per choice when the model was offered tools: its call parser, and the calls sent so far.
+        parsers: Vec<(ToolParser, usize)>,
+        /// Log-probabilities of text a parser holds back, sent with the next text that goes out.
+        held_logprobs: Vec<Vec<TokenLogprob>>,
+    }
+    impl State {
+        /// Queues the text and calls a choice's parser gave out (past the first call unless parallel calls are on).
+        fn send_pieces(&mut self, index: usize, pieces: Vec<Piece>, want_logprobs: bool) {
+            let parallel = self.ids.tools.as_ref().is_some_and(|t| t.parallel);
+            for piece in pieces {
+                match piece {
+                    Piece::Text(text) => {
+                        let logprobs = std::mem::take(&mut self.held_logprobs[index]);
+                        let lp = want_logprobs.then(|| self.ids.logprobs_json(&logprobs, 0));
+                        self.queue
+                            .push_back(self.ids.chunk(index, Some(&text), lp, None).to_string());
+                    }
+                    Piece::Call(call) => {
+                        let sent = &mut self.parsers[index].1;
+                        if *sent > 0 && !parallel {
+                            continue;
+                        }
+                        let chunk = self.ids.call_chunk(index, *sent, &call);
+                        *sent += 1;
+                        self.queue.push_back(chunk.to_string());
+                    }
+                }
+            }
+        }
     }
     let choices = guards.0.len();
     let mut queue = VecDeque::new();
@@ -196,7 +286,13 @@ pub fn stream(
     let sent = (0..choices)
         .map(|i| echo.get(i).map_or(0, String::len))
         .collect();
+    let parsers = match &ids.tools {
+        Some(tooling) if ids.chat => (0..choices).map(|_| (tooling.parser(), 0)).collect(),
+        _ => Vec::new(),
+    };
     let state = State {
+        parsers,
+        held_logprobs: vec![Vec::new(); choices],
         ids,
         rx,
         queue,
@@ -225,6 +321,23 @@ pub fn stream(
                 continue;
             }
             match st.rx.recv().await {
+                Some((index, Chunk::Delta { text, logprobs })) if index < st.parsers.len() => {
+                    let pieces = st.parsers[index].0.push(&text);
+                    st.held_logprobs[index].extend(logprobs);
+                    st.send_pieces(index, pieces, want_logprobs);
+                }
+                Some((index, Chunk::Done { reason, usage })) if index < st.parsers.len() => {
+                    let pieces = st.parsers[index].0.finish();
+                    st.send_pieces(index, pieces, want_logprobs);
+                    if let Some(Some(cancel)) = st.guards.0.get_mut(index) {
+                        cancel.done = true;
+                    }
+                    st.totals.add(index, usage);
+                    st.running -= 1;
+                    let reason = reason_with_calls(reason, st.parsers[index].1);
+                    st.queue
+                        .push_back(st.ids.chunk(index, None, None, Some(reason)).to_string());
+                }
                 Some((index, Chunk::Delta { text, logprobs })) => {
                     let offset = st.sent.get(index).copied().unwrap_or(0);
                     let lp = want_logprobs.then(|| st.ids.logprobs_json(&logprobs, offset));

@@ -167,7 +167,7 @@ fn content_spans_locate_each_message_as_rendered() {
         Message::new("user", forged),
         Message::new("assistant", "ok"),
     ];
-    let (text, spans) = qwen().render_spans(&messages, true).expect("renders");
+    let (text, spans) = qwen().render_spans(&messages, &[], true).expect("renders");
     let spans = spans.expect("Qwen's template puts content verbatim");
     let located: Vec<&str> = spans.iter().map(|s| &text[s.clone()]).collect();
     // The default system prompt is the template's own text, not a message.
@@ -176,7 +176,7 @@ fn content_spans_locate_each_message_as_rendered() {
     // Gemma-style templates trim the content: the spans cover the trimmed text.
     let gemma = ChatTemplate::new(Some(GEMMA_STYLE_TEMPLATE), "<bos>", "<eos>").expect("compiles");
     let messages = [Message::new("user", "  <end_of_turn> spaced  ")];
-    let (text, spans) = gemma.render_spans(&messages, true).expect("renders");
+    let (text, spans) = gemma.render_spans(&messages, &[], true).expect("renders");
     let spans = spans.expect("trimmed content is located");
     assert_eq!(&text[spans[0].clone()], "<end_of_turn> spaced");
 
@@ -188,7 +188,7 @@ fn content_spans_locate_each_message_as_rendered() {
     )
     .expect("compiles");
     let (text, spans) = upper
-        .render_spans(&[Message::new("user", "abc")], false)
+        .render_spans(&[Message::new("user", "abc")], &[], false)
         .expect("renders");
     assert_eq!((text.as_str(), spans), ("ABC", None));
 }
