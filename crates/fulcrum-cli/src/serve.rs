@@ -28,9 +28,9 @@ use fulcrum_engine::sampler::{Format, SamplerConfig};
 use fulcrum_engine::scheduler::{Limits, Rejected};
 use fulcrum_engine::spec::Speculation;
 use fulcrum_engine::tools::{call_grammar, Tool, ToolChoice};
-use generation::{Chunk, Usage};
+use generation::{Chunk, TokenLogprob, Usage};
 use request::{BadRequest, Prompt, PromptInput};
-use response::{Choice, Ids, Tooling, Totals};
+use response::{Choice, Echo, Ids, Tooling, Totals};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -153,12 +153,12 @@ struct AppState {
     drain_timeout: u64,
     /// The vocabulary compiled for structured outputs, built in the background at start-up (or why it cannot be).
     formats: Arc<OnceLock<Result<ConstraintFactory, String>>>,
-    /// Threads of an embedding run.
+    /// Threads of a side run.
     threads: usize,
     /// Longest input in tokens (the sequence limit).
     max_seq_len: usize,
-    /// One embedding run at a time, beside the engine.
-    embedding: tokio::sync::Semaphore,
+    /// One side run (embeddings, prompt scoring) at a time, beside the engine.
+    side_runs: tokio::sync::Semaphore,
 }
 
 type AppResult = Result<Response, ApiError>;
@@ -434,7 +434,7 @@ pub fn run(args: Args) -> CliResult {
         formats,
         threads,
         max_seq_len,
-        embedding: tokio::sync::Semaphore::new(1),
+        side_runs: tokio::sync::Semaphore::new(1),
         template: prompt::chat_template(&model)?,
         model,
         name,
@@ -668,7 +668,7 @@ async fn embeddings(State(state): State<Arc<AppState>>, request: Request) -> App
         })
         .collect::<Result<_, _>>()?;
     let _turn = state
-        .embedding
+        .side_runs
         .acquire()
         .await
         .map_err(|_| ApiError::unavailable("the embedding runner has stopped"))?;
@@ -1156,12 +1156,6 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
             Some("logit_bias".into()),
         ));
     }
-    if req.echo && req.logprobs.is_some() {
-        return Err(ApiError::invalid(
-            "'echo' with 'logprobs' (log-probabilities of the prompt's tokens) is not supported by this server",
-            Some("echo".into()),
-        ));
-    }
     let spec = req.spec.clone().unwrap_or_else(|| state.spec.clone());
     check_spec(&state, &spec)?;
     // A required or named call is forced by a grammar of the tool-call syntax over the functions' schemas.
@@ -1194,10 +1188,25 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
             first: j == 0,
         })
         .collect();
-    let echo: Vec<String> = if req.echo {
-        jobs.iter().map(|j| tok.decode(&j.prompt, false)).collect()
-    } else {
-        Vec::new()
+    let echo: Vec<Echo> = match (req.echo, req.logprobs) {
+        (false, _) => Vec::new(),
+        (true, None) => jobs
+            .iter()
+            .map(|j| Echo {
+                text: tok.decode(&j.prompt, false),
+                logprobs: Vec::new(),
+            })
+            .collect(),
+        (true, Some(top)) => {
+            let scored = score_prompts(&state, &jobs, top).await?;
+            jobs.iter()
+                .zip(scored)
+                .map(|(j, logprobs)| Echo {
+                    text: tok.decode(&j.prompt, false),
+                    logprobs,
+                })
+                .collect()
+        }
     };
     let ranked = req.best_of > req.n;
     // best_of ranks choices by their tokens' log-probabilities, so they are computed even when not asked for.
@@ -1240,6 +1249,22 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
             tx: tx.clone(),
             prefilled: siblings.then_some(done),
         };
+        if req.max_tokens == Some(0) {
+            // Nothing to generate (a harness scoring an echoed prompt): the choice ends at once.
+            let usage = Usage {
+                prompt_tokens: job.prompt.len(),
+                ..Default::default()
+            };
+            let _ = sink.tx.send((
+                index,
+                Chunk::Done {
+                    reason: "length",
+                    usage,
+                },
+            ));
+            cancels.push(None);
+            continue;
+        }
         cancels.push(submit(&state, job.prompt.clone(), params, req.stop.clone(), sink).await?);
     }
     drop(tx);
@@ -1324,6 +1349,65 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
         return Ok(Json(body).into_response());
     }
     Ok(Json(ids.full(&choices, req.logprobs.is_some(), &echo, totals.usage)).into_response())
+}
+
+/// The log-probabilities of each job's prompt tokens with `top` alternatives (`echo` with `logprobs`): one run at a
+/// time on its own session beside the engine, each distinct prompt scored once.
+async fn score_prompts(
+    state: &Arc<AppState>,
+    jobs: &[Job],
+    top: usize,
+) -> Result<Vec<Vec<TokenLogprob>>, ApiError> {
+    let prompts: Vec<Arc<Vec<u32>>> = jobs.iter().map(|j| j.prompt.clone()).collect();
+    let _turn = state
+        .side_runs
+        .acquire()
+        .await
+        .map_err(|_| ApiError::unavailable("the scoring runner has stopped"))?;
+    let shared = state.clone();
+    tokio::task::spawn_blocking(move || -> Result<Vec<Vec<TokenLogprob>>, String> {
+        let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+        let mut session = Session::new(
+            shared.model.clone(),
+            longest,
+            shared.threads,
+            fulcrum_engine::eval::SCORE_BATCH,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut out: Vec<Vec<TokenLogprob>> = Vec::with_capacity(prompts.len());
+        for (i, prompt) in prompts.iter().enumerate() {
+            if let Some(earlier) = prompts[..i].iter().position(|p| Arc::ptr_eq(p, prompt)) {
+                out.push(out[earlier].clone());
+                continue;
+            }
+            session.truncate(0);
+            let scores = fulcrum_engine::eval::prompt_logprobs(&mut session, prompt, top)
+                .map_err(|e| e.to_string())?;
+            let first = TokenLogprob {
+                logprob: f32::NAN,
+                ..generation::token_logprob(
+                    &shared.model,
+                    prompt[0],
+                    &fulcrum_engine::engine::TokenLogprobs {
+                        logprob: 0.0,
+                        top: Vec::new(),
+                    },
+                )
+            };
+            out.push(
+                std::iter::once(first)
+                    .chain(prompt.iter().zip(&scores).skip(1).filter_map(|(&t, s)| {
+                        s.as_ref()
+                            .map(|s| generation::token_logprob(&shared.model, t, s))
+                    }))
+                    .collect(),
+            );
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("scoring the prompt failed: {e}")))?
+    .map_err(ApiError::internal)
 }
 
 /// A request's `model` must be the served model (by any of its names) when given.

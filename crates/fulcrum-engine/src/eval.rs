@@ -6,7 +6,38 @@
 pub mod needle;
 pub mod tail;
 
+use crate::engine::TokenLogprobs;
+use crate::sampler::{log_softmax_at, top_logprobs};
 use fulcrum_core::{ModelError, Session};
+
+/// Positions [`prompt_logprobs`] scores per pass: their logits are held for one pass at a time.
+pub const SCORE_BATCH: usize = 64;
+
+/// Each of `tokens`' log-probability given the tokens before it, with the `top` most likely tokens at its position
+/// (what `echo` with `logprobs` returns); the first token has none. Evaluated after what `session` has cached.
+pub fn prompt_logprobs(
+    session: &mut Session,
+    tokens: &[u32],
+    top: usize,
+) -> Result<Vec<Option<TokenLogprobs>>, ModelError> {
+    let vocab = session.model().config.vocab_size;
+    let mut out = Vec::with_capacity(tokens.len());
+    out.push(None);
+    for (n, part) in tokens.chunks(SCORE_BATCH).enumerate() {
+        let logits = session.eval_from(part, 0)?;
+        for (i, row) in logits.chunks(vocab).enumerate() {
+            let Some(&next) = tokens.get(n * SCORE_BATCH + i + 1) else {
+                break;
+            };
+            out.push(Some(TokenLogprobs {
+                logprob: log_softmax_at(row, &[next])[0],
+                top: top_logprobs(row, top),
+            }));
+        }
+    }
+    out.truncate(tokens.len());
+    Ok(out)
+}
 
 /// A perplexity and its spread.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -103,7 +103,8 @@ enum State {
     InCall,
     /// After a call's start in a syntax whose calls run to the end of the output.
     Tail,
-    /// A Hermes reply that opens with `{`: small models often write the call's JSON without its tags.
+    /// A Hermes reply that opens with `{` or a code fence: small models often write the call's JSON without its
+    /// tags, or fenced as a JSON code block.
     Bare,
 }
 
@@ -167,7 +168,7 @@ impl ToolParser {
                     if rest.is_empty() {
                         return out;
                     }
-                    self.state = if rest.starts_with('{') {
+                    self.state = if rest.starts_with(['{', '`']) {
                         State::Bare
                     } else {
                         State::Text
@@ -244,8 +245,14 @@ impl ToolParser {
 }
 
 impl ToolParser {
-    /// The calls of a reply made only of JSON calls of the offered functions (whitespace between them).
+    /// The calls of a reply made only of JSON calls of the offered functions (whitespace between them), bare or in
+    /// one fenced code block.
     fn untagged(&self, text: &str) -> Option<Vec<ParsedCall>> {
+        let mut text = text.trim();
+        if let Some(fenced) = text.strip_prefix("```") {
+            let fenced = fenced.strip_prefix("json").unwrap_or(fenced);
+            text = fenced.strip_suffix("```")?;
+        }
         let mut calls = Vec::new();
         for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
             let value = value.ok()?;

@@ -3,7 +3,7 @@
 //! blocking thread; when the consumer goes away it cancels the request in the engine.
 
 use fulcrum_core::Model;
-use fulcrum_engine::engine::{EngineHandle, Event};
+use fulcrum_engine::engine::{EngineHandle, Event, TokenLogprobs};
 use fulcrum_tokenizer::StreamDecoder;
 use std::sync::mpsc::Receiver;
 use tokio::sync::mpsc::UnboundedSender;
@@ -14,6 +14,17 @@ pub struct TokenLogprob {
     pub token: String,
     pub logprob: f32,
     pub top: Vec<(String, f32)>,
+}
+
+/// A token's log-probabilities with the tokens as their text (control tokens' text kept).
+pub fn token_logprob(model: &Model, token: u32, lp: &TokenLogprobs) -> TokenLogprob {
+    let piece =
+        |id: u32| String::from_utf8_lossy(model.tokenizer.token_bytes(id, true)).into_owned();
+    TokenLogprob {
+        token: piece(token),
+        logprob: lp.logprob,
+        top: lp.top.iter().map(|&(t, l)| (piece(t), l)).collect(),
+    }
 }
 
 /// Token counts of a finished request.
@@ -84,7 +95,6 @@ pub fn relay(
     let mut pending_logprobs = Vec::new();
     let mut generated = 0;
     let mut cached = 0;
-    let piece = |id: u32| String::from_utf8_lossy(tok.token_bytes(id, true)).into_owned();
     let (index, out) = (sink.index, sink.tx);
     let send = |chunk: Chunk| out.send((index, chunk)).is_ok();
     for event in events {
@@ -101,11 +111,7 @@ pub fn relay(
             } => {
                 generated += 1;
                 if let Some(lp) = logprobs {
-                    pending_logprobs.push(TokenLogprob {
-                        token: piece(token),
-                        logprob: lp.logprob,
-                        top: lp.top.iter().map(|&(t, l)| (piece(t), l)).collect(),
-                    });
+                    pending_logprobs.push(token_logprob(model, token, &lp));
                 }
                 held.push_str(&decoder.push(tok, token));
                 if let Some((at, _)) = stops

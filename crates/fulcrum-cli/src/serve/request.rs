@@ -715,17 +715,18 @@ fn tools(body: &Value) -> Result<(Vec<Tool>, ToolChoice, bool), BadRequest> {
                             "a function's 'name' must be 1 to 64 letters, digits, '_', '-' or '.'",
                         )
                     })?;
-                let parameters =
-                    match function.get("parameters") {
-                        None | Some(Value::Null) => serde_json::json!({"type": "object"}),
-                        Some(p @ Value::Object(_)) => p.clone(),
-                        Some(_) => return Err(bad(
+                let parameters = match function.get("parameters") {
+                    None | Some(Value::Null) => serde_json::json!({"type": "object"}),
+                    Some(p @ Value::Object(_)) => p.clone(),
+                    Some(_) => {
+                        return Err(bad(
                             "tools",
                             format!(
                                 "function '{name}': 'parameters' must be a JSON schema (an object)"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 Ok(Tool {
                     name: name.to_string(),
                     definition: serde_json::json!({"type": "function", "function": function}),

@@ -9,6 +9,14 @@ use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
+/// A choice's echoed prompt: its text and, when log-probabilities were asked for, its tokens' (the first has none:
+/// its log-probability is NaN, written as null).
+#[derive(Debug, Clone, Default)]
+pub struct Echo {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+}
+
 /// One finished choice of a response.
 pub struct Choice {
     pub index: usize,
@@ -140,25 +148,37 @@ impl Ids {
             json!({
                 "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
                 "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-                "top_logprobs": lps.iter().map(|l| l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                "top_logprobs": lps.iter().map(|l| if l.logprob.is_nan() {
+                    Value::Null
+                } else {
+                    Value::Object(l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect())
+                }).collect::<Vec<_>>(),
                 "text_offset": offsets,
             })
         }
     }
 
-    /// A whole response; `echo` holds each choice's echoed prompt text (empty: none).
+    /// A whole response; `echo` holds each choice's echoed prompt (empty: none).
     pub fn full(
         &self,
         choices: &[Choice],
         want_logprobs: bool,
-        echo: &[String],
+        echo: &[Echo],
         usage: Usage,
     ) -> Value {
         let choices: Vec<Value> = choices
             .iter()
             .map(|c| {
-                let echoed = echo.get(c.index).map_or("", String::as_str);
-                let lp = want_logprobs.then(|| self.logprobs_json(&c.logprobs, echoed.len()));
+                let (echoed, echoed_lps) = echo
+                    .get(c.index)
+                    .map_or(("", &[][..]), |e| (e.text.as_str(), &e.logprobs[..]));
+                let lp = want_logprobs.then(|| {
+                    if echoed_lps.is_empty() {
+                        self.logprobs_json(&c.logprobs, echoed.len())
+                    } else {
+                        self.logprobs_json(&[echoed_lps, &c.logprobs[..]].concat(), 0)
+                    }
+                });
                 if let (true, Some(tooling)) = (self.chat, &self.tools) {
                     let (content, mut calls) = parse_output(tooling.parser(), &c.text);
                     if !tooling.parallel {
@@ -225,7 +245,7 @@ pub type Guards = (Vec<Option<Cancel>>, listen::Flight);
 pub fn stream(
     ids: Ids,
     rx: tokio::sync::mpsc::UnboundedReceiver<(usize, Chunk)>,
-    echo: Vec<String>,
+    echo: Vec<Echo>,
     totals: Totals,
     include_usage: bool,
     want_logprobs: bool,
@@ -277,14 +297,16 @@ pub fn stream(
     for index in 0..choices {
         match echo.get(index) {
             _ if ids.chat => queue.push_back(ids.chunk(index, None, None, None).to_string()),
-            Some(echoed) if !echoed.is_empty() => {
-                queue.push_back(ids.chunk(index, Some(echoed), None, None).to_string())
+            Some(echoed) if !echoed.text.is_empty() => {
+                let lp = (want_logprobs && !echoed.logprobs.is_empty())
+                    .then(|| ids.logprobs_json(&echoed.logprobs, 0));
+                queue.push_back(ids.chunk(index, Some(&echoed.text), lp, None).to_string())
             }
             _ => {}
         }
     }
     let sent = (0..choices)
-        .map(|i| echo.get(i).map_or(0, String::len))
+        .map(|i| echo.get(i).map_or(0, |e| e.text.len()))
         .collect();
     let parsers = match &ids.tools {
         Some(tooling) if ids.chat => (0..choices).map(|_| (tooling.parser(), 0)).collect(),

@@ -151,6 +151,82 @@ streamed_json = "".join(ch.choices[0].delta.content or "" for ch in client.chat.
     messages=person_msgs, max_tokens=200, response_format=fmt, stream=True, **greedy) if ch.choices)
 check(json.loads(streamed_json) is not None, "a streamed constrained output is valid JSON")
 
+# Tool calling: the model calls a function, the client sends the result back, the model answers; a streamed call
+# reassembles into the same call; `required` and a named choice always give a valid call of the function's schema.
+weather_tool = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+time_tool = {"type": "function", "function": {"name": "get_time", "description": "The current time in a time zone",
+                                              "parameters": {"type": "object", "properties": {"zone": {"type": "string"}},
+                                                             "required": ["zone"]}}}
+tools = [weather_tool, time_tool]
+ask = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+first = client.chat.completions.create(messages=ask, tools=tools, max_tokens=100, **greedy)
+call = first.choices[0].message.tool_calls[0] if first.choices[0].message.tool_calls else None
+check(call is not None and call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] == "Paris"
+      and first.choices[0].finish_reason == "tool_calls" and call.id.startswith("call_"),
+      "tool_choice auto: the model calls get_weather for Paris")
+answer_msgs = ask + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                     {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 21, "sky": "sunny"})}]
+# The history renders through Qwen's template (<tool_call> and <tool_response> turns); `none` asks for a text answer.
+answer = client.chat.completions.create(messages=answer_msgs, tools=tools, tool_choice="none", max_tokens=60, **greedy)
+check(not answer.choices[0].message.tool_calls and "21" in (answer.choices[0].message.content or ""),
+      "after the tool's result the model answers with it")
+rendered = json.loads(urllib.request.urlopen(urllib.request.Request(
+    base + "/tokenize", data=json.dumps({"messages": answer_msgs, "with_pieces": True}).encode())).read())
+pieces = "".join(t["piece"] for t in rendered["tokens"])
+check('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"' in pieces
+      and '<tool_response>\n{"temperature": 21' in pieces, "tool calls and results render through the template")
+parts = {}
+reason = None
+for chunk in client.chat.completions.create(messages=ask, tools=tools, max_tokens=100, stream=True, **greedy):
+    for ch in chunk.choices:
+        reason = ch.finish_reason or reason
+        for d in ch.delta.tool_calls or []:
+            p = parts.setdefault(d.index, {"name": "", "arguments": ""})
+            p["name"] += d.function.name or ""
+            p["arguments"] += d.function.arguments or ""
+check(list(parts.values()) == [{"name": call.function.name, "arguments": call.function.arguments}] and reason == "tool_calls",
+      "streamed tool-call deltas reassemble into the same call")
+def valid_calls(r):
+    calls = r.choices[0].message.tool_calls or []
+    ok = bool(calls)
+    for c in calls:
+        args = json.loads(c.function.arguments)
+        ok = ok and (c.function.name == "get_weather" and set(args) == {"city", "unit"}
+                     and args["unit"] in ("celsius", "fahrenheit") and isinstance(args["city"], str)
+                     or c.function.name == "get_time" and isinstance(args.get("zone"), str))
+    return ok, calls
+
+
+for seed, temperature in [(1, 0.0), (2, 0.8), (3, 1.2)]:
+    joke = [{"role": "user", "content": "Tell me a joke."}]
+    for choice in ["required", {"type": "function", "function": {"name": "get_time"}}]:
+        r = client.chat.completions.create(messages=joke, tools=tools, tool_choice=choice, parallel_tool_calls=False,
+                                           max_tokens=120, model=model, seed=seed, temperature=temperature)
+        ok, calls = valid_calls(r)
+        ok = ok and len(calls) == 1 and r.choices[0].finish_reason == "tool_calls"
+        if isinstance(choice, dict):
+            ok = ok and calls[0].function.name == "get_time"
+        check(ok, f"tool_choice {choice if isinstance(choice, str) else 'named'} gives one valid call at temperature {temperature}")
+    # Parallel calls: as many as the model writes, each valid (a small model may go on until max_tokens).
+    r = client.chat.completions.create(messages=joke, tools=tools, tool_choice="required", max_tokens=120, model=model,
+                                       seed=seed, temperature=temperature)
+    ok, calls = valid_calls(r)
+    check(ok and r.choices[0].finish_reason in ("tool_calls", "length"),
+          f"tool_choice required with parallel calls gives {len(calls)} valid calls at temperature {temperature}")
+none = client.chat.completions.create(messages=ask, tools=tools, tool_choice="none", max_tokens=30, **greedy)
+check(not none.choices[0].message.tool_calls and none.choices[0].message.content, "tool_choice none: text only")
+for bad_tools, param in [([{"type": "function", "function": {"name": "bad name"}}], "tools"),
+                         ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"$ref": "#/x"}}}}}], "tool_choice")]:
+    try:
+        client.chat.completions.create(messages=ask, tools=bad_tools, tool_choice="required", max_tokens=5, **greedy)
+        check(False, f"bad tools are refused ({param})")
+    except openai.BadRequestError as e:
+        check(e.body.get("param") == param, f"bad tools are a 400 naming '{param}'")
+
 # Embeddings: llama.cpp's vectors for the same texts (embedding_reference.json, from embedding_reference.py), mean and
 # last-token pooled; base64 the same floats; one text alone the same as in a batch; bad fields named.
 import base64
@@ -224,6 +300,33 @@ detok = json.loads(urllib.request.urlopen(urllib.request.Request(
 check(detok["content"] == "def fibonacci(n):", "/detokenize inverts /tokenize")
 echoed = client.completions.create(prompt="def fibonacci(n):", max_tokens=8, echo=True, **greedy)
 check(echoed.choices[0].text == "def fibonacci(n):" + c.choices[0].text, "echo prepends the prompt")
+# echo with logprobs scores the prompt (what evaluation harnesses send, max_tokens 0): the first token has none, and
+# the generated tokens, scored as a prompt, get the log-probabilities they were generated with.
+def token_ids(text, add_special=True):
+    return [t["id"] if isinstance(t, dict) else t for t in json.loads(urllib.request.urlopen(urllib.request.Request(
+        base + "/tokenize", data=json.dumps({"content": text, "add_special": add_special}).encode())).read())["tokens"]]
+
+
+gen = client.completions.create(prompt="def fibonacci(n):", max_tokens=8, logprobs=2, **greedy)
+# The same tokens as generated (text would be tokenized anew, merging across the boundary): each piece is one token.
+gen_ids = [token_ids(piece, False) for piece in gen.choices[0].logprobs.tokens]
+check(all(len(i) == 1 for i in gen_ids), "each generated piece is one token")
+scored = client.completions.create(prompt=token_ids("def fibonacci(n):") + [i[0] for i in gen_ids], max_tokens=0,
+                                   echo=True, logprobs=2, **greedy)
+lp, glp = scored.choices[0].logprobs, gen.choices[0].logprobs
+k = len(glp.tokens)
+check(scored.choices[0].text == "def fibonacci(n):" + gen.choices[0].text and lp.token_logprobs[0] is None
+      and lp.top_logprobs[0] is None and "".join(lp.tokens) == scored.choices[0].text
+      and lp.text_offset[1] == len(lp.tokens[0]) and scored.usage.completion_tokens == 0
+      and scored.choices[0].finish_reason == "length", "echo with logprobs and max_tokens 0 scores the prompt only")
+# (Within 0.1: scoring runs these positions as one 13-token pass, generation as a 5-token prefill then single-token
+# steps, through different kernels; the differences seen are up to 0.04.)
+check(lp.tokens[-k:] == glp.tokens and all(abs(a - b) < 0.1 for a, b in zip(lp.token_logprobs[-k:], glp.token_logprobs))
+      and all(set(a) == set(b) for a, b in zip(lp.top_logprobs[-k:], glp.top_logprobs)),
+      "prompt log-probabilities agree with the generated tokens' own")
+both = client.completions.create(prompt="def fibonacci(n):", max_tokens=4, echo=True, logprobs=1, **greedy)
+check(len(both.choices[0].logprobs.tokens) == len(lp.tokens) - k + 4 and both.choices[0].logprobs.token_logprobs[-1] is not None,
+      "echo with logprobs covers the prompt and the generated tokens")
 # Penalties: a frequency penalty breaks the model's counting (it repeats ", " every step), a presence penalty too.
 for penalty in [dict(frequency_penalty=2.0), dict(presence_penalty=2.0), dict(extra_body={"repetition_penalty": 1.5})]:
     penalised = client.completions.create(prompt="1, 2, 3, 4, 5,", max_tokens=20, **penalty, **greedy)

@@ -380,6 +380,13 @@ fn untagged_json_calls_of_offered_functions_count_as_calls() {
         assert!(calls.is_empty(), "{text}");
         assert_eq!(content, text);
     }
+    let fenced =
+        "```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\"city\": \"Oslo\"}\n}\n```";
+    let (content, calls) = parse_output(parser(), fenced);
+    assert_eq!((content.as_str(), calls.len()), ("", 1));
+    let (content, calls) = parse_output(parser(), "```python\nprint(1)\n```");
+    assert!(calls.is_empty());
+    assert_eq!(content, "```python\nprint(1)\n```");
     // Without names offered, untagged JSON is text.
     let (_, calls) = parse_output(
         ToolParser::new(ToolSyntax::Hermes),
