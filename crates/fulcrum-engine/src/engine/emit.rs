@@ -79,7 +79,12 @@ impl Engine {
             if reason.is_some() && req.emitted > 0 {
                 self.answer_len = Some(crate::spec::fold_answer_len(self.answer_len, req.emitted));
             }
-            if let (Some(reason), Some(seq)) = (reason, seq) {
+            if let (Some(_), Some(failure)) = (reason, req.sampler.format_failure()) {
+                // The grammar engine failed mid-output and forced the end: the output is not what was asked for.
+                let _ = req.events.try_send(Event::Failed(format!(
+                    "the response format could not be followed: {failure}"
+                )));
+            } else if let (Some(reason), Some(seq)) = (reason, seq) {
                 let _ = req.events.try_send(Event::Finished {
                     reason,
                     prompt_tokens: seq.prompt_len,
