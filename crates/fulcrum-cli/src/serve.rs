@@ -1208,6 +1208,15 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
                 .collect()
         }
     };
+    // A reasoning model's thinking goes to `reasoning_content`; its template may open it in the generation prompt.
+    let thinking = (chat
+        && fulcrum_engine::reasoning::template_thinks(state.model.chat_template()))
+    .then(|| {
+        jobs.first().is_some_and(|j| {
+            let tail = &j.prompt[j.prompt.len().saturating_sub(4)..];
+            tok.decode(tail, true).trim_end().ends_with("<think>")
+        })
+    });
     let ranked = req.best_of > req.n;
     // best_of ranks choices by their tokens' log-probabilities, so they are computed even when not asked for.
     let logprobs = match (req.logprobs, ranked) {
@@ -1283,6 +1292,7 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
             parallel: req.parallel_tool_calls,
             names: req.tools.iter().map(|t| t.name.clone()).collect(),
         }),
+        thinking,
     };
     let totals = Totals::new(jobs.iter().map(|j| j.first).collect());
     if req.stream {

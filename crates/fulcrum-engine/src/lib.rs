@@ -11,6 +11,7 @@ pub mod eval;
 pub mod generation;
 pub mod latency;
 pub mod prompt;
+pub mod reasoning;
 pub mod sampler;
 pub mod scheduler;
 pub mod spec;

@@ -4,6 +4,7 @@
 use super::generation::{Chunk, TokenLogprob, Usage};
 use super::{listen, request, Cancel};
 use axum::response::sse::Event as SseEvent;
+use fulcrum_engine::reasoning::{split_reply, Part, ThinkSplitter};
 use fulcrum_engine::tools::{parse_output, ParsedCall, Piece, ToolParser, ToolSyntax};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -73,6 +74,8 @@ pub struct Ids {
     pub chat: bool,
     /// When the model was offered tools: how its calls are parsed.
     pub tools: Option<Tooling>,
+    /// When the model thinks before answering (its template marks `<think>`): whether the prompt opened the thinking.
+    pub thinking: Option<bool>,
 }
 
 /// How a reply's tool calls are found.
@@ -179,8 +182,18 @@ impl Ids {
                         self.logprobs_json(&[echoed_lps, &c.logprobs[..]].concat(), 0)
                     }
                 });
+                let (reasoning, answer) = match (self.chat, self.thinking) {
+                    (true, Some(opened)) => split_reply(opened, &c.text),
+                    _ => (String::new(), c.text.clone()),
+                };
+                let with_reasoning = |mut choice: Value| {
+                    if !reasoning.is_empty() {
+                        choice["message"]["reasoning_content"] = json!(reasoning);
+                    }
+                    choice
+                };
                 if let (true, Some(tooling)) = (self.chat, &self.tools) {
-                    let (content, mut calls) = parse_output(tooling.parser(), &c.text);
+                    let (content, mut calls) = parse_output(tooling.parser(), &answer);
                     if !tooling.parallel {
                         calls.truncate(1);
                     }
@@ -189,11 +202,11 @@ impl Ids {
                     if !calls.is_empty() {
                         message["tool_calls"] = calls.iter().map(call_json).collect();
                     }
-                    json!({"index": c.index, "message": message, "logprobs": lp,
-                           "finish_reason": reason_with_calls(c.reason, calls.len())})
+                    with_reasoning(json!({"index": c.index, "message": message, "logprobs": lp,
+                           "finish_reason": reason_with_calls(c.reason, calls.len())}))
                 } else if self.chat {
-                    json!({"index": c.index, "message": {"role": "assistant", "content": c.text},
-                           "logprobs": lp, "finish_reason": c.reason})
+                    with_reasoning(json!({"index": c.index, "message": {"role": "assistant", "content": answer},
+                           "logprobs": lp, "finish_reason": c.reason}))
                 } else {
                     json!({"index": c.index, "text": format!("{echoed}{}", c.text), "logprobs": lp,
                            "finish_reason": c.reason})
@@ -231,6 +244,11 @@ impl Ids {
     fn call_chunk(&self, index: usize, number: usize, call: &ParsedCall) -> Value {
         let delta = json!({"tool_calls": [{"index": number, "id": call_id(), "type": "function",
                                            "function": {"name": call.name, "arguments": call.arguments}}]});
+        self.delta_chunk(index, delta)
+    }
+
+    /// A chat chunk of choice `index` carrying `delta`.
+    fn delta_chunk(&self, index: usize, delta: Value) -> Value {
         json!({"id": self.id, "object": self.object(true), "created": self.created, "model": self.model,
                "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]})
     }
@@ -262,12 +280,50 @@ pub fn stream(
         totals: Totals,
         guards: Guards,
         ended: bool,
-        /// Per choice when the model was offered tools: its call parser, and the calls sent so far.
-        parsers: Vec<(ToolParser, usize)>,
+        /// Per choice when the model thinks or was offered tools: how its reply is split.
+        splitters: Vec<Splitter>,
         /// Log-probabilities of text a parser holds back, sent with the next text that goes out.
         held_logprobs: Vec<Vec<TokenLogprob>>,
     }
+    /// A choice's thinking splitter and tool-call parser, and the calls it has sent.
+    struct Splitter {
+        think: Option<ThinkSplitter>,
+        tools: Option<ToolParser>,
+        calls: usize,
+    }
     impl State {
+        /// Queues a choice's new reply text (`None`: the end) as reasoning, content and call deltas.
+        fn split(&mut self, index: usize, text: Option<&str>, want_logprobs: bool) {
+            let splitter = &mut self.splitters[index];
+            let parts = match (&mut splitter.think, text) {
+                (Some(think), Some(text)) => think.push(text),
+                (Some(think), None) => think.finish(),
+                (None, Some(text)) => vec![Part::Answer(text.to_string())],
+                (None, None) => Vec::new(),
+            };
+            let mut pieces = Vec::new();
+            for part in parts {
+                match part {
+                    Part::Reasoning(r) => {
+                        self.send_pieces(index, std::mem::take(&mut pieces), want_logprobs);
+                        let delta = json!({"reasoning_content": r});
+                        self.queue
+                            .push_back(self.ids.delta_chunk(index, delta).to_string());
+                    }
+                    Part::Answer(a) => match &mut self.splitters[index].tools {
+                        Some(tools) => pieces.extend(tools.push(&a)),
+                        None => pieces.push(Piece::Text(a)),
+                    },
+                }
+            }
+            if text.is_none() {
+                if let Some(tools) = &mut self.splitters[index].tools {
+                    pieces.extend(tools.finish());
+                }
+            }
+            self.send_pieces(index, pieces, want_logprobs);
+        }
+
         /// Queues the text and calls a choice's parser gave out (past the first call unless parallel calls are on).
         fn send_pieces(&mut self, index: usize, pieces: Vec<Piece>, want_logprobs: bool) {
             let parallel = self.ids.tools.as_ref().is_some_and(|t| t.parallel);
@@ -280,7 +336,7 @@ pub fn stream(
                             .push_back(self.ids.chunk(index, Some(&text), lp, None).to_string());
                     }
                     Piece::Call(call) => {
-                        let sent = &mut self.parsers[index].1;
+                        let sent = &mut self.splitters[index].calls;
                         if *sent > 0 && !parallel {
                             continue;
                         }
@@ -308,12 +364,19 @@ pub fn stream(
     let sent = (0..choices)
         .map(|i| echo.get(i).map_or(0, |e| e.text.len()))
         .collect();
-    let parsers = match &ids.tools {
-        Some(tooling) if ids.chat => (0..choices).map(|_| (tooling.parser(), 0)).collect(),
-        _ => Vec::new(),
+    let splitters = if ids.chat && (ids.tools.is_some() || ids.thinking.is_some()) {
+        (0..choices)
+            .map(|_| Splitter {
+                think: ids.thinking.map(ThinkSplitter::new),
+                tools: ids.tools.as_ref().map(Tooling::parser),
+                calls: 0,
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
     let state = State {
-        parsers,
+        splitters,
         held_logprobs: vec![Vec::new(); choices],
         ids,
         rx,
@@ -343,20 +406,18 @@ pub fn stream(
                 continue;
             }
             match st.rx.recv().await {
-                Some((index, Chunk::Delta { text, logprobs })) if index < st.parsers.len() => {
-                    let pieces = st.parsers[index].0.push(&text);
+                Some((index, Chunk::Delta { text, logprobs })) if index < st.splitters.len() => {
                     st.held_logprobs[index].extend(logprobs);
-                    st.send_pieces(index, pieces, want_logprobs);
+                    st.split(index, Some(&text), want_logprobs);
                 }
-                Some((index, Chunk::Done { reason, usage })) if index < st.parsers.len() => {
-                    let pieces = st.parsers[index].0.finish();
-                    st.send_pieces(index, pieces, want_logprobs);
+                Some((index, Chunk::Done { reason, usage })) if index < st.splitters.len() => {
+                    st.split(index, None, want_logprobs);
                     if let Some(Some(cancel)) = st.guards.0.get_mut(index) {
                         cancel.done = true;
                     }
                     st.totals.add(index, usage);
                     st.running -= 1;
-                    let reason = reason_with_calls(reason, st.parsers[index].1);
+                    let reason = reason_with_calls(reason, st.splitters[index].calls);
                     st.queue
                         .push_back(st.ids.chunk(index, None, None, Some(reason)).to_string());
                 }
@@ -389,4 +450,71 @@ pub fn stream(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(tools: Option<Tooling>, thinking: Option<bool>) -> Ids {
+        Ids {
+            id: "chatcmpl-1".into(),
+            created: 0,
+            model: "m".into(),
+            chat: true,
+            tools,
+            thinking,
+        }
+    }
+
+    fn choice(text: &str) -> Choice {
+        Choice {
+            index: 0,
+            text: text.into(),
+            logprobs: Vec::new(),
+            reason: "stop",
+        }
+    }
+
+    #[test]
+    fn thinking_goes_to_reasoning_content_and_calls_to_tool_calls() {
+        let body = ids(None, Some(false)).full(
+            &[choice("<think>\nadd them</think>\n\n4")],
+            false,
+            &[],
+            Usage::default(),
+        );
+        let message = &body["choices"][0]["message"];
+        assert_eq!(message["reasoning_content"], "add them");
+        assert_eq!(message["content"], "4");
+        let tooling = Tooling {
+            syntax: ToolSyntax::Hermes,
+            parallel: false,
+            names: vec!["f".into()],
+        };
+        let text = "<think>call f</think><tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>\n<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
+        let body =
+            ids(Some(tooling), Some(false)).full(&[choice(text)], false, &[], Usage::default());
+        let choice = &body["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["reasoning_content"], "call f");
+        assert!(choice["message"]["content"].is_null());
+        // Parallel calls off: only the first.
+        let calls = choice["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["function"]["arguments"], r#"{"a":1}"#);
+        // Without thinking, the tags are the answer's text.
+        let body = ids(None, None).full(&[choice_text()], false, &[], Usage::default());
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            "<think>x</think>y"
+        );
+        assert!(body["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none());
+    }
+
+    fn choice_text() -> Choice {
+        choice("<think>x</think>y")
+    }
 }
