@@ -134,7 +134,7 @@ fn run_one(
         prompt,
         n,
         spec.as_mut(),
-        |_| {},
+        |_| true,
     )?;
     *carry = spec.as_ref().map(Speculator::learned);
     let stats = spec.map(|s| s.final_stats()).unwrap_or_default();

@@ -185,11 +185,12 @@ pub fn run(args: Args) -> CliResult {
         args.max_tokens,
         speculator.as_mut(),
         |piece| {
-            if !json {
-                let mut lock = stdout.lock();
-                let _ = lock.write_all(piece.as_bytes());
-                let _ = lock.flush();
+            if json {
+                return true;
             }
+            // A closed stdout (`| head`) ends the generation.
+            let mut lock = stdout.lock();
+            lock.write_all(piece.as_bytes()).is_ok() && lock.flush().is_ok()
         },
     )?;
     let prompt_tps = prompt_ids.len() as f64 / result.prompt_seconds.max(1e-9);

@@ -32,6 +32,8 @@ enum Command {
     Generate(generate::Args),
     /// Chat interactively, keeping the conversation's history.
     Chat(chat::Args),
+    /// Chat with a model named first, fetching it if needed (as `ollama run`).
+    Run(chat::RunArgs),
     /// Measure prompt processing and generation speed (like llama-bench's pp512 and tg128).
     Bench(bench::Args),
     /// Evaluate a model (perplexity).
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
+        Command::Run(a) => chat::run_model(a),
         Command::Bench(a) => bench::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Quantize(a) => quantize::run(a),

@@ -599,3 +599,86 @@ fn bad_delta_settings_name_the_flag() {
         "--depths: 1.5 is outside 0 to 1",
     );
 }
+
+#[test]
+fn chat_commands_stay_out_of_the_conversation_and_ctrl_c_stops_only_the_reply() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let saved = std::env::temp_dir().join(format!("fulcrum-chat-test-{}.json", std::process::id()));
+    let mut child = Command::new(fulcrum_bin())
+        .args([
+            "chat",
+            "-m",
+            "qwen2.5-coder-0.5b-instruct",
+            "-t",
+            "2",
+            "--temp",
+            "0",
+            "-n",
+            "400",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fulcrum chat");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"/system You are a storyteller.\n/bogus\n/set temp hot\nTell a long story about a dragon, at least 300 words.\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).expect("the reply starts");
+    // Ctrl-C while the reply is written: the reply stops, the chat goes on.
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    stdin
+        .write_all(
+            format!(
+                "//set is text for the model\n/save {}\n/exit\n",
+                saved.display()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    drop(stdin);
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.contains("unknown command /bogus"), "{stderr}");
+    assert!(stderr.contains("temp must be a number"), "{stderr}");
+    assert!(
+        stderr.contains("[stopped: "),
+        "the reply was stopped: {stderr}"
+    );
+    assert!(
+        stderr.contains("tokens/s"),
+        "a timing line per reply: {stderr}"
+    );
+    let conversation: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).expect("saved")).unwrap();
+    let _ = std::fs::remove_file(&saved);
+    let roles: Vec<&str> = conversation
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["system", "user", "assistant", "user", "assistant"],
+        "{conversation}"
+    );
+    let story = conversation[2]["content"].as_str().unwrap();
+    assert!(
+        !story.is_empty() && story.split_whitespace().count() < 300,
+        "a partial story: {story}"
+    );
+    assert_eq!(conversation[3]["content"], "/set is text for the model");
+}

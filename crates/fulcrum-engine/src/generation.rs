@@ -20,7 +20,7 @@ pub struct Generation {
 }
 
 /// Evaluates `new_tokens` after what `session` holds, then samples up to `max_tokens` tokens, passing each piece of
-/// complete UTF-8 text to `on_text`. `history` holds every token in the session, for the repetition penalty. With a
+/// complete UTF-8 text to `on_text`, which returns false to stop there. `history` holds every token in the session, for the repetition penalty. With a
 /// speculator, tokens come in speculative rounds; the output is the same as without (in distribution when sampling).
 pub fn decode(
     session: &mut Session,
@@ -29,7 +29,7 @@ pub fn decode(
     new_tokens: &[u32],
     max_tokens: usize,
     mut spec: Option<&mut Speculator>,
-    mut on_text: impl FnMut(&str),
+    mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation, ModelError> {
     let model = session.model.clone();
     let tok = &model.tokenizer;
@@ -58,8 +58,12 @@ pub fn decode(
         }
         let piece = decoder.push(tok, id);
         if !piece.is_empty() {
-            on_text(&piece);
+            let more = on_text(&piece);
             out.text.push_str(&piece);
+            if !more {
+                out.finish_reason = FinishReason::Stop;
+                return false;
+            }
         }
         out.tokens.len() < max_tokens
     };
@@ -92,7 +96,7 @@ pub fn decode(
     }
     let rest = decoder.flush();
     if !rest.is_empty() {
-        on_text(&rest);
+        let _ = on_text(&rest);
         out.text.push_str(&rest);
     }
     out.gen_seconds = started.elapsed().as_secs_f64();
