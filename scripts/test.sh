@@ -11,6 +11,14 @@ for model in gemma3-270m qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5b-instruct
     ./target/release/fulcrum pull "$model"
 done
 
+echo "== browser (Debian's chromium and chromium-driver, for the chat page test)"
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver
+fi
+
 echo "== format"
 cargo fmt --all -- --check
 

@@ -110,6 +110,9 @@ pub struct Args {
     /// repeatable. None: no cross-origin access.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origin: Vec<String>,
+    /// Serve no chat page at `/`.
+    #[arg(long)]
+    no_webui: bool,
     /// Largest request body, in MiB (larger ones get 413).
     #[arg(long, default_value_t = 8)]
     max_body_mib: usize,
@@ -456,7 +459,13 @@ pub fn run(args: Args) -> CliResult {
         drain_timeout: args.drain_timeout,
     });
     let drain = state.drain.clone();
-    let app = Router::new()
+    let app = Router::new();
+    let app = if args.no_webui {
+        app
+    } else {
+        app.route("/", get(chat_page))
+    };
+    let app = app
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model_info))
@@ -493,6 +502,12 @@ pub fn run(args: Args) -> CliResult {
         listen::serve(listener, app, drain, limits).await?;
         Ok(())
     })
+}
+
+/// `GET /`: a small web chat over this server's API (streamed replies, tokens per second, system prompt and
+/// sampling settings), with no dependencies.
+async fn chat_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("serve/chat.html"))
 }
 
 /// Any other path: an OpenAI-shaped 404.
@@ -542,7 +557,12 @@ async fn authorize(
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if state.api_keys.is_empty() || request.uri().path() == "/health" {
+    // The health check and the chat page (static; it sends the key the user gives it) are open.
+    let path = request.uri().path();
+    if state.api_keys.is_empty()
+        || path == "/health"
+        || (path == "/" && request.method() == Method::GET)
+    {
         return next.run(request).await;
     }
     let presented = request

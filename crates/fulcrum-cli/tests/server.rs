@@ -20,7 +20,10 @@ impl Drop for Server {
     }
 }
 
-/// A Python with the `openai` package: `$FULCRUM_TEST_PYTHON`, or a venv in `target/pyenv` created on first use; where
+/// The Python packages the client scripts use.
+const PACKAGES: &[&str] = &["openai", "selenium"];
+
+/// A Python with the `openai` and `selenium` packages: `$FULCRUM_TEST_PYTHON`, or a venv in `target/pyenv` created on first use; where
 /// venvs are unavailable, the package goes into `target/pylib` on the system Python's path. Returns the interpreter
 /// and a `PYTHONPATH` to set, if any.
 fn python() -> (PathBuf, Option<PathBuf>) {
@@ -33,7 +36,7 @@ fn python() -> (PathBuf, Option<PathBuf>) {
         if let Some(p) = path {
             c.env("PYTHONPATH", p);
         }
-        c.args(["-c", "import openai"])
+        c.args(["-c", "import openai, selenium"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -49,10 +52,11 @@ fn python() -> (PathBuf, Option<PathBuf>) {
         .status();
     if made.is_ok_and(|s| s.success()) {
         let pip = Command::new(&py)
-            .args(["-m", "pip", "install", "--quiet", "openai"])
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(PACKAGES)
             .status()
             .expect("pip");
-        assert!(pip.success(), "pip install openai failed");
+        assert!(pip.success(), "pip install {PACKAGES:?} failed");
         return (py, None);
     }
     let lib = target.join("pylib");
@@ -63,7 +67,7 @@ fn python() -> (PathBuf, Option<PathBuf>) {
                 .args(["-m", "pip", "install", "--quiet", "--target"])
                 .arg(&lib)
                 .args(extra)
-                .arg("openai")
+                .args(PACKAGES)
                 .status()
                 .is_ok_and(|s| s.success())
         };
@@ -131,8 +135,8 @@ fn openai_client_against_fulcrum_serve() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/openai_client.py");
-    let mut client = Command::new(py);
-    if let Some(p) = pythonpath {
+    let mut client = Command::new(&py);
+    if let Some(p) = &pythonpath {
         client.env("PYTHONPATH", p);
     }
     let out = client
@@ -144,6 +148,27 @@ fn openai_client_against_fulcrum_serve() {
     assert!(
         out.status.success(),
         "openai client checks failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The chat page, in a real headless browser (scripts/test.sh installs Debian's chromium and chromium-driver).
+    assert!(
+        Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists(),
+        "the chat page test needs Chromium: apt-get install chromium chromium-driver (scripts/test.sh does)"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/chat_page.py");
+    let mut page = Command::new(&py);
+    if let Some(p) = &pythonpath {
+        page.env("PYTHONPATH", p);
+    }
+    let out = page
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .expect("run the chat page test");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "chat page checks failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     drop(server);
