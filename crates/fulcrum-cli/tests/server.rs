@@ -91,8 +91,75 @@ fn get(port: u16, path: &str) -> Option<String> {
     Some(out)
 }
 
+/// One server test at a time: two models' servers on two cores would slow each other's timings.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs client script `name` (in tests/server) against the server at `port`, failing with its stderr.
+fn run_script(py: &Path, pythonpath: Option<&Path>, name: &str, port: u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/server")
+        .join(name);
+    let mut client = Command::new(py);
+    if let Some(p) = pythonpath {
+        client.env("PYTHONPATH", p);
+    }
+    let out = client
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .expect("run a client script");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{name} checks failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until the server at `port` reports healthy.
+fn wait_healthy(port: u16) {
+    let start = Instant::now();
+    while get(port, "/health").is_none_or(|r| !r.contains("ok")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "server did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn structured_output_and_tool_calls_on_the_larger_model() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (py, pythonpath) = python();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server(
+        Command::new(fulcrum_bin())
+            .args(["serve", "-m", "qwen2.5-coder-1.5b-instruct", "-t", "2"])
+            .args([
+                "--ctx",
+                "1024",
+                "--kv-memory",
+                "64",
+                "--port",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start fulcrum serve"),
+    );
+    wait_healthy(port);
+    run_script(&py, pythonpath.as_deref(), "second_model.py", port);
+    drop(server);
+}
+
 #[test]
 fn openai_client_against_fulcrum_serve() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (py, pythonpath) = python();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -126,50 +193,13 @@ fn openai_client_against_fulcrum_serve() {
             .spawn()
             .expect("start fulcrum serve"),
     );
-    let start = Instant::now();
-    while get(port, "/health").is_none_or(|r| !r.contains("ok")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "server did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/openai_client.py");
-    let mut client = Command::new(&py);
-    if let Some(p) = &pythonpath {
-        client.env("PYTHONPATH", p);
-    }
-    let out = client
-        .arg(script)
-        .arg(format!("http://127.0.0.1:{port}"))
-        .output()
-        .expect("run the openai client");
-    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(
-        out.status.success(),
-        "openai client checks failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wait_healthy(port);
+    run_script(&py, pythonpath.as_deref(), "openai_client.py", port);
     // The chat page, in a real headless browser (scripts/test.sh installs Debian's chromium and chromium-driver).
     assert!(
         Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists(),
         "the chat page test needs Chromium: apt-get install chromium chromium-driver (scripts/test.sh does)"
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/chat_page.py");
-    let mut page = Command::new(&py);
-    if let Some(p) = &pythonpath {
-        page.env("PYTHONPATH", p);
-    }
-    let out = page
-        .arg(script)
-        .arg(format!("http://127.0.0.1:{port}"))
-        .output()
-        .expect("run the chat page test");
-    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(
-        out.status.success(),
-        "chat page checks failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_script(&py, pythonpath.as_deref(), "chat_page.py", port);
     drop(server);
 }
