@@ -99,8 +99,9 @@ impl Message {
     }
 
     /// The message as a template sees it: OpenAI's shape, with each call's arguments as a JSON object where they
-    /// parse as one (Hugging Face templates write them with `tojson`).
-    fn to_value(&self) -> Value {
+    /// parse as one and `object_arguments` (most Hugging Face templates write them with `tojson`; some add them to
+    /// strings as the JSON text OpenAI sends).
+    fn to_value(&self, object_arguments: bool) -> Value {
         let mut fields = vec![
             ("role", Value::from(self.role.as_str())),
             ("content", Value::from(self.content.as_str())),
@@ -111,8 +112,10 @@ impl Message {
                 .iter()
                 .map(|c| {
                     let arguments = serde_json::from_str::<serde_json::Value>(&c.arguments)
+                        .ok()
+                        .filter(|_| object_arguments)
                         .map(|v| Value::from_serialize(&v))
-                        .unwrap_or_else(|_| Value::from(c.arguments.as_str()));
+                        .unwrap_or_else(|| Value::from(c.arguments.as_str()));
                     let function = Value::from_iter([
                         ("name", Value::from(c.name.as_str())),
                         ("arguments", arguments),
@@ -214,10 +217,31 @@ impl ChatTemplate {
         let Some(environment) = &self.environment else {
             return Ok(render_fallback(messages, add_generation_prompt));
         };
+        match self.render_with(environment, messages, tools, add_generation_prompt, true) {
+            // A template that joins call arguments to strings fails on objects: it gets the JSON text instead.
+            Err(ChatError::Render(_)) if messages.iter().any(|m| !m.tool_calls.is_empty()) => {
+                self.render_with(environment, messages, tools, add_generation_prompt, false)
+            }
+            result => result,
+        }
+    }
+
+    /// One render, with call arguments as objects or as JSON text.
+    fn render_with(
+        &self,
+        environment: &Environment<'static>,
+        messages: &[Message],
+        tools: &[Tool],
+        add_generation_prompt: bool,
+        object_arguments: bool,
+    ) -> Result<String, ChatError> {
         let template = environment
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ChatError::Syntax(describe(&e)))?;
-        let messages: Vec<Value> = messages.iter().map(Message::to_value).collect();
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| m.to_value(object_arguments))
+            .collect();
         let tools = if tools.is_empty() {
             Value::from(())
         } else {

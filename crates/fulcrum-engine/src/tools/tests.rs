@@ -400,3 +400,47 @@ fn untagged_json_calls_of_offered_functions_count_as_calls() {
     );
     assert_eq!(calls.len(), 1);
 }
+
+/// A conversation with one call and its result, for template checks.
+fn called() -> Vec<Message> {
+    let mut assistant = Message::new("assistant", "");
+    assistant.tool_calls.push(ToolCall {
+        id: "call_0123456789abcdef".into(),
+        name: "get_weather".into(),
+        arguments: r#"{"city":"Paris"}"#.into(),
+    });
+    let mut result = Message::new("tool", "21 C");
+    result.tool_call_id = Some("call_0123456789abcdef".into());
+    vec![Message::new("user", "Weather?"), assistant, result]
+}
+
+#[test]
+fn templates_that_join_arguments_to_strings_get_json_text() {
+    // In the way of DeepSeek-R1's template: arguments concatenated as text, not written with tojson.
+    let source = "{% for m in messages %}{% if m.tool_calls %}{% for c in m.tool_calls %}{{ c.function.name + '\\n' + c.function.arguments }}{% endfor %}{% else %}[{{ m.role }}]{{ m.content }}{% endif %}{% endfor %}";
+    let template = ChatTemplate::new(Some(source), "", "").unwrap();
+    let text = template.render(&called(), false).unwrap();
+    assert_eq!(
+        text,
+        "[user]Weather?get_weather\n{\"city\":\"Paris\"}[tool]21 C"
+    );
+}
+
+#[test]
+fn mistral_style_templates_see_calls_ids_and_tools() {
+    // In the way of Mistral's templates: `get`, `is defined`, ids cut to 9 characters, the function written by tojson.
+    let source = "{% if tools is not none %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}{% for m in messages %}{% if m.tool_calls is defined %}[TOOL_CALLS]{% for c in m.tool_calls %}{{ (c.function | tojson)[:-1] }}, \"id\": \"{{ c.id[-9:] }}\"}{% endfor %}{% elif m.get('role') == 'tool' %}[TOOL_RESULTS]{{ m.content }}|{{ m.tool_call_id[-9:] }}[/TOOL_RESULTS]{% else %}[INST]{{ m.content }}[/INST]{% endif %}{% endfor %}";
+    let template = ChatTemplate::new(Some(source), "", "").unwrap();
+    assert!(template.renders_tools());
+    assert_eq!(template.tool_syntax(), ToolSyntax::Mistral);
+    let text = template
+        .render_tools(&called(), &[weather()], false)
+        .unwrap();
+    assert!(
+        text.starts_with(
+            "[AVAILABLE_TOOLS][{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("[INST]Weather?[/INST][TOOL_CALLS]{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}, \"id\": \"789abcdef\"}[TOOL_RESULTS]21 C|789abcdef[/TOOL_RESULTS]"), "{text}");
+}
