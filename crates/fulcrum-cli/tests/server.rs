@@ -91,15 +91,19 @@ fn get(port: u16, path: &str) -> Option<String> {
     Some(out)
 }
 
+/// A text every Debian machine has, for perplexity.
+const PPL_TEXT: &str = "/usr/share/common-licenses/GPL-3";
+
 /// One server test at a time: two models' servers on two cores would slow each other's timings.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs client script `name` (in tests/server) against the server at `port`, failing with its stderr.
-fn run_script(py: &Path, pythonpath: Option<&Path>, name: &str, port: u16) {
+/// Runs client script `name` (in tests/server) against the server at `port`, with `env` set, failing with its stderr.
+fn run_script(py: &Path, pythonpath: Option<&Path>, name: &str, port: u16, env: &[(&str, String)]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/server")
         .join(name);
     let mut client = Command::new(py);
+    client.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     if let Some(p) = pythonpath {
         client.env("PYTHONPATH", p);
     }
@@ -153,7 +157,7 @@ fn structured_output_and_tool_calls_on_the_larger_model() {
             .expect("start fulcrum serve"),
     );
     wait_healthy(port);
-    run_script(&py, pythonpath.as_deref(), "second_model.py", port);
+    run_script(&py, pythonpath.as_deref(), "second_model.py", port, &[]);
     drop(server);
 }
 
@@ -193,13 +197,38 @@ fn openai_client_against_fulcrum_serve() {
             .spawn()
             .expect("start fulcrum serve"),
     );
+    // `fulcrum eval ppl` of a licence text's first window, which the client's echo scores must reproduce.
+    let ppl = Command::new(fulcrum_bin())
+        .args([
+            "eval",
+            "ppl",
+            "-m",
+            "qwen2.5-coder-0.5b-instruct",
+            "-t",
+            "2",
+            "--ctx",
+            "128",
+        ])
+        .args(["--chunks", "1", "--json", "--file", PPL_TEXT])
+        .output()
+        .expect("run fulcrum eval ppl");
+    assert!(
+        ppl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ppl.stderr)
+    );
+    let ppl: serde_json::Value = serde_json::from_slice(&ppl.stdout).expect("eval ppl --json");
     wait_healthy(port);
-    run_script(&py, pythonpath.as_deref(), "openai_client.py", port);
+    let env = [
+        ("FULCRUM_TEST_PPL_FILE", PPL_TEXT.to_string()),
+        ("FULCRUM_TEST_PPL_128", ppl["ppl"].to_string()),
+    ];
+    run_script(&py, pythonpath.as_deref(), "openai_client.py", port, &env);
     // The chat page, in a real headless browser (scripts/test.sh installs Debian's chromium and chromium-driver).
     assert!(
         Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists(),
         "the chat page test needs Chromium: apt-get install chromium chromium-driver (scripts/test.sh does)"
     );
-    run_script(&py, pythonpath.as_deref(), "chat_page.py", port);
+    run_script(&py, pythonpath.as_deref(), "chat_page.py", port, &[]);
     drop(server);
 }

@@ -324,6 +324,17 @@ check(scored.choices[0].text == "def fibonacci(n):" + gen.choices[0].text and lp
 check(lp.tokens[-k:] == glp.tokens and all(abs(a - b) < 0.1 for a, b in zip(lp.token_logprobs[-k:], glp.token_logprobs))
       and all(set(a) == set(b) for a, b in zip(lp.top_logprobs[-k:], glp.top_logprobs)),
       "prompt log-probabilities agree with the generated tokens' own")
+# And they reproduce `fulcrum eval ppl` (run by the test on the same file): its first 128-token window scores its second
+# half, tokens 65 to 127, each given all before it.
+import math
+import os
+ppl_ids = token_ids(open(os.environ["FULCRUM_TEST_PPL_FILE"]).read())[:128]
+window = client.completions.create(prompt=ppl_ids, max_tokens=0, echo=True, logprobs=0, **greedy).choices[0].logprobs
+second_half = window.token_logprobs[65:128]
+ppl = math.exp(-sum(second_half) / len(second_half))
+reference = float(os.environ["FULCRUM_TEST_PPL_128"])
+check(len(second_half) == 63 and abs(ppl / reference - 1) < 0.001,
+      f"echo log-probabilities give eval ppl's perplexity ({ppl:.4f} against {reference:.4f})")
 both = client.completions.create(prompt="def fibonacci(n):", max_tokens=4, echo=True, logprobs=1, **greedy)
 check(len(both.choices[0].logprobs.tokens) == len(lp.tokens) - k + 4 and both.choices[0].logprobs.token_logprobs[-1] is not None,
       "echo with logprobs covers the prompt and the generated tokens")
