@@ -288,20 +288,6 @@ fn parse_conversation(text: &str) -> Result<Vec<Message>, String> {
         .collect()
 }
 
-/// Length of the longest end of `text` that may begin one of `markers` (on a char boundary).
-fn held_marker(text: &str, markers: &[&str]) -> usize {
-    markers
-        .iter()
-        .filter_map(|m| {
-            (1..m.len().min(text.len() + 1)).rev().find(|&n| {
-                let at = text.len() - n;
-                text.is_char_boundary(at) && m.starts_with(&text[at..])
-            })
-        })
-        .max()
-        .unwrap_or(0)
-}
-
 /// Runs `fulcrum chat`: reads user turns until end of input or `/exit`.
 pub fn run(args: Args) -> CliResult {
     let o = args.options;
@@ -433,7 +419,7 @@ fn reply(
         None,
         |piece| {
             held.push_str(piece);
-            let mut keep = held_marker(&held, markers);
+            let mut keep = generation::held_back(&held, markers);
             if let Some(at) = markers.iter().filter_map(|m| held.find(m)).min() {
                 held.truncate(at);
                 keep = 0;
@@ -517,13 +503,5 @@ mod tests {
         assert_eq!(c.messages.len(), 2, "a failed load keeps the conversation");
         let _ = std::fs::remove_file(file);
         assert!(matches!(c.command("exit"), Ok(Flow::Exit)));
-    }
-
-    #[test]
-    fn text_that_may_start_a_turn_marker_is_held() {
-        assert_eq!(held_marker("Hello\nus", &FALLBACK_MARKERS), 3);
-        assert_eq!(held_marker("Hello\n", &FALLBACK_MARKERS), 1);
-        assert_eq!(held_marker("Hello", &FALLBACK_MARKERS), 0);
-        assert_eq!(held_marker("Hello\nuser", &[]), 0);
     }
 }

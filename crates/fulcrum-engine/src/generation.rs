@@ -103,7 +103,45 @@ pub fn decode(
     Ok(out)
 }
 
+/// Length of the longest end of `text` that is a proper beginning of one of `markers` (on a char boundary): text a
+/// stream holds back until it knows whether a stop string, tag or turn marker starts there.
+pub fn held_back<S: AsRef<str>>(text: &str, markers: &[S]) -> usize {
+    markers
+        .iter()
+        .filter_map(|m| {
+            let m = m.as_ref();
+            (1..m.len().min(text.len() + 1)).rev().find(|&n| {
+                let at = text.len() - n;
+                text.is_char_boundary(at) && m.starts_with(&text[at..])
+            })
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// The last token of `history`, the next one to evaluate.
 fn id_of(history: &[u32]) -> u32 {
     history[history.len() - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_back;
+
+    #[test]
+    fn text_that_may_start_a_marker_is_held() {
+        let stops = ["END".to_string(), "\n\n".to_string()];
+        assert_eq!(held_back("hello E", &stops), 1);
+        assert_eq!(held_back("hello EN", &stops), 2);
+        assert_eq!(
+            held_back("hello END", &stops),
+            0,
+            "a whole marker is found, not held"
+        );
+        assert_eq!(held_back("hello\n", &stops), 1);
+        assert_eq!(held_back("hello", &stops), 0);
+        assert_eq!(held_back("héllo", &["ö"]), 0);
+        assert_eq!(held_back("Hello\nus", &["\nuser:", "\nsystem:"]), 3);
+        assert_eq!(held_back("x", &[] as &[&str]), 0);
+    }
 }

@@ -79,14 +79,7 @@ impl ThinkSplitter {
                         self.state = State::Answer;
                         continue;
                     }
-                    let held = (1..CLOSE.len().min(self.buffer.len() + 1))
-                        .rev()
-                        .find(|&n| {
-                            let at = self.buffer.len() - n;
-                            self.buffer.is_char_boundary(at)
-                                && CLOSE.starts_with(&self.buffer[at..])
-                        })
-                        .unwrap_or(0);
+                    let held = crate::generation::held_back(&self.buffer, &[CLOSE]);
                     let keep = self.buffer.split_off(self.buffer.len() - held);
                     push(
                         &mut out,

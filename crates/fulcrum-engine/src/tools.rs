@@ -11,6 +11,7 @@
 //!   `[TOOL_CALLS]name[ARGS]{…}` per call.
 
 use crate::chat::Message;
+use crate::generation::held_back;
 use serde_json::{json, Value};
 
 /// One function a request offers the model.
@@ -191,7 +192,7 @@ impl ToolParser {
                         self.state = State::InCall;
                         continue;
                     }
-                    let held = held_prefix(&self.buffer, open);
+                    let held = held_back(&self.buffer, &[open]);
                     let keep = self.buffer.split_off(self.buffer.len() - held);
                     text_piece(&mut out, std::mem::replace(&mut self.buffer, keep));
                     return out;
@@ -296,16 +297,6 @@ fn text_piece(out: &mut Vec<Piece>, text: String) {
     } else {
         out.push(Piece::Text(text));
     }
-}
-
-/// Length of the longest suffix of `text` that is a proper prefix of `marker` (on a char boundary).
-fn held_prefix(text: &str, marker: &str) -> usize {
-    (1..marker.len().min(text.len() + 1))
-        .rev()
-        .find(|&n| {
-            text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..])
-        })
-        .unwrap_or(0)
 }
 
 /// A call from its JSON object: a string `name` and an object (or JSON text) of arguments.

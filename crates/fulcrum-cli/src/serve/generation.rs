@@ -50,21 +50,6 @@ pub enum Chunk {
     Failed(String),
 }
 
-/// Length of the longest suffix of `text` that is a proper prefix of one of `stops` (on a char boundary).
-fn held_suffix(text: &str, stops: &[String]) -> usize {
-    let mut best = 0;
-    for stop in stops {
-        for (i, _) in text.char_indices() {
-            let suffix = &text[i..];
-            if suffix.len() < stop.len() && stop.starts_with(suffix) {
-                best = best.max(suffix.len());
-                break;
-            }
-        }
-    }
-    best
-}
-
 /// Where a choice's chunks go: the response's channel, tagged with the choice's index.
 pub struct Sink {
     pub index: usize,
@@ -136,7 +121,7 @@ pub fn relay(
                     });
                     return;
                 }
-                let keep = held_suffix(&held, stops);
+                let keep = fulcrum_engine::generation::held_back(&held, stops);
                 let text: String = held.drain(..held.len() - keep).collect();
                 if (!text.is_empty() || !pending_logprobs.is_empty())
                     && !send(Chunk::Delta {
@@ -181,19 +166,4 @@ pub fn relay(
     let _ = send(Chunk::Failed(
         "the inference engine stopped before the request finished".into(),
     ));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::held_suffix;
-
-    #[test]
-    fn text_that_may_start_a_stop_string_is_held() {
-        let stops = vec!["END".to_string(), "\n\n".to_string()];
-        assert_eq!(held_suffix("hello E", &stops), 1);
-        assert_eq!(held_suffix("hello EN", &stops), 2);
-        assert_eq!(held_suffix("hello\n", &stops), 1);
-        assert_eq!(held_suffix("hello", &stops), 0);
-        assert_eq!(held_suffix("héllo", &["ö".to_string()]), 0);
-    }
 }
