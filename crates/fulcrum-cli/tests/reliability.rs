@@ -599,6 +599,10 @@ fn api_keys_guard_every_route_but_health() {
     };
     // /health stays open for probes.
     assert_eq!(get(port, "/health").status, 200);
+    // The chat page is static and open; it sends the key its user gives it.
+    let page = get(port, "/");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>Fulcrum chat</title>"));
     for path in ["/v1/models", "/metrics", "/v1/models/coder"] {
         let e = get(port, path).error(401);
         assert_eq!(e["code"], "invalid_api_key", "{path}");
