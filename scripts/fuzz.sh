@@ -2,7 +2,8 @@
 # Long runs of the stable-toolchain fuzzers: the GGUF reader, both real tokenizers, the chat-template renderer
 # (conversations and template sources) and the request parser. Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] (default
 # 300). Each target runs alone (the machine has two cores); a crash saves its input under target/fuzz-crashes/ and
-# stops the run. Totals per target go to stdout and accumulate in target/fuzz-history.txt.
+# stops the run. Totals per target go to stdout and accumulate in target/fuzz-history.txt. With FULCRUM_FUZZ_CASES=N
+# each target runs N executions instead of a time. The models must be pulled (scripts/test.sh does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-300}"
