@@ -373,7 +373,7 @@ pub fn run(args: Args) -> CliResult {
         Some(name) => Some(common::load_draft(name, args.draft_type, true)?),
         None => None,
     };
-    let block_size = 16;
+    let block_size = BLOCK_SIZE;
     let bytes_per_token = c.n_layers * c.kv_row_bytes();
     // By default at least one whole sequence fits (a 32k context of the 1.5B needs ~900 MiB).
     let kv_memory = args.kv_memory.unwrap_or_else(|| {
@@ -467,6 +467,8 @@ pub fn run(args: Args) -> CliResult {
     };
     let app = app
         .route("/health", get(health))
+        .route("/ready", get(health))
+        .route("/live", get(live))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model_info))
         .route("/metrics", get(metrics))
@@ -509,6 +511,9 @@ pub fn run(args: Args) -> CliResult {
 async fn chat_page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("serve/chat.html"))
 }
+
+/// Positions per KV block of the serving pool.
+const BLOCK_SIZE: usize = 16;
 
 /// Any other path: an OpenAI-shaped 404.
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -1002,19 +1007,138 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         ),
     ] {
         let h = h.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        out.push_str(&format!(
-            "# HELP fulcrum_{name} {help}\n# TYPE fulcrum_{name} histogram\n"
-        ));
-        for (b, c) in h.bounds.iter().zip(&h.counts) {
-            out.push_str(&format!("fulcrum_{name}_bucket{{le=\"{b}\"}} {c}\n"));
-        }
-        let total = h.counts.last().copied().unwrap_or(0);
-        out.push_str(&format!(
-            "fulcrum_{name}_bucket{{le=\"+Inf\"}} {total}\nfulcrum_{name}_sum {}\nfulcrum_{name}_count {total}\n",
-            h.sum
-        ));
+        histogram(&mut out, &format!("fulcrum_{name}"), help, "", &h);
     }
+    vllm_metrics(&state, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// The metrics under the names routers read from vLLM by default (the Gateway API Inference Extension's endpoint
+/// picker, llm-d, the SGLang router), labelled with the served model's name as vLLM labels them.
+fn vllm_metrics(state: &AppState, out: &mut String) {
+    let m = &state.engine.metrics;
+    let label = format!(
+        "model_name=\"{}\"",
+        state.name.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let mut one = |name: &str, help: &str, kind: &str, labels: &str, v: f64| {
+        out.push_str(&format!(
+            "# HELP vllm:{name} {help}\n# TYPE vllm:{name} {kind}\nvllm:{name}{{{labels}}} {v}\n"
+        ));
+    };
+    one(
+        "num_requests_waiting",
+        "Requests waiting to run.",
+        "gauge",
+        &label,
+        load(&m.waiting),
+    );
+    one(
+        "num_requests_running",
+        "Requests running.",
+        "gauge",
+        &label,
+        load(&m.running),
+    );
+    one(
+        "kv_cache_usage_perc",
+        "Fraction of KV blocks in use (1 = all).",
+        "gauge",
+        &label,
+        load(&m.kv_usage_ppm) / 1e6,
+    );
+    one(
+        "cache_config_info",
+        "KV cache configuration.",
+        "gauge",
+        &format!(
+            "{label},block_size=\"{BLOCK_SIZE}\",num_gpu_blocks=\"{}\",num_cpu_blocks=\"0\",cache_dtype=\"f16\",enable_prefix_caching=\"True\"",
+            state.kv_tokens / BLOCK_SIZE
+        ),
+        1.0,
+    );
+    // No LoRA adapters: present, empty, as vLLM reports it without adapters.
+    one(
+        "lora_requests_info",
+        "Running and waiting LoRA adapters.",
+        "gauge",
+        "running_lora_adapters=\"\",waiting_lora_adapters=\"\",max_lora=\"0\"",
+        now() as f64,
+    );
+    one(
+        "prompt_tokens_total",
+        "Prompt tokens received.",
+        "counter",
+        &label,
+        load(&m.prompt_tokens),
+    );
+    one(
+        "generation_tokens_total",
+        "Tokens generated.",
+        "counter",
+        &label,
+        load(&m.generated_tokens),
+    );
+    one(
+        "num_preemptions_total",
+        "Requests preempted for lack of KV blocks.",
+        "counter",
+        &label,
+        load(&m.preemptions),
+    );
+    one(
+        "prefix_cache_queries_total",
+        "Prompt tokens looked up in the prefix cache.",
+        "counter",
+        &label,
+        load(&m.prefix_queried_tokens),
+    );
+    one(
+        "prefix_cache_hits_total",
+        "Prompt tokens found in the prefix cache.",
+        "counter",
+        &label,
+        load(&m.prefix_hit_tokens),
+    );
+    for (name, help, h) in [
+        (
+            "time_to_first_token_seconds",
+            "Time to first token.",
+            &m.ttft,
+        ),
+        (
+            "time_per_output_token_seconds",
+            "Time between tokens.",
+            &m.tbt,
+        ),
+        (
+            "inter_token_latency_seconds",
+            "Time between tokens.",
+            &m.tbt,
+        ),
+    ] {
+        let h = h.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        histogram(out, &format!("vllm:{name}"), help, &label, &h);
+    }
+}
+
+/// Histogram `name` in Prometheus' text format, its series labelled with `labels` (`a="b",…`; empty: none).
+fn histogram(out: &mut String, name: &str, help: &str, labels: &str, h: &engine::Histogram) {
+    let (with, alone) = if labels.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (format!("{labels},"), format!("{{{labels}}}"))
+    };
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+    for (b, c) in h.bounds.iter().zip(&h.counts) {
+        out.push_str(&format!("{name}_bucket{{{with}le=\"{b}\"}} {c}\n"));
+    }
+    let total = h.counts.last().copied().unwrap_or(0);
+    out.push_str(&format!(
+        "{name}_bucket{{{with}le=\"+Inf\"}} {total}\n{name}_sum{alone} {}\n{name}_count{alone} {total}\n",
+        h.sum
+    ));
 }
 
 async fn completions(State(state): State<Arc<AppState>>, request: Request) -> AppResult {
@@ -1553,6 +1677,18 @@ async fn submit(
 }
 
 /// `GET /health`: 200 while the engine runs, 503 once it has stopped or while the server drains for shutdown.
+/// `GET /live`: liveness for an orchestrator: 200 while the engine runs, draining included (a draining server must
+/// not be restarted; `/health` and `/ready` tell routers to stop sending it work).
+async fn live(State(state): State<Arc<AppState>>) -> Response {
+    if state.engine.is_alive() {
+        Json(json!({"status": "alive"})).into_response()
+    } else {
+        ApiError::unavailable("the inference engine has stopped").into_response()
+    }
+}
+
+/// `GET /health` and `GET /ready`: readiness: 200 when the model is loaded and the server admits requests, 503 while
+/// draining or when the engine has stopped.
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     if !state.engine.is_alive() {
         ApiError::unavailable("the inference engine has stopped").into_response()

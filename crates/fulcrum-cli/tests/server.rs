@@ -21,9 +21,9 @@ impl Drop for Server {
 }
 
 /// The Python packages the client scripts use.
-const PACKAGES: &[&str] = &["openai", "selenium"];
+const PACKAGES: &[&str] = &["openai", "selenium", "prometheus_client"];
 
-/// A Python with the `openai` and `selenium` packages: `$FULCRUM_TEST_PYTHON`, or a venv in `target/pyenv` created on first use; where
+/// A Python with the packages of [`PACKAGES`]: `$FULCRUM_TEST_PYTHON`, or a venv in `target/pyenv` created on first use; where
 /// venvs are unavailable, the package goes into `target/pylib` on the system Python's path. Returns the interpreter
 /// and a `PYTHONPATH` to set, if any.
 fn python() -> (PathBuf, Option<PathBuf>) {
@@ -36,7 +36,7 @@ fn python() -> (PathBuf, Option<PathBuf>) {
         if let Some(p) = path {
             c.env("PYTHONPATH", p);
         }
-        c.args(["-c", "import openai, selenium"])
+        c.args(["-c", "import openai, selenium, prometheus_client"])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())

@@ -465,6 +465,25 @@ while time.time() < deadline:
     time.sleep(0.1)
 check(float(running) == 0 and float(usage) == 0, "a disconnected stream is cancelled and its KV blocks freed")
 
+# The metrics routers read from vLLM, through Prometheus' own parser: the same values as Fulcrum's names.
+from prometheus_client.parser import text_string_to_metric_families
+families = {f.name: f for f in text_string_to_metric_families(urllib.request.urlopen(base + "/metrics").read().decode())}
+sample = lambda name: families[name].samples[0]
+for name in ["num_requests_waiting", "num_requests_running", "kv_cache_usage_perc", "num_preemptions_total"]:
+    vllm = sample("vllm:" + name.removesuffix("_total"))
+    check(vllm.labels.get("model_name") == model and vllm.value == sample("fulcrum_" + name.removesuffix("_total")).value,
+          f"vllm:{name} mirrors fulcrum_{name}")
+config = sample("vllm:cache_config_info").labels
+kv_tokens = sample("fulcrum_kv_cache_tokens").value
+check(config["block_size"] == "16" and int(config["num_gpu_blocks"]) * 16 == kv_tokens, "vllm:cache_config_info gives the pool's blocks")
+check(sample("vllm:lora_requests_info").labels["running_lora_adapters"] == "", "vllm:lora_requests_info is present and empty")
+ttft = families["vllm:time_to_first_token_seconds"]
+check(ttft.type == "histogram" and [s.value for s in ttft.samples if s.name.endswith("_count")][0] > 0,
+      "vllm:time_to_first_token_seconds is a histogram with observations")
+live = json.loads(urllib.request.urlopen(base + "/live").read())
+ready = json.loads(urllib.request.urlopen(base + "/ready").read())
+check(live["status"] == "alive" and ready["status"] == "ok", "/live and /ready answer")
+
 # An internal error (injected: the server runs with FULCRUM_INJECT_PANIC_MAX_TOKENS=29) fails the requests in flight
 # with a 500 or an error event, and the server goes on serving everyone else.
 try:
