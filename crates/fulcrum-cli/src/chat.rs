@@ -132,10 +132,6 @@ impl Input {
     }
 }
 
-/// The turn markers of the plain fallback format, at which a reply ends (a model without a template would otherwise
-/// write the user's next turn itself).
-const FALLBACK_MARKERS: [&str; 3] = ["\nuser:", "\nsystem:", "\nassistant:"];
-
 /// What a slash command asks of the loop.
 enum Flow {
     Continue,
@@ -305,7 +301,7 @@ pub fn run(args: Args) -> CliResult {
     let template = prompt::chat_template(&model)?;
     let markers: &[&str] = if template.is_fallback() {
         eprintln!("(this model has no chat template; using a plain 'role: text' format)");
-        &FALLBACK_MARKERS
+        &fulcrum_engine::chat::FALLBACK_TURN_MARKERS
     } else {
         &[]
     };

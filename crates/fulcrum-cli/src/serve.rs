@@ -1354,6 +1354,7 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
     };
     // A reasoning model's thinking goes to `reasoning_content`; its template may open it in the generation prompt.
     let thinking = (chat
+        && req.separate_reasoning
         && fulcrum_engine::reasoning::template_thinks(state.model.chat_template()))
     .then(|| {
         jobs.first().is_some_and(|j| {
@@ -1367,6 +1368,11 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
         (None, true) => Some(0),
         (l, _) => l,
     };
+    // A chat in the plain fallback format ends where the model would begin the next turn.
+    let mut stops = req.stop.clone();
+    if chat && state.template.is_fallback() {
+        stops.extend(fulcrum_engine::chat::FALLBACK_TURN_MARKERS.map(String::from));
+    }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut cancels: Vec<Option<Cancel>> = Vec::with_capacity(jobs.len());
     let mut prefilled = None;
@@ -1387,7 +1393,7 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
                 ..req.sampler.clone()
             },
             logprobs,
-            stop_at_eog: true,
+            stop_at_eog: !req.ignore_eos,
             spec: spec.clone(),
             attention: req.attention.unwrap_or(state.attention),
             format: format.clone(),
@@ -1398,7 +1404,8 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
         let sink = generation::Sink {
             index,
             // Some syntaxes mark calls with control tokens, so their text is kept for the parser.
-            special: tooling,
+            special: tooling || !req.skip_special_tokens,
+            keep_stop: req.no_stop_trim,
             tx: tx.clone(),
             prefilled: siblings.then_some(done),
         };
@@ -1418,7 +1425,7 @@ async fn handle(state: Arc<AppState>, request: Request, chat: bool) -> AppResult
             cancels.push(None);
             continue;
         }
-        cancels.push(submit(&state, job.prompt.clone(), params, req.stop.clone(), sink).await?);
+        cancels.push(submit(&state, job.prompt.clone(), params, stops.clone(), sink).await?);
     }
     drop(tx);
     let number = cancels

@@ -682,3 +682,42 @@ fn chat_commands_stay_out_of_the_conversation_and_ctrl_c_stops_only_the_reply() 
     );
     assert_eq!(conversation[3]["content"], "/set is text for the model");
 }
+
+#[test]
+fn a_chat_without_a_template_ends_at_the_next_turn() {
+    use std::io::Write;
+    use std::process::Stdio;
+    // gemma3-270m has no chat template: the plain format, which the greedy model goes on with ("\n\nuser: …").
+    let mut child = Command::new(fulcrum_bin())
+        .args([
+            "chat",
+            "-m",
+            "gemma3-270m",
+            "-t",
+            "2",
+            "--temp",
+            "0",
+            "-n",
+            "48",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fulcrum chat");
+    child.stdin.take().unwrap().write_all(b"Say hi\n").unwrap();
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("plain 'role: text' format"), "{stderr}");
+    assert!(!stdout.trim().is_empty(), "a reply: {stderr}");
+    assert!(
+        !stdout.contains("user:") && !stdout.contains("assistant:"),
+        "no fake turns: {stdout:?}"
+    );
+    assert!(
+        stderr.contains("tokens/s") && !stderr.contains("48 tokens"),
+        "ended before the limit: {stderr}"
+    );
+}

@@ -361,6 +361,10 @@ impl ChatTemplate {
     }
 }
 
+/// Where a reply in the plain fallback format ends: the next turn's opening, which a model without a template would
+/// otherwise write itself.
+pub const FALLBACK_TURN_MARKERS: [&str; 3] = ["\nuser:", "\nsystem:", "\nassistant:"];
+
 /// The plain format documented at the top of this module.
 fn render_fallback(messages: &[Message], add_generation_prompt: bool) -> String {
     let mut turns: Vec<String> = messages

@@ -53,8 +53,10 @@ pub enum Chunk {
 /// Where a choice's chunks go: the response's channel, tagged with the choice's index.
 pub struct Sink {
     pub index: usize,
-    /// Whether control tokens are decoded as their text (for a tool-call parser) rather than dropped.
+    /// Whether control tokens are decoded as their text (for a tool-call parser, or asked for) rather than dropped.
     pub special: bool,
+    /// Whether the output ends with the stop string that ended it (SGLang's `no_stop_trim`).
+    pub keep_stop: bool,
     pub tx: UnboundedSender<(usize, Chunk)>,
     /// Told when the prompt has been prefilled (its KV is then in the prefix cache for the other choices).
     pub prefilled: Option<tokio::sync::oneshot::Sender<()>>,
@@ -99,13 +101,13 @@ pub fn relay(
                     pending_logprobs.push(token_logprob(model, token, &lp));
                 }
                 held.push_str(&decoder.push(tok, token));
-                if let Some((at, _)) = stops
+                if let Some((at, stop)) = stops
                     .iter()
                     .filter_map(|s| held.find(s.as_str()).map(|i| (i, s)))
                     .min_by_key(|(i, _)| *i)
                 {
                     engine.abort(id);
-                    held.truncate(at);
+                    held.truncate(if sink.keep_stop { at + stop.len() } else { at });
                     let text = std::mem::take(&mut held);
                     let _ = send(Chunk::Delta {
                         text,

@@ -76,6 +76,14 @@ pub struct Request {
     pub tool_choice: ToolChoice,
     /// Whether several calls may come in one reply.
     pub parallel_tool_calls: bool,
+    /// Whether generation goes on past end-of-generation tokens (`ignore_eos`).
+    pub ignore_eos: bool,
+    /// Whether the stop string that ended the output stays in it (`no_stop_trim`).
+    pub no_stop_trim: bool,
+    /// Whether control tokens are left out of the text (`skip_special_tokens`, default true).
+    pub skip_special_tokens: bool,
+    /// Whether a reasoning model's thinking goes to `reasoning_content` (`separate_reasoning`, default true).
+    pub separate_reasoning: bool,
 }
 
 /// Fields of both endpoints, OpenAI's and the extensions of llama.cpp, vLLM and Fulcrum.
@@ -105,6 +113,11 @@ const COMMON_FIELDS: &[&str] = &[
     "json_schema",
     "grammar",
     "regex",
+    // SGLang's, which its router sends with every request.
+    "ignore_eos",
+    "no_stop_trim",
+    "skip_special_tokens",
+    "return_hidden_states",
 ];
 /// Fields only of `/v1/completions`.
 const COMPLETION_FIELDS: &[&str] = &["prompt", "suffix", "echo", "best_of"];
@@ -119,6 +132,9 @@ const CHAT_FIELDS: &[&str] = &[
     "tools",
     "tool_choice",
     "modalities",
+    "continue_final_message",
+    "separate_reasoning",
+    "stream_reasoning",
 ];
 /// OpenAI fields this server knows but cannot honour yet: a 400 that says so, rather than a silent default.
 const UNSUPPORTED_FIELDS: &[(&str, &str)] = &[
@@ -373,7 +389,40 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, BadRequest> {
             "a forced tool call cannot be combined with a response format: the call's arguments follow the function's schema",
         ));
     }
+    let on_by_default = |key: &str| -> Result<bool, BadRequest> {
+        match body.get(key) {
+            None | Some(Value::Null) => Ok(true),
+            _ => flag(&body, key),
+        }
+    };
+    let skip_special_tokens = on_by_default("skip_special_tokens")?;
+    let separate_reasoning = on_by_default("separate_reasoning")?;
+    // What this server cannot do is refused when asked for, and accepted at the default the SGLang router sends.
+    for (key, default, what) in [
+        (
+            "continue_final_message",
+            false,
+            "continuing the final assistant message",
+        ),
+        (
+            "stream_reasoning",
+            true,
+            "holding back reasoning until the end",
+        ),
+        ("return_hidden_states", false, "returning hidden states"),
+    ] {
+        if body.get(key).is_some_and(|v| !v.is_null()) && flag(&body, key)? != default {
+            return Err(bad(
+                key,
+                format!("'{key}' ({what}) is not supported by this server"),
+            ));
+        }
+    }
     Ok(Request {
+        ignore_eos: flag(&body, "ignore_eos")?,
+        no_stop_trim: flag(&body, "no_stop_trim")?,
+        skip_special_tokens,
+        separate_reasoning,
         tools,
         tool_choice,
         parallel_tool_calls,
