@@ -21,7 +21,7 @@ impl Drop for Server {
 }
 
 /// The Python packages the client scripts use.
-const PACKAGES: &[&str] = &["openai", "selenium", "prometheus_client"];
+const PACKAGES: &[&str] = &["openai", "selenium", "prometheus_client", "sglang-router"];
 
 /// A Python with the packages of [`PACKAGES`]: `$FULCRUM_TEST_PYTHON`, or a venv in `target/pyenv` created on first use; where
 /// venvs are unavailable, the package goes into `target/pylib` on the system Python's path. Returns the interpreter
@@ -36,10 +36,13 @@ fn python() -> (PathBuf, Option<PathBuf>) {
         if let Some(p) = path {
             c.env("PYTHONPATH", p);
         }
-        c.args(["-c", "import openai, selenium, prometheus_client"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        c.args([
+            "-c",
+            "import openai, selenium, prometheus_client, sglang_router",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
     };
     let venv = target.join("pyenv");
     let py = venv.join("bin/python");
@@ -130,6 +133,37 @@ fn wait_healthy(port: u16) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn replicas_behind_the_sglang_router() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (py, pythonpath) = python();
+    // The router's executable: beside the venv's Python, or in the package directory's bin/.
+    let router = match &pythonpath {
+        None => py.with_file_name("sglang-router"),
+        Some(lib) => lib.join("bin/sglang-router"),
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/cluster");
+    let mut cluster = Command::new(&py);
+    if let Some(p) = &pythonpath {
+        cluster.env("PYTHONPATH", p);
+    }
+    let out = cluster
+        .arg(script)
+        .args(["--smoke", "--fulcrum"])
+        .arg(fulcrum_bin())
+        .arg("--router")
+        .arg(router)
+        .output()
+        .expect("run bench/cluster");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "bench/cluster --smoke failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
