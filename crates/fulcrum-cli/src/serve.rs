@@ -799,11 +799,10 @@ async fn tokenize(State(state): State<Arc<AppState>>, request: Request) -> AppRe
             state.model.tokenizer.encode(text, false, true)
         }
     };
-    let tok = &state.model.tokenizer;
     let listed: Vec<Value> = if with_pieces {
         tokens
             .iter()
-            .map(|&id| json!({"id": id, "piece": String::from_utf8_lossy(tok.token_bytes(id, true))}))
+            .map(|&id| json!({"id": id, "piece": generation::token_text(&state.model, id)}))
             .collect()
     } else {
         tokens.iter().map(|&id| json!(id)).collect()
@@ -959,7 +958,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             load(&m.latency_correction_ppm) / 1e6,
         ),
     ];
-    for (name, help, kind, v) in series {
+    for &(name, help, kind, v) in &series {
         gauge(name, help, kind, v);
     }
     let by = m
@@ -994,60 +993,59 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             ));
         }
     }
-    for (name, help, h) in [
+    let histograms = [
         (
             "time_to_first_token_seconds",
             "Time to first token.",
-            &m.ttft,
+            m.ttft.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         ),
         (
             "time_per_output_token_seconds",
             "Time between tokens.",
-            &m.tbt,
+            m.tbt.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         ),
-    ] {
-        let h = h.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        histogram(&mut out, &format!("fulcrum_{name}"), help, "", &h);
+    ];
+    for (name, help, h) in &histograms {
+        histogram(&mut out, &format!("fulcrum_{name}"), help, "", h);
     }
-    vllm_metrics(&state, &mut out);
+    vllm_metrics(&state, &series, &histograms, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
+/// The series that routers read from vLLM under `vllm:` and the same name (Fulcrum's names follow vLLM's).
+const VLLM_MIRRORED: &[&str] = &[
+    "num_requests_waiting",
+    "num_requests_running",
+    "kv_cache_usage_perc",
+    "prompt_tokens_total",
+    "generation_tokens_total",
+    "num_preemptions_total",
+    "prefix_cache_queries_total",
+    "prefix_cache_hits_total",
+];
+
 /// The metrics under the names routers read from vLLM by default (the Gateway API Inference Extension's endpoint
-/// picker, llm-d, the SGLang router), labelled with the served model's name as vLLM labels them.
-fn vllm_metrics(state: &AppState, out: &mut String) {
-    let m = &state.engine.metrics;
+/// picker, llm-d, the SGLang router), labelled with the served model's name as vLLM labels them: the mirrored
+/// series and histograms (the time between tokens also as vLLM's newer `inter_token_latency_seconds`), the cache
+/// configuration and an empty LoRA report.
+fn vllm_metrics(
+    state: &AppState,
+    series: &[(&str, &str, &str, f64)],
+    histograms: &[(&str, &str, engine::Histogram)],
+    out: &mut String,
+) {
     let label = format!(
         "model_name=\"{}\"",
         state.name.replace('\\', "\\\\").replace('"', "\\\"")
     );
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
     let mut one = |name: &str, help: &str, kind: &str, labels: &str, v: f64| {
         out.push_str(&format!(
             "# HELP vllm:{name} {help}\n# TYPE vllm:{name} {kind}\nvllm:{name}{{{labels}}} {v}\n"
         ));
     };
-    one(
-        "num_requests_waiting",
-        "Requests waiting to run.",
-        "gauge",
-        &label,
-        load(&m.waiting),
-    );
-    one(
-        "num_requests_running",
-        "Requests running.",
-        "gauge",
-        &label,
-        load(&m.running),
-    );
-    one(
-        "kv_cache_usage_perc",
-        "Fraction of KV blocks in use (1 = all).",
-        "gauge",
-        &label,
-        load(&m.kv_usage_ppm) / 1e6,
-    );
+    for &(name, help, kind, v) in series.iter().filter(|s| VLLM_MIRRORED.contains(&s.0)) {
+        one(name, help, kind, &label, v);
+    }
     one(
         "cache_config_info",
         "KV cache configuration.",
@@ -1066,60 +1064,11 @@ fn vllm_metrics(state: &AppState, out: &mut String) {
         "running_lora_adapters=\"\",waiting_lora_adapters=\"\",max_lora=\"0\"",
         now() as f64,
     );
-    one(
-        "prompt_tokens_total",
-        "Prompt tokens received.",
-        "counter",
-        &label,
-        load(&m.prompt_tokens),
-    );
-    one(
-        "generation_tokens_total",
-        "Tokens generated.",
-        "counter",
-        &label,
-        load(&m.generated_tokens),
-    );
-    one(
-        "num_preemptions_total",
-        "Requests preempted for lack of KV blocks.",
-        "counter",
-        &label,
-        load(&m.preemptions),
-    );
-    one(
-        "prefix_cache_queries_total",
-        "Prompt tokens looked up in the prefix cache.",
-        "counter",
-        &label,
-        load(&m.prefix_queried_tokens),
-    );
-    one(
-        "prefix_cache_hits_total",
-        "Prompt tokens found in the prefix cache.",
-        "counter",
-        &label,
-        load(&m.prefix_hit_tokens),
-    );
-    for (name, help, h) in [
-        (
-            "time_to_first_token_seconds",
-            "Time to first token.",
-            &m.ttft,
-        ),
-        (
-            "time_per_output_token_seconds",
-            "Time between tokens.",
-            &m.tbt,
-        ),
-        (
-            "inter_token_latency_seconds",
-            "Time between tokens.",
-            &m.tbt,
-        ),
-    ] {
-        let h = h.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        histogram(out, &format!("vllm:{name}"), help, &label, &h);
+    for (name, help, h) in histograms {
+        histogram(out, &format!("vllm:{name}"), help, &label, h);
+        if *name == "time_per_output_token_seconds" {
+            histogram(out, "vllm:inter_token_latency_seconds", help, &label, h);
+        }
     }
 }
 
@@ -1544,23 +1493,19 @@ async fn score_prompts(
             session.truncate(0);
             let scores = fulcrum_engine::eval::prompt_logprobs(&mut session, prompt, top)
                 .map_err(|e| e.to_string())?;
-            let first = TokenLogprob {
-                logprob: f32::NAN,
-                ..generation::token_logprob(
-                    &shared.model,
-                    prompt[0],
-                    &fulcrum_engine::engine::TokenLogprobs {
-                        logprob: 0.0,
-                        top: Vec::new(),
-                    },
-                )
-            };
+            // The first token has no log-probability (NaN, written as null).
             out.push(
-                std::iter::once(first)
-                    .chain(prompt.iter().zip(&scores).skip(1).filter_map(|(&t, s)| {
-                        s.as_ref()
-                            .map(|s| generation::token_logprob(&shared.model, t, s))
-                    }))
+                prompt
+                    .iter()
+                    .zip(&scores)
+                    .map(|(&t, s)| match s {
+                        Some(s) => generation::token_logprob(&shared.model, t, s),
+                        None => TokenLogprob {
+                            token: generation::token_text(&shared.model, t),
+                            logprob: f32::NAN,
+                            top: Vec::new(),
+                        },
+                    })
                     .collect(),
             );
         }

@@ -16,14 +16,21 @@ pub struct TokenLogprob {
     pub top: Vec<(String, f32)>,
 }
 
-/// A token's log-probabilities with the tokens as their text (control tokens' text kept).
+/// A token's text as log-probabilities show it (control tokens' text kept).
+pub fn token_text(model: &Model, id: u32) -> String {
+    String::from_utf8_lossy(model.tokenizer.token_bytes(id, true)).into_owned()
+}
+
+/// A token's log-probabilities with the tokens as their text.
 pub fn token_logprob(model: &Model, token: u32, lp: &TokenLogprobs) -> TokenLogprob {
-    let piece =
-        |id: u32| String::from_utf8_lossy(model.tokenizer.token_bytes(id, true)).into_owned();
     TokenLogprob {
-        token: piece(token),
+        token: token_text(model, token),
         logprob: lp.logprob,
-        top: lp.top.iter().map(|&(t, l)| (piece(t), l)).collect(),
+        top: lp
+            .top
+            .iter()
+            .map(|&(t, l)| (token_text(model, t), l))
+            .collect(),
     }
 }
 
