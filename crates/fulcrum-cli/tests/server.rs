@@ -100,27 +100,49 @@ const PPL_TEXT: &str = "/usr/share/common-licenses/GPL-3";
 /// One server test at a time: two models' servers on two cores would slow each other's timings.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs client script `name` (in tests/server) against the server at `port`, with `env` set, failing with its stderr.
+/// Runs Python script `script` with `args` and `env`, failing with its output.
+fn run_python(
+    (py, pythonpath): (&Path, Option<&Path>),
+    script: &Path,
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, String)],
+) {
+    let mut command = Command::new(py);
+    command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    if let Some(p) = pythonpath {
+        command.env("PYTHONPATH", p);
+    }
+    let out = command
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run a Python script");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{} checks failed:\n{}\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs client script `name` (in tests/server) against the server at `port`, with `env` set.
 fn run_script(py: &Path, pythonpath: Option<&Path>, name: &str, port: u16, env: &[(&str, String)]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/server")
         .join(name);
-    let mut client = Command::new(py);
-    client.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-    if let Some(p) = pythonpath {
-        client.env("PYTHONPATH", p);
-    }
-    let out = client
-        .arg(script)
-        .arg(format!("http://127.0.0.1:{port}"))
-        .output()
-        .expect("run a client script");
-    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(
-        out.status.success(),
-        "{name} checks failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://127.0.0.1:{port}");
+    run_python((py, pythonpath), &script, &[url.as_ref()], env);
+}
+
+/// A port free on 127.0.0.1 now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until the server at `port` reports healthy.
@@ -145,36 +167,22 @@ fn replicas_behind_the_sglang_router() {
         Some(lib) => lib.join("bin/sglang-router"),
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/cluster");
-    let mut cluster = Command::new(&py);
-    if let Some(p) = &pythonpath {
-        cluster.env("PYTHONPATH", p);
-    }
-    let out = cluster
-        .arg(script)
-        .args(["--smoke", "--fulcrum"])
-        .arg(fulcrum_bin())
-        .arg("--router")
-        .arg(router)
-        .output()
-        .expect("run bench/cluster");
-    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(
-        out.status.success(),
-        "bench/cluster --smoke failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let fulcrum = fulcrum_bin();
+    let args = [
+        "--smoke".as_ref(),
+        "--fulcrum".as_ref(),
+        fulcrum.as_os_str(),
+        "--router".as_ref(),
+        router.as_os_str(),
+    ];
+    run_python((&py, pythonpath.as_deref()), &script, &args, &[]);
 }
 
 #[test]
 fn structured_output_and_tool_calls_on_the_larger_model() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (py, pythonpath) = python();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let server = Server(
         Command::new(fulcrum_bin())
             .args(["serve", "-m", "qwen2.5-coder-1.5b-instruct", "-t", "2"])
@@ -199,11 +207,7 @@ fn structured_output_and_tool_calls_on_the_larger_model() {
 fn openai_client_against_fulcrum_serve() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (py, pythonpath) = python();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let server = Server(
         Command::new(fulcrum_bin())
             .args(["serve", "-m", "qwen2.5-coder-0.5b-instruct", "-t", "2"])

@@ -4,19 +4,12 @@ import json
 import sys
 from typing import Annotated, List, Literal
 
-import openai
 import pydantic
 
+from common import check, connect
+
 base = sys.argv[1]
-client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
-model = client.models.list().data[0].id
-greedy = dict(model=model, temperature=0, seed=1)
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print("ok:", what)
+client, model, greedy = connect(base)
 
 
 class Address(pydantic.BaseModel):

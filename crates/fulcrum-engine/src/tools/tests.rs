@@ -208,15 +208,11 @@ fn forced_calls_follow_the_functions_schema() {
         parameters: json!({"type": "object"}),
     };
     let tools = [weather(), time];
-    let none = |_: &str| None;
-    let required = call_grammar(
-        ToolSyntax::Hermes,
-        &tools,
-        &ToolChoice::Required,
-        true,
-        none,
-    )
-    .unwrap();
+    // The grammar of `choice` in `syntax` over both tools, with no control tokens known.
+    let grammar = |syntax, choice: &ToolChoice, parallel| {
+        call_grammar(syntax, &tools, choice, parallel, |_| None)
+    };
+    let required = grammar(ToolSyntax::Hermes, &ToolChoice::Required, true).unwrap();
     let good = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"celsius\"}}\n</tool_call>";
     assert!(grammar_accepts(&required, good), "{required}");
     assert!(grammar_accepts(
@@ -233,12 +229,10 @@ fn forced_calls_follow_the_functions_schema() {
     ] {
         assert!(!grammar_accepts(&required, bad), "{bad}");
     }
-    let named = call_grammar(
+    let named = grammar(
         ToolSyntax::Hermes,
-        &tools,
         &ToolChoice::Function("get_time".into()),
         true,
-        none,
     )
     .unwrap();
     assert!(grammar_accepts(
@@ -246,40 +240,19 @@ fn forced_calls_follow_the_functions_schema() {
         "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>"
     ));
     assert!(!grammar_accepts(&named, good));
-    let single = call_grammar(
-        ToolSyntax::Hermes,
-        &tools,
-        &ToolChoice::Required,
-        false,
-        none,
-    )
-    .unwrap();
+    let single = grammar(ToolSyntax::Hermes, &ToolChoice::Required, false).unwrap();
     assert!(!grammar_accepts(&single, &format!("{good}\n{good}")));
-    let llama = call_grammar(
-        ToolSyntax::Llama3,
-        &tools,
-        &ToolChoice::Required,
-        true,
-        none,
-    )
-    .unwrap();
+    let llama = grammar(ToolSyntax::Llama3, &ToolChoice::Required, true).unwrap();
     assert!(grammar_accepts(
         &llama,
         "{\"name\": \"get_time\", \"parameters\": {}}"
     ));
-    let mistral = call_grammar(
-        ToolSyntax::Mistral,
-        &tools,
-        &ToolChoice::Required,
-        true,
-        none,
-    )
-    .unwrap();
+    let mistral = grammar(ToolSyntax::Mistral, &ToolChoice::Required, true).unwrap();
     assert!(grammar_accepts(
         &mistral,
         "[TOOL_CALLS][{\"name\": \"get_time\", \"arguments\": {}}]"
     ));
-    assert!(call_grammar(ToolSyntax::Hermes, &tools, &ToolChoice::Auto, true, none).is_none());
+    assert!(grammar(ToolSyntax::Hermes, &ToolChoice::Auto, true).is_none());
 }
 
 #[test]
