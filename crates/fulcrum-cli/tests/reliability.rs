@@ -391,6 +391,11 @@ fn a_full_queue_disconnects_and_shutdown_lose_nothing() {
             >= 64,
         "cached tokens after a stop string: {r}"
     );
+    // The stopped request leaves the engine at its next iteration, after its answer: until then it counts as running,
+    // and `Server::running` below would take it for the next request.
+    eventually("the stopped request ends", || {
+        server.metric("fulcrum_num_requests_running") == 0.0
+    });
 
     // While a long prefill runs (900 tokens in two iterations of 512), requests being submitted do not hold up
     // /health: they wait for the engine's next iteration on blocking threads, not on the two async workers.
