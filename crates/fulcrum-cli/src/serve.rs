@@ -2,6 +2,7 @@
 //! runtime; inference runs on the engine's own threads, never on the async workers.
 
 mod generation;
+mod kv_events;
 mod listen;
 mod request;
 mod response;
@@ -127,6 +128,78 @@ pub struct Args {
     /// exits at once.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Publish the prefix cache's changes (blocks stored, removed, all cleared) for routers, as vLLM does: a ZeroMQ
+    /// PUB endpoint, bound if it has `*` (`tcp://*:5557`), else connected to (`tcp://router:5557`).
+    #[arg(long, value_name = "ENDPOINT")]
+    kv_events_endpoint: Option<String>,
+    /// A ZeroMQ ROUTER endpoint to bind where subscribers ask for missed KV-event batches by sequence number.
+    #[arg(long, value_name = "ENDPOINT", requires = "kv_events_endpoint")]
+    kv_events_replay_endpoint: Option<String>,
+    /// The topic (first frame) of every KV-event message.
+    #[arg(long, default_value = "", requires = "kv_events_endpoint")]
+    kv_events_topic: String,
+    /// vLLM's form of the KV-event settings, as JSON: {"enable_kv_cache_events": true, "publisher": "zmq",
+    /// "endpoint": …, "replay_endpoint": …, "topic": …}.
+    #[arg(long, value_name = "JSON", conflicts_with = "kv_events_endpoint")]
+    kv_events_config: Option<String>,
+}
+
+/// The KV-event publisher the flags ask for, if any.
+fn kv_publisher(args: &Args) -> CliResult<Option<kv_events::Publisher>> {
+    let mut p = kv_events::Publisher {
+        endpoint: String::new(),
+        replay: args.kv_events_replay_endpoint.clone(),
+        topic: args.kv_events_topic.clone(),
+        block_size: BLOCK_SIZE,
+    };
+    if let Some(endpoint) = &args.kv_events_endpoint {
+        p.endpoint = endpoint.clone();
+    } else if let Some(json) = &args.kv_events_config {
+        let bad = |e: String| format!("--kv-events-config: {e}");
+        let v: Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        let Value::Object(fields) = v else {
+            return Err(bad("expected a JSON object".into()).into());
+        };
+        let mut enabled = false;
+        let mut publisher = "null".to_string();
+        p.endpoint = "tcp://*:5557".into();
+        for (k, v) in &fields {
+            let text = || {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad(format!("`{k}` must be a string")))
+            };
+            match k.as_str() {
+                "enable_kv_cache_events" => {
+                    enabled = v.as_bool().ok_or_else(|| {
+                        bad("`enable_kv_cache_events` must be true or false".into())
+                    })?
+                }
+                "publisher" => publisher = text()?,
+                "endpoint" => p.endpoint = text()?,
+                "replay_endpoint" if v.is_null() => p.replay = None,
+                "replay_endpoint" => p.replay = Some(text()?),
+                "topic" => p.topic = text()?,
+                // Queue sizes of vLLM's Python publisher: ours keeps a fixed replay buffer and an unbounded queue.
+                "buffer_steps" | "hwm" | "max_queue_size" if v.is_u64() => {}
+                _ => return Err(bad(format!("unsupported field `{k}`")).into()),
+            }
+        }
+        match (enabled, publisher.as_str()) {
+            (false, _) | (_, "null") => return Ok(None),
+            (true, "zmq") => {}
+            (true, other) => {
+                return Err(bad(format!(
+                    "publisher `{other}` is not supported (zmq or null)"
+                ))
+                .into())
+            }
+        }
+    } else {
+        return Ok(None);
+    }
+    kv_events::check(&p)?;
+    Ok(Some(p))
 }
 
 struct AppState {
@@ -342,6 +415,7 @@ fn tbt_target(s: &str) -> Result<Tbt, String> {
 /// Runs the server until the process is stopped.
 pub fn run(args: Args) -> CliResult {
     let threads = common::check_threads(args.threads)?;
+    let kv_publisher = kv_publisher(&args)?;
     // Listen before loading, so that a port in use is reported at once rather than after the model has loaded.
     let addr = format!("{}:{}", args.host, args.port);
     let listener =
@@ -414,6 +488,7 @@ pub fn run(args: Args) -> CliResult {
             delta: args.attention.delta.config(model.config.n_layers)?,
         },
     )?;
+    let cache_watch = engine.clone();
     // A registry name as given; a path by its file name.
     let path = std::path::Path::new(&args.model);
     let stem = match path.file_stem() {
@@ -477,6 +552,11 @@ pub fn run(args: Args) -> CliResult {
         .route("/v1/embeddings", post(embeddings))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .route("/reset_prefix_cache", post(reset_prefix_cache))
+        .route(
+            "/flush_cache",
+            get(reset_prefix_cache).post(reset_prefix_cache),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -500,10 +580,30 @@ pub fn run(args: Args) -> CliResult {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        if let Some(p) = kv_publisher {
+            let what = format!("{} (topic {:?})", p.endpoint, p.topic);
+            let events = kv_events::start(p).await?;
+            cache_watch.watch_cache(engine::KvEventSink(Arc::new(move |batch| {
+                let _ = events.send(batch);
+            })));
+            eprintln!("publishing KV events on {what}");
+        }
         eprintln!("listening on http://{addr}");
         listen::serve(listener, app, drain, limits).await?;
         Ok(())
     })
+}
+
+/// `POST /reset_prefix_cache` (vLLM's name; `/flush_cache` is SGLang's): forgets every cached prefix.
+async fn reset_prefix_cache(State(state): State<Arc<AppState>>) -> AppResult {
+    let engine = state.engine.clone();
+    let done = tokio::task::spawn_blocking(move || engine.clear_cache())
+        .await
+        .unwrap_or(false);
+    if !done {
+        return Err(ApiError::unavailable("the inference engine has stopped"));
+    }
+    Ok(Json(json!({"status": "ok"})).into_response())
 }
 
 /// `GET /`: a small web chat over this server's API (streamed replies, tokens per second, system prompt and

@@ -21,7 +21,14 @@ impl Drop for Server {
 }
 
 /// The Python packages the client scripts use.
-const PACKAGES: &[&str] = &["openai", "selenium", "prometheus_client", "sglang-router"];
+const PACKAGES: &[&str] = &[
+    "openai",
+    "selenium",
+    "prometheus_client",
+    "sglang-router",
+    "pyzmq",
+    "msgspec",
+];
 
 /// A Python with the packages of [`PACKAGES`]: `$FULCRUM_TEST_PYTHON`, or a venv in `target/pyenv` created on first use; where
 /// venvs are unavailable, the package goes into `target/pylib` on the system Python's path. Returns the interpreter
@@ -38,7 +45,7 @@ fn python() -> (PathBuf, Option<PathBuf>) {
         }
         c.args([
             "-c",
-            "import openai, selenium, prometheus_client, sglang_router",
+            "import openai, selenium, prometheus_client, sglang_router, zmq, msgspec",
         ])
         .stderr(Stdio::null())
         .status()
@@ -176,6 +183,20 @@ fn replicas_behind_the_sglang_router() {
         router.as_os_str(),
     ];
     run_python((&py, pythonpath.as_deref()), &script, &args, &[]);
+}
+
+#[test]
+fn kv_events_let_a_router_follow_the_prefix_cache() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (py, pythonpath) = python();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/kv_events.py");
+    let fulcrum = fulcrum_bin();
+    run_python(
+        (&py, pythonpath.as_deref()),
+        &script,
+        &[fulcrum.as_os_str()],
+        &[],
+    );
 }
 
 #[test]

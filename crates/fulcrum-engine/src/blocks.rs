@@ -6,6 +6,9 @@
 //! possible). Blocks are reference-counted; a block nobody references keeps its contents and its key until the pool
 //! needs it, and the least recently freed such block is reused first. This module moves no tensors: it hands out block
 //! numbers, and the engine stores keys and values at `block · block_size + offset`.
+//!
+//! When asked to, the pool records what enters and leaves its prefix index as [`KvEvent`]s, so that a router can
+//! follow the cache of every replica (the server publishes them in vLLM's KV-event format).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
@@ -17,6 +20,22 @@ use std::hash::{Hash, Hasher};
 pub struct NoSpace {
     pub needed: usize,
     pub free: usize,
+}
+
+/// A change to the set of cached prefix blocks, as a router following the cache sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEvent {
+    /// Consecutive full blocks of one sequence entered the index: their keys in order, the key of the block before the
+    /// first (`None` at the start of a sequence), and their token ids, `block_size` per block.
+    Stored {
+        hashes: Vec<u64>,
+        parent: Option<u64>,
+        tokens: Vec<u32>,
+    },
+    /// Blocks left the index (their rows were reused).
+    Removed { hashes: Vec<u64> },
+    /// Every cached block was forgotten.
+    AllCleared,
 }
 
 /// The blocks of one sequence, in order, and how many token slots of them are in use.
@@ -80,6 +99,8 @@ pub struct BlockPool {
     /// Prefix-cache lookups and verified hits, in tokens.
     pub queried_tokens: u64,
     pub hit_tokens: u64,
+    /// Changes to the index since the last [`BlockPool::take_events`], when recording.
+    events: Option<Vec<KvEvent>>,
 }
 
 fn chain_key(parent: Option<u64>, tokens: &[u32]) -> u64 {
@@ -102,7 +123,70 @@ impl BlockPool {
             prefix_caching: true,
             queried_tokens: 0,
             hit_tokens: 0,
+            events: None,
         }
+    }
+
+    /// Starts recording [`KvEvent`]s.
+    pub fn record_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// The events recorded since the last call (none when not recording).
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Forgets every cached prefix (blocks in use keep their contents for their sequences, unshared).
+    pub fn clear_cache(&mut self) {
+        for (b, block) in self.blocks.iter_mut().enumerate() {
+            if block.key.take().is_some() {
+                block.tokens.clear();
+                if block.refs == 0 {
+                    self.free.remove(&(block.released, b));
+                    block.released = 0;
+                    self.free.insert((0, b));
+                }
+            }
+        }
+        self.by_key.clear();
+        if let Some(events) = &mut self.events {
+            events.push(KvEvent::AllCleared);
+        }
+    }
+
+    /// Records that `key` (after `parent`) entered the index, extending the previous event where it continues it.
+    fn stored(&mut self, key: u64, parent: Option<u64>, tokens: &[u32]) {
+        let Some(events) = &mut self.events else {
+            return;
+        };
+        if let Some(KvEvent::Stored {
+            hashes, tokens: t, ..
+        }) = events.last_mut()
+        {
+            if parent.is_some() && hashes.last() == parent.as_ref() {
+                hashes.push(key);
+                t.extend_from_slice(tokens);
+                return;
+            }
+        }
+        events.push(KvEvent::Stored {
+            hashes: vec![key],
+            parent,
+            tokens: tokens.to_vec(),
+        });
+    }
+
+    /// Records that `key` left the index.
+    fn removed(&mut self, key: u64) {
+        let Some(events) = &mut self.events else {
+            return;
+        };
+        if let Some(KvEvent::Removed { hashes }) = events.last_mut() {
+            hashes.push(key);
+            return;
+        }
+        events.push(KvEvent::Removed { hashes: vec![key] });
     }
 
     /// Token slots per block.
@@ -183,6 +267,7 @@ impl BlockPool {
             if let Some(key) = self.blocks[b].key.take() {
                 if self.by_key.get(&key) == Some(&b) {
                     self.by_key.remove(&key);
+                    self.removed(key);
                 }
                 self.blocks[b].tokens.clear();
             }
@@ -206,7 +291,7 @@ impl BlockPool {
         {
             let b = table.blocks[i];
             let key = chain_key(parent, chunk);
-            parent = Some(key);
+            let before = parent.replace(key);
             if self.blocks[b].key.is_some() {
                 continue;
             }
@@ -219,6 +304,7 @@ impl BlockPool {
             self.blocks[b].key = Some(key);
             self.blocks[b].tokens = chunk.to_vec();
             self.by_key.insert(key, b);
+            self.stored(key, before, chunk);
         }
     }
 

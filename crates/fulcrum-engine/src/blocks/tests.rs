@@ -90,6 +90,9 @@ proptest! {
         ops in proptest::collection::vec((0u8..4, proptest::collection::vec(0u32..3, 1..20), 0usize..8), 1..80),
     ) {
         let mut pool = BlockPool::new(12, 4);
+        pool.record_events();
+        // What a router following the events believes is cached.
+        let mut mirror = std::collections::HashSet::new();
         let mut live: Vec<(Vec<u32>, BlockTable)> = Vec::new();
         for (op, tokens, pick) in ops {
             match op {
@@ -120,6 +123,28 @@ proptest! {
                 }
                 _ => {}
             }
+            if op == 3 && pick == 7 {
+                pool.clear_cache();
+            }
+            for event in pool.take_events() {
+                match event {
+                    KvEvent::Stored { hashes, parent, tokens } => {
+                        prop_assert_eq!(tokens.len(), hashes.len() * 4);
+                        if let Some(p) = parent {
+                            prop_assert!(mirror.contains(&p), "parent {} of a stored block is cached", p);
+                        }
+                        mirror.extend(hashes);
+                    }
+                    KvEvent::Removed { hashes } => {
+                        for h in hashes {
+                            prop_assert!(mirror.remove(&h), "removed block {} was stored", h);
+                        }
+                    }
+                    KvEvent::AllCleared => mirror.clear(),
+                }
+            }
+            let cached: std::collections::HashSet<u64> = pool.by_key.keys().copied().collect();
+            prop_assert_eq!(&mirror, &cached, "the events describe the index");
             let tables: Vec<BlockTable> = live.iter().map(|(_, t)| t.clone()).collect();
             check(&pool, &tables);
             // A shared block holds the same tokens in every sequence using it.
@@ -151,4 +176,57 @@ fn prefix_caching_can_be_switched_off() {
     let (b, cached) = pool.match_prefix(&prompt);
     assert_eq!((cached, b.blocks.len()), (0, 0));
     assert!(pool.by_key.is_empty());
+}
+
+#[test]
+fn events_name_each_block_with_its_parent_and_tokens() {
+    let mut pool = BlockPool::new(3, 2);
+    pool.record_events();
+    let p: Vec<u32> = vec![1, 2, 3, 4, 5];
+    let (mut t, _) = pool.match_prefix(&p);
+    pool.grow(&mut t, 5).unwrap();
+    pool.register(&t, &p, 5);
+    let k1 = chain_key(None, &[1, 2]);
+    let k2 = chain_key(Some(k1), &[3, 4]);
+    assert_eq!(
+        pool.take_events(),
+        vec![KvEvent::Stored {
+            hashes: vec![k1, k2],
+            parent: None,
+            tokens: vec![1, 2, 3, 4],
+        }]
+    );
+    pool.release(&mut t);
+    // Reusing the cached blocks evicts them, the last block of the prefix first.
+    let (mut u, _) = pool.match_prefix(&[9]);
+    pool.grow(&mut u, 6).unwrap();
+    assert_eq!(
+        pool.take_events(),
+        vec![KvEvent::Removed {
+            hashes: vec![k2, k1]
+        }]
+    );
+    pool.clear_cache();
+    assert_eq!(pool.take_events(), vec![KvEvent::AllCleared]);
+    assert!(pool.take_events().is_empty());
+}
+
+#[test]
+fn clearing_the_cache_frees_cached_blocks_for_reuse_first() {
+    let mut pool = BlockPool::new(4, 2);
+    let p: Vec<u32> = vec![1, 2, 3, 4, 5];
+    let (mut t, _) = pool.match_prefix(&p);
+    pool.grow(&mut t, 5).unwrap();
+    pool.register(&t, &p, 5);
+    let (mut held, _) = pool.match_prefix(&p);
+    pool.grow(&mut held, 5).unwrap();
+    pool.release(&mut t);
+    pool.clear_cache();
+    check(&pool, std::slice::from_ref(&held));
+    assert!(pool.by_key.is_empty());
+    let (_, cached) = pool.match_prefix(&p);
+    assert_eq!(cached, 0, "nothing is shared after a clear");
+    // A sequence still holding a block re-registers it afterwards.
+    pool.register(&held, &p, 5);
+    assert_eq!(pool.by_key.len(), 2);
 }

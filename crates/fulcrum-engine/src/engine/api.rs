@@ -2,6 +2,7 @@
 //! submits and cancels requests.
 
 use super::metrics::Metrics;
+use crate::blocks::KvEvent;
 use crate::latency::TbtTarget;
 use crate::sampler::{Format, SamplerConfig};
 use crate::scheduler::{Limits, Rejected};
@@ -120,6 +121,20 @@ pub(super) enum Command {
         reply: Sender<Result<(), Rejected>>,
     },
     Abort(u64),
+    /// Record the prefix index's changes from now on and pass them, one batch per iteration, to the sink.
+    WatchCache(KvEventSink),
+    /// Forget every cached prefix.
+    ClearCache(Sender<()>),
+}
+
+/// Receives the prefix cache's changes, one batch per engine iteration (called on the engine thread: keep it cheap).
+#[derive(Clone)]
+pub struct KvEventSink(pub Arc<dyn Fn(Vec<KvEvent>) + Send + Sync>);
+
+impl std::fmt::Debug for KvEventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvEventSink")
+    }
 }
 
 /// A cheap, cloneable handle to a running engine.
@@ -171,5 +186,17 @@ impl EngineHandle {
     /// Cancels request `id` and frees its blocks at the next iteration.
     pub fn abort(&self, id: u64) {
         let _ = self.commands.send(Command::Abort(id));
+    }
+
+    /// Empties the prefix cache and sends `sink` every change to it from then on, starting with
+    /// [`KvEvent::AllCleared`] (whatever a follower knew of this engine's cache before is stale); call it at start.
+    pub fn watch_cache(&self, sink: KvEventSink) {
+        let _ = self.commands.send(Command::WatchCache(sink));
+    }
+
+    /// Forgets every cached prefix; returns once done (false: the engine is gone).
+    pub fn clear_cache(&self) -> bool {
+        let (reply, done) = mpsc::channel();
+        self.commands.send(Command::ClearCache(reply)).is_ok() && done.recv().is_ok()
     }
 }

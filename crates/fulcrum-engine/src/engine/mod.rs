@@ -18,7 +18,9 @@ mod emit;
 pub mod metrics;
 mod step;
 
-pub use api::{EngineConfig, EngineHandle, Event, FinishReason, Params, StartError, TokenLogprobs};
+pub use api::{
+    EngineConfig, EngineHandle, Event, FinishReason, KvEventSink, Params, StartError, TokenLogprobs,
+};
 pub use metrics::{DrafterCounts, Histogram, Metrics};
 
 use crate::blocks::BlockPool;
@@ -130,6 +132,8 @@ struct Engine {
     /// The decayed mean length of finished answers, which prices a draft model's catch-up against a request's
     /// likely rest.
     answer_len: Option<f64>,
+    /// Where the prefix cache's changes go, once someone watches it.
+    cache_watch: Option<KvEventSink>,
 }
 
 impl Engine {
@@ -161,6 +165,7 @@ impl Engine {
             timings: Timings::default(),
             answer_len: None,
             draft,
+            cache_watch: None,
         };
         let model = engine.calibrate();
         if let Some(target) = engine.config.tbt_target {
@@ -196,6 +201,17 @@ impl Engine {
                 }
             }
             self.publish();
+            self.report_cache_events();
+        }
+    }
+
+    /// Passes the prefix index's changes of this iteration to the watcher.
+    fn report_cache_events(&mut self) {
+        if let Some(sink) = &self.cache_watch {
+            let events = self.scheduler.pool.take_events();
+            if !events.is_empty() {
+                (sink.0)(events);
+            }
         }
     }
 
@@ -215,6 +231,11 @@ impl Engine {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.scheduler = Scheduler::new(Self::block_pool(&self.config), self.config.limits);
+        if self.cache_watch.is_some() {
+            // The new pool caches nothing: say so.
+            self.scheduler.pool.record_events();
+            self.scheduler.pool.clear_cache();
+        }
     }
 
     fn handle(&mut self, command: Command) {
@@ -230,6 +251,15 @@ impl Engine {
                 let _ = reply.send(result);
             }
             Command::Abort(id) => self.finish(id, None),
+            Command::WatchCache(sink) => {
+                self.scheduler.pool.record_events();
+                self.scheduler.pool.clear_cache();
+                self.cache_watch = Some(sink);
+            }
+            Command::ClearCache(reply) => {
+                self.scheduler.pool.clear_cache();
+                let _ = reply.send(());
+            }
         }
     }
 
