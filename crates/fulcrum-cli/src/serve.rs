@@ -1104,11 +1104,22 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             "Time between tokens.",
             m.tbt.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         ),
+        (
+            "e2e_request_latency_seconds",
+            "Time from a request's submission to its end.",
+            m.e2e.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        ),
     ];
+    let finished = m
+        .finished_by_reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    request_success(&mut out, "fulcrum_", "", &finished);
     for (name, help, h) in &histograms {
         histogram(&mut out, &format!("fulcrum_{name}"), help, "", h);
     }
-    vllm_metrics(&state, &series, &histograms, &mut out);
+    vllm_metrics(&state, &series, &histograms, &finished, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
@@ -1132,6 +1143,7 @@ fn vllm_metrics(
     state: &AppState,
     series: &[(&str, &str, &str, f64)],
     histograms: &[(&str, &str, engine::Histogram)],
+    finished: &std::collections::BTreeMap<&'static str, u64>,
     out: &mut String,
 ) {
     let label = format!(
@@ -1164,11 +1176,34 @@ fn vllm_metrics(
         "running_lora_adapters=\"\",waiting_lora_adapters=\"\",max_lora=\"0\"",
         now() as f64,
     );
+    request_success(out, "vllm:", &format!("{label},"), finished);
     for (name, help, h) in histograms {
         histogram(out, &format!("vllm:{name}"), help, &label, h);
         if *name == "time_per_output_token_seconds" {
             histogram(out, "vllm:inter_token_latency_seconds", help, &label, h);
         }
+    }
+}
+
+/// `request_success_total` under `prefix`, one series per way a request ended (`labels` go first, each followed by a
+/// comma); the three usual reasons are always present.
+fn request_success(
+    out: &mut String,
+    prefix: &str,
+    labels: &str,
+    finished: &std::collections::BTreeMap<&'static str, u64>,
+) {
+    out.push_str(&format!(
+        "# HELP {prefix}request_success_total Requests ended, by finished_reason (stop, length, abort, error).\n# TYPE {prefix}request_success_total counter\n"
+    ));
+    const USUAL: [&str; 3] = ["stop", "length", "abort"];
+    let mut reasons = USUAL.to_vec();
+    reasons.extend(finished.keys().filter(|k| !USUAL.contains(k)));
+    for reason in reasons {
+        let n = finished.get(reason).copied().unwrap_or(0);
+        out.push_str(&format!(
+            "{prefix}request_success_total{{{labels}finished_reason=\"{reason}\"}} {n}\n"
+        ));
     }
 }
 
@@ -1685,6 +1720,7 @@ async fn submit(
     // request's events, so the async workers stay free for other connections, /health and /metrics.
     let (submitted, answer) = tokio::sync::oneshot::channel();
     let relay_state = state.clone();
+    let started = std::time::Instant::now();
     tokio::task::spawn_blocking(move || {
         match relay_state.engine.submit((*prompt).clone(), params) {
             Err(e) => {
@@ -1696,7 +1732,7 @@ async fn submit(
                     relay_state.engine.abort(id);
                     return;
                 }
-                generation::relay(
+                let reason = generation::relay(
                     &relay_state.model,
                     &relay_state.engine,
                     id,
@@ -1704,7 +1740,11 @@ async fn submit(
                     &stops,
                     n_prompt,
                     sink,
-                )
+                );
+                relay_state
+                    .engine
+                    .metrics
+                    .count_finished(reason, started.elapsed().as_secs_f64());
             }
         }
     });

@@ -69,7 +69,8 @@ pub struct Sink {
     pub prefilled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// Relays request `id`'s events to `sink` until it finishes or the response goes away.
+/// Relays request `id`'s events to `sink` until it finishes or the response goes away; returns how it ended:
+/// `stop`, `length`, `abort` (the response went away) or `error`.
 pub fn relay(
     model: &Model,
     engine: &EngineHandle,
@@ -78,7 +79,7 @@ pub fn relay(
     stops: &[String],
     prompt_tokens: usize,
     mut sink: Sink,
-) {
+) -> &'static str {
     let tok = &model.tokenizer;
     let mut decoder = if sink.special {
         StreamDecoder::with_special()
@@ -128,7 +129,7 @@ pub fn relay(
                             cached_tokens: cached,
                         },
                     });
-                    return;
+                    return "stop";
                 }
                 let keep = fulcrum_engine::generation::held_back(&held, stops);
                 let text: String = held.drain(..held.len() - keep).collect();
@@ -139,7 +140,7 @@ pub fn relay(
                     })
                 {
                     engine.abort(id);
-                    return;
+                    return "abort";
                 }
             }
             Event::Finished {
@@ -155,7 +156,7 @@ pub fn relay(
                         logprobs: std::mem::take(&mut pending_logprobs),
                     });
                 }
-                let _ = send(Chunk::Done {
+                let delivered = send(Chunk::Done {
                     reason: reason.as_str(),
                     usage: Usage {
                         prompt_tokens,
@@ -163,11 +164,11 @@ pub fn relay(
                         cached_tokens,
                     },
                 });
-                return;
+                return if delivered { reason.as_str() } else { "abort" };
             }
             Event::Failed(message) => {
                 let _ = send(Chunk::Failed(message));
-                return;
+                return "error";
             }
         }
     }
@@ -175,4 +176,5 @@ pub fn relay(
     let _ = send(Chunk::Failed(
         "the inference engine stopped before the request finished".into(),
     ));
+    "error"
 }

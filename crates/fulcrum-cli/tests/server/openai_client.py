@@ -474,6 +474,14 @@ check(sample("vllm:lora_requests_info").labels["running_lora_adapters"] == "", "
 ttft = families["vllm:time_to_first_token_seconds"]
 check(ttft.type == "histogram" and [s.value for s in ttft.samples if s.name.endswith("_count")][0] > 0,
       "vllm:time_to_first_token_seconds is a histogram with observations")
+success = {s.labels["finished_reason"]: s.value for s in families["vllm:request_success"].samples
+           if s.name == "vllm:request_success_total"}
+check(success["stop"] > 0 and success["length"] > 0 and success["abort"] >= 1,
+      f"vllm:request_success_total counts requests by how they ended ({success})")
+e2e = families["vllm:e2e_request_latency_seconds"]
+e2e_count = [s.value for s in e2e.samples if s.name.endswith("_count")][0]
+check(e2e.type == "histogram" and e2e_count == sum(success.values()),
+      "vllm:e2e_request_latency_seconds observes every ended request")
 live = json.loads(urllib.request.urlopen(base + "/live").read())
 ready = json.loads(urllib.request.urlopen(base + "/ready").read())
 check(live["status"] == "alive" and ready["status"] == "ok", "/live and /ready answer")

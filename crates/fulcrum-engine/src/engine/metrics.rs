@@ -35,6 +35,10 @@ pub struct Metrics {
     /// Time to first token and between tokens, in seconds.
     pub ttft: Mutex<Histogram>,
     pub tbt: Mutex<Histogram>,
+    /// Requests ended, by how (`stop`, `length`, `abort`: the client went away, `error`), as the server saw them.
+    pub finished_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+    /// Time from submission to the end of those requests, in seconds.
+    pub e2e: Mutex<Histogram>,
 }
 
 /// One drafter's speculation counts.
@@ -96,6 +100,17 @@ impl Metrics {
         c.rounds += 1;
         c.drafted += drafted as u64;
         c.accepted += accepted as u64;
+    }
+
+    /// Counts a request that ended for `reason` after `seconds`.
+    pub fn count_finished(&self, reason: &'static str, seconds: f64) {
+        *self
+            .finished_by_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+        Self::observe(&self.e2e, seconds);
     }
 
     /// Observes `seconds` in histogram `h`, recovering a poisoned lock.
