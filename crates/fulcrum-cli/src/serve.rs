@@ -107,6 +107,9 @@ pub struct Args {
     /// A file of API keys, one per line (blank lines and lines starting with # are skipped).
     #[arg(long)]
     api_key_file: Option<std::path::PathBuf>,
+    /// Serve /metrics without an API key (for Prometheus and routers' endpoint pickers, which scrape without one).
+    #[arg(long)]
+    public_metrics: bool,
     /// An origin whose web pages may call the API from a browser (CORS), as `https://host[:port]`, or `*` for any;
     /// repeatable. None: no cross-origin access.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
@@ -235,6 +238,8 @@ struct AppState {
     max_seq_len: usize,
     /// One side run (embeddings, prompt scoring) at a time, beside the engine.
     side_runs: tokio::sync::Semaphore,
+    /// /metrics is served without an API key.
+    public_metrics: bool,
 }
 
 type AppResult = Result<Response, ApiError>;
@@ -532,6 +537,7 @@ pub fn run(args: Args) -> CliResult {
         read_timeout: Duration::from_secs(args.read_timeout),
         max_body: args.max_body_mib << 20,
         drain_timeout: args.drain_timeout,
+        public_metrics: args.public_metrics,
     });
     let drain = state.drain.clone();
     let app = Router::new();
@@ -662,10 +668,12 @@ async fn authorize(
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    // The health check and the chat page (static; it sends the key the user gives it) are open.
+    // The health checks and probes, the chat page (static; it sends the key the user gives it), and the metrics
+    // where asked for, are open.
     let path = request.uri().path();
     if state.api_keys.is_empty()
-        || path == "/health"
+        || matches!(path, "/health" | "/ready" | "/live")
+        || (path == "/metrics" && state.public_metrics)
         || (path == "/" && request.method() == Method::GET)
     {
         return next.run(request).await;

@@ -571,7 +571,7 @@ fn preemption_under_kv_pressure_keeps_every_answer() {
 }
 
 #[test]
-fn api_keys_guard_every_route_but_health() {
+fn api_keys_guard_every_route_but_the_probes() {
     let dir = std::env::temp_dir().join(format!("fulcrum-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("keys");
@@ -602,8 +602,10 @@ fn api_keys_guard_every_route_but_health() {
             .as_bytes(),
         )
     };
-    // /health stays open for probes.
-    assert_eq!(get(port, "/health").status, 200);
+    // /health, /ready and /live stay open for probes (a kubelet sends no key).
+    for path in ["/health", "/ready", "/live"] {
+        assert_eq!(get(port, path).status, 200, "{path}");
+    }
     // The chat page is static and open; it sends the key its user gives it.
     let page = get(port, "/");
     assert_eq!(page.status, 200);

@@ -28,6 +28,10 @@ const PACKAGES: &[&str] = &[
     "sglang-router",
     "pyzmq",
     "msgspec",
+    "helm-python-sdk",
+    "kubernetes-validate",
+    "dockerfile",
+    "pyyaml",
 ];
 
 /// A Python with the packages of [`PACKAGES`]: `$FULCRUM_TEST_PYTHON`, or a venv in `target/pyenv` created on first use; where
@@ -45,7 +49,7 @@ fn python() -> (PathBuf, Option<PathBuf>) {
         }
         c.args([
             "-c",
-            "import openai, selenium, prometheus_client, sglang_router, zmq, msgspec",
+            "import openai, selenium, prometheus_client, sglang_router, zmq, msgspec, helm_python, kubernetes_validate, dockerfile, yaml",
         ])
         .stderr(Stdio::null())
         .status()
@@ -183,6 +187,20 @@ fn replicas_behind_the_sglang_router() {
         router.as_os_str(),
     ];
     run_python((&py, pythonpath.as_deref()), &script, &args, &[]);
+}
+
+#[test]
+fn the_helm_chart_renders_valid_objects_that_run() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (py, pythonpath) = python();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/check");
+    let fulcrum = fulcrum_bin();
+    run_python(
+        (&py, pythonpath.as_deref()),
+        &script,
+        &["--fulcrum".as_ref(), fulcrum.as_os_str()],
+        &[],
+    );
 }
 
 #[test]
