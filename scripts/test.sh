@@ -19,6 +19,14 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver
 fi
 
+echo "== node and npm (for the deployment check's ServiceMonitor schema)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm
+fi
+
 echo "== format"
 cargo fmt --all -- --check
 
