@@ -40,6 +40,10 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Measure the tile kernels' instruction sets for this CPU (per kernel family and batch size), store the choice
+    /// in the model cache's kernels.json and show the figures, instead of benchmarking a model.
+    #[arg(long)]
+    kernels: bool,
     /// Attention of the generation test: dense, delta, or both (dense,delta), each decoded from the same prefilled
     /// depth.
     #[arg(long, default_value = "dense")]
@@ -149,6 +153,9 @@ impl TokenStream {
 pub fn run(args: Args) -> CliResult {
     if let Some(Benchmark::Spec(spec)) = args.what {
         return crate::bench_spec::run(spec);
+    }
+    if args.kernels {
+        return crate::kernels::bench(args.json);
     }
     if args.reps == 0 {
         return Err("--reps must be at least 1".into());
@@ -274,6 +281,8 @@ pub fn run(args: Args) -> CliResult {
             "model": model.path.display().to_string(),
             "threads": threads,
             "kernels": fulcrum_core::ops::simd_level(),
+            "tiles": crate::kernels::tiles_json(),
+            "cpu": crate::kernels::cpu_name(),
             "peak_rss_bytes": peak_rss,
             "kv_cache_bytes": session.kv.bytes(),
             "results": results.iter().map(|(test, rates)| {

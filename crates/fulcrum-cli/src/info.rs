@@ -60,6 +60,7 @@ pub fn run(args: Args) -> CliResult {
         },
         "chat_template": template,
         "simd": fulcrum_core::ops::simd_level(),
+        "tiles": crate::kernels::tiles_json(),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -112,6 +113,15 @@ pub fn run(args: Args) -> CliResult {
         Some(t) => println!("chat template:   {} characters", t.len()),
         None => println!("chat template:   none (chat uses a plain fallback)"),
     }
-    println!("kernels:         {}", fulcrum_core::ops::simd_level());
+    println!(
+        "kernels:         {}{}",
+        fulcrum_core::ops::simd_level(),
+        fulcrum_quant::tile_choice()
+            .map(|c| format!(
+                " (tiles for 1 row / 2-8 / 9+: {})",
+                crate::kernels::describe(&c)
+            ))
+            .unwrap_or_default()
+    );
     Ok(())
 }

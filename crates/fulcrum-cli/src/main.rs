@@ -7,6 +7,7 @@ mod common;
 mod eval;
 mod generate;
 mod info;
+mod kernels;
 mod pull;
 mod quantize;
 mod serve;
@@ -48,6 +49,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         quiet_on_closed_pipe();
+    }
+    // Every command but pull may run kernels: the tile choice must come first.
+    if !matches!(cli.command, Command::Pull(_)) {
+        kernels::configure();
     }
     let result = match cli.command {
         Command::Pull(a) => pull::run(a),

@@ -721,3 +721,78 @@ fn a_chat_without_a_template_ends_at_the_next_turn() {
         "ended before the limit: {stderr}"
     );
 }
+
+#[test]
+fn tile_kernels_are_measured_once_per_cpu_and_then_read_from_the_cache() {
+    let gguf = model("gemma3-270m").path.clone();
+    let dir = std::env::temp_dir().join(format!("fulcrum-kernels-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let models = dir.join("models");
+    let run = |args: &[&str]| {
+        let out = Command::new(fulcrum_bin())
+            .env("FULCRUM_MODELS_DIR", &models)
+            .env_remove("FULCRUM_TILE_ISA")
+            .args(args)
+            .output()
+            .expect("run fulcrum");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let probe = Command::new(fulcrum_bin())
+        .env("FULCRUM_MODELS_DIR", &models)
+        .env_remove("FULCRUM_TILE_ISA")
+        .args(["bench", "--kernels", "--json"])
+        .output()
+        .expect("run fulcrum");
+    if String::from_utf8_lossy(&probe.stderr).contains("nothing to choose") {
+        // An AVX2-only CPU (Zen 3): one tile instruction set, no choice to make or cache.
+        return;
+    }
+    let measured = run(&["bench", "--kernels", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&measured.stdout).unwrap();
+    let timings = v["timings"].as_array().unwrap();
+    assert!(timings.iter().all(|t| t["seconds"].as_f64().unwrap() > 0.0));
+    // Every class of both families was timed, and the choice is the fastest of each.
+    for (f, family) in ["32-element", "k-quant"].iter().enumerate() {
+        for (c, tokens) in [1, 4, 16].iter().enumerate() {
+            let of: Vec<&serde_json::Value> = timings
+                .iter()
+                .filter(|t| t["family"] == *family && t["tokens"] == *tokens)
+                .collect();
+            assert!(!of.is_empty(), "{family} × {tokens}");
+            let fastest = of
+                .iter()
+                .min_by(|a, b| {
+                    a["seconds"]
+                        .as_f64()
+                        .unwrap()
+                        .total_cmp(&b["seconds"].as_f64().unwrap())
+                })
+                .unwrap();
+            assert_eq!(v["tiles"][f][c], fastest["isa"], "{family} × {tokens}");
+        }
+    }
+    let cache: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("kernels.json")).unwrap()).unwrap();
+    assert_eq!(cache[v["cpu"].as_str().unwrap()]["tiles"], v["tiles"]);
+    // The next process takes the cached choice without measuring.
+    let info = run(&["info", gguf.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&info.stderr).contains("measured"));
+    let line = String::from_utf8_lossy(&info.stdout)
+        .lines()
+        .find(|l| l.starts_with("kernels:"))
+        .unwrap()
+        .to_string();
+    let want = format!(
+        "32-element {}/{}/{}",
+        v["tiles"][0][0].as_str().unwrap(),
+        v["tiles"][0][1].as_str().unwrap(),
+        v["tiles"][0][2].as_str().unwrap()
+    );
+    assert!(line.contains(&want), "{line} lacks {want}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,7 +2,7 @@
 //! kernels (`x86/`). Built once, on first use, from run-time CPU feature detection.
 
 use crate::formats::{float, nf4, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
-use crate::table::{slot, Kernels, Table, SLOTS};
+use crate::table::{slot, Kernels, Table, TileChoice, TileIsa, SLOTS};
 use crate::GgmlType;
 use std::sync::OnceLock;
 
@@ -16,7 +16,7 @@ pub fn scalar_kernels(ty: GgmlType) -> Option<Kernels> {
             vec_dot,
             vec_dot_grouped: None,
             vec_dot_tiled: None,
-            tile: [None; 3],
+            tile: [[None; 3]; crate::table::CLASSES],
         })
     };
     match ty {
@@ -62,7 +62,45 @@ fn scalar_table() -> Table {
     Table {
         level: "scalar",
         by_id,
+        tiles: None,
     }
+}
+
+/// The tile choice given by [`choose_tiles`] before the table was built.
+static CHOICE: OnceLock<TileChoice> = OnceLock::new();
+
+/// Sets which instruction set the tiles use per family and batch-size class (see [`crate::tile_isas`] for what this
+/// CPU runs); must come before the first kernel call. `FULCRUM_TILE_ISA` still overrides it.
+pub fn choose_tiles(choice: TileChoice) -> Result<(), String> {
+    let supported = crate::tile_isas();
+    if let Some(bad) = choice.iter().flatten().find(|i| !supported.contains(i)) {
+        return Err(format!(
+            "this CPU cannot run the {} tile kernels",
+            bad.name()
+        ));
+    }
+    if TABLE.get().is_some() {
+        return Err("the kernel table is already built".into());
+    }
+    CHOICE
+        .set(choice)
+        .map_err(|_| "the tile kernels are already chosen".to_string())
+}
+
+/// `FULCRUM_TILE_ISA`: one instruction set for every class, or three (1 row, 2–8, 9+) separated by commas.
+fn env_choice() -> Option<TileChoice> {
+    let v = std::env::var("FULCRUM_TILE_ISA").ok()?;
+    let isas: Vec<TileIsa> = v.split(',').map(TileIsa::parse).collect::<Option<_>>()?;
+    let per_class: [TileIsa; 3] = match isas[..] {
+        [one] => [one; 3],
+        [a, b, c] => [a, b, c],
+        _ => return None,
+    };
+    let supported = crate::tile_isas();
+    per_class
+        .iter()
+        .all(|i| supported.contains(i))
+        .then_some([per_class; 2])
 }
 
 fn build() -> Table {
@@ -72,7 +110,11 @@ fn build() -> Table {
     }
     #[cfg(target_arch = "x86_64")]
     if crate::x86::available() {
-        crate::x86::install(&mut table);
+        let best = crate::x86::best_tile_isa();
+        let choice = env_choice()
+            .or_else(|| CHOICE.get().copied())
+            .unwrap_or([[best; 3]; 2]);
+        crate::x86::install(&mut table, choice);
     }
     // NF4 takes the SIMD kernel of the path `FULCRUM_NF4_DOT` selected.
     if let Some(dot) = crate::nf4::selected().simd() {
@@ -89,9 +131,10 @@ pub fn simd() -> bool {
     table().level != "scalar"
 }
 
+static TABLE: OnceLock<Table> = OnceLock::new();
+
 /// The process-wide table, built on first use.
 pub fn table() -> &'static Table {
-    static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(build)
 }
 

@@ -6,6 +6,7 @@
 //! Set `FULCRUM_FORCE_SCALAR=1` to use the scalar kernels everywhere (for bisecting numerical differences).
 
 mod block;
+pub mod calibrate;
 mod dispatch;
 mod error;
 pub mod expf;
@@ -21,10 +22,29 @@ pub mod vecf32;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use dispatch::choose_tiles;
 pub use error::QuantError;
 pub use fulcrum_gguf::GgmlType;
 pub use rows::{row_bytes, try_row_bytes, vec_dot_type};
-pub use table::Order;
+pub use table::{class, Order, TileChoice, TileIsa, CLASSES, FAMILIES, FAMILY_NAMES};
+
+/// The tile instruction sets this CPU runs (as `FULCRUM_NO_VNNI` / `FULCRUM_NO_AVX512` allow), narrowest first; empty
+/// off x86 or without AVX2.
+pub fn tile_isas() -> Vec<TileIsa> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::tile_isas()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Vec::new()
+    }
+}
+
+/// The tiles' instruction set per family and batch-size class in use (`None`: scalar kernels).
+pub fn tile_choice() -> Option<TileChoice> {
+    dispatch::table().tiles
+}
 pub use tile::{dot_tile, dot_tile_raw};
 
 /// Whether `ty` can be dequantized and used as weights in [`vec_dot`].

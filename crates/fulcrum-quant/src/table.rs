@@ -42,9 +42,70 @@ pub struct Kernels {
     /// The dot product of llama.cpp's tiled matmul for batches of 8 rows or more, where its rounding differs from
     /// `vec_dot` (Q6_K); `None` means the same as `vec_dot`.
     pub vec_dot_tiled: Option<DotFn>,
-    /// Many-rows-by-many-tokens kernels, indexed by [`Order`]; `None` falls back to one dot per pair.
-    pub tile: [Option<TileFn>; 3],
+    /// Many-rows-by-many-tokens kernels, indexed by batch-size [`class`] and [`Order`]; `None` falls back to one
+    /// dot per pair.
+    pub tile: [[Option<TileFn>; 3]; CLASSES],
 }
+
+/// Batch-size classes whose tile kernels are chosen separately: one activation row (decode), 2–8, and 9 or more.
+pub const CLASSES: usize = 3;
+
+/// The batch-size class of a tile call over `tokens` activation rows.
+pub fn class(tokens: usize) -> usize {
+    match tokens {
+        0 | 1 => 0,
+        2..=8 => 1,
+        _ => 2,
+    }
+}
+
+/// An instruction set of the integer tile kernels (x86); every one gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TileIsa {
+    /// `maddubs` + `madd` on 256-bit registers.
+    Avx2,
+    /// AVX-VNNI's `vpdpbusd` on 256-bit registers.
+    AvxVnni,
+    /// AVX512-VNNI's `vpdpbusd` on 256-bit registers.
+    Avx512Vnni,
+    /// 512-bit registers (two weight rows per register for the 32-element formats).
+    Avx512,
+}
+
+impl TileIsa {
+    /// Every variant, narrowest first.
+    pub const ALL: [TileIsa; 4] = [
+        TileIsa::Avx2,
+        TileIsa::AvxVnni,
+        TileIsa::Avx512Vnni,
+        TileIsa::Avx512,
+    ];
+
+    /// Its name in logs, caches and `FULCRUM_TILE_ISA`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TileIsa::Avx2 => "avx2",
+            TileIsa::AvxVnni => "avx-vnni",
+            TileIsa::Avx512Vnni => "avx512-vnni",
+            TileIsa::Avx512 => "avx512",
+        }
+    }
+
+    /// The variant named `name`.
+    pub fn parse(name: &str) -> Option<TileIsa> {
+        TileIsa::ALL.into_iter().find(|i| i.name() == name.trim())
+    }
+}
+
+/// Kernel families whose tiles come in several instruction sets: the 32-element formats (Q4_0, Q5_0, Q8_0) and the
+/// K-quants (Q4_K, Q6_K).
+pub const FAMILIES: usize = 2;
+
+/// The families' names, in [`TileChoice`]'s order.
+pub const FAMILY_NAMES: [&str; FAMILIES] = ["32-element", "k-quant"];
+
+/// The tile instruction set per family and batch-size class.
+pub type TileChoice = [[TileIsa; CLASSES]; FAMILIES];
 
 /// Slots in the table: ggml's ids below 32, then Fulcrum's own types.
 pub const SLOTS: usize = 33;
@@ -61,6 +122,8 @@ pub fn slot(ty: GgmlType) -> usize {
 pub struct Table {
     pub level: &'static str,
     pub by_id: [Option<Kernels>; SLOTS],
+    /// The tiles' instruction sets (`None`: scalar kernels).
+    pub tiles: Option<TileChoice>,
 }
 
 impl Table {

@@ -105,7 +105,7 @@ pub unsafe fn dot_tile_raw(
         "tile buffers too short"
     );
     let k = kernels(w);
-    if let Some(tile) = k.tile[order as usize] {
+    if let Some(tile) = k.tile[crate::table::class(tokens)][order as usize] {
         return tile(w_rows, rows, acts, tokens, n, out, ld);
     }
     let dot = ordered_dot(w, order);

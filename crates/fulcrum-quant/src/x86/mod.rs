@@ -16,7 +16,7 @@ pub mod nf4;
 mod quantize;
 mod tiles;
 
-use crate::table::{DotFn, Order, QuantizeFn, Table, TileFn};
+use crate::table::{DotFn, Order, QuantizeFn, Table, TileChoice, TileFn, TileIsa};
 use crate::GgmlType;
 
 /// Whether this CPU can run these kernels.
@@ -101,7 +101,7 @@ quantizer_wrappers! {
 }
 
 /// Replaces the scalar dot products in `table` with these kernels. Call only when [`available`] is true.
-pub fn install(table: &mut Table) {
+pub fn install(table: &mut Table, choice: TileChoice) {
     use GgmlType::*;
     let dots: [(GgmlType, DotFn); 12] = [
         (F32, dot_f32),
@@ -134,42 +134,87 @@ pub fn install(table: &mut Table) {
         }
     }
     use Order::{Grouped, Plain, Tiled};
-    // The tiles of the 32-element formats form the same exact integer lanes with whichever instructions the CPU has
-    // (the wrappers are sound: `Isa::detect` confirmed the features).
-    let isa = tiles::Isa::detect();
-    let (q4_0, q5_0, q8_0): (TileFn, TileFn, TileFn) = match isa {
-        tiles::Isa::Avx2 => (tile_q4_0, tile_q5_0, tile_q8_0),
-        tiles::Isa::AvxVnni => (tile_q4_0_avx_vnni, tile_q5_0_avx_vnni, tile_q8_0_avx_vnni),
-        tiles::Isa::Avx512Vnni => (
+    // The tiles form the same exact integer lanes with whichever instructions run them (the wrappers are sound:
+    // `choose_tiles` and `FULCRUM_TILE_ISA` only take what `tile_isas` confirmed), so each family and batch-size class
+    // may take its own.
+    for (class, (&isa32, &isak)) in choice[0].iter().zip(&choice[1]).enumerate() {
+        let (q4_0, q5_0, q8_0) = tiles_32(isa32);
+        let (q4_k, q4_k_grouped, q6_k) = tiles_k(isak);
+        let tiles: [(GgmlType, Order, TileFn); 7] = [
+            (Q4_0, Plain, q4_0),
+            (Q5_0, Plain, q5_0),
+            (Q8_0, Plain, q8_0),
+            (Q4_K, Plain, q4_k),
+            (Q4_K, Grouped, q4_k_grouped),
+            (Q6_K, Plain, q6_k),
+            (Q6_K, Tiled, tile_q6_k_tiled),
+        ];
+        for (ty, order, tile) in tiles {
+            if let Some(kernels) = table.by_id[ty as usize].as_mut() {
+                kernels.tile[class][order as usize] = Some(tile);
+            }
+        }
+    }
+    table.tiles = Some(choice);
+    // Named after the batched tiles of the 32-element formats.
+    table.level = match choice[0][2] {
+        TileIsa::Avx2 => "avx2+fma",
+        TileIsa::AvxVnni => "avx2+fma+avx-vnni",
+        TileIsa::Avx512Vnni => "avx2+fma+avx512-vnni",
+        TileIsa::Avx512 => "avx2+fma+avx512",
+    };
+}
+
+/// The 32-element formats' tiles (Q4_0, Q5_0, Q8_0) in `isa`.
+pub fn tiles_32(isa: TileIsa) -> (TileFn, TileFn, TileFn) {
+    match isa {
+        TileIsa::Avx2 => (tile_q4_0, tile_q5_0, tile_q8_0),
+        TileIsa::AvxVnni => (tile_q4_0_avx_vnni, tile_q5_0_avx_vnni, tile_q8_0_avx_vnni),
+        TileIsa::Avx512Vnni => (
             tile_q4_0_avx512_vnni,
             tile_q5_0_avx512_vnni,
             tile_q8_0_avx512_vnni,
         ),
-        tiles::Isa::Avx512 => (tile_q4_0_avx512, tile_q5_0_avx512, tile_q8_0_avx512),
-    };
-    // The K-quant tiles take AVX-512 where the 32-element ones do (same features, same switch).
-    let (q4_k, q4_k_grouped, q6_k): (TileFn, TileFn, TileFn) = match isa {
-        tiles::Isa::Avx512 => (tile_q4_k_avx512, tile_q4_k_grouped_avx512, tile_q6_k_avx512),
+        TileIsa::Avx512 => (tile_q4_0_avx512, tile_q5_0_avx512, tile_q8_0_avx512),
+    }
+}
+
+/// The K-quant tiles (Q4_K, Q4_K grouped, Q6_K) in `isa` (the 256-bit ones for every narrower set).
+pub fn tiles_k(isa: TileIsa) -> (TileFn, TileFn, TileFn) {
+    match isa {
+        TileIsa::Avx512 => (tile_q4_k_avx512, tile_q4_k_grouped_avx512, tile_q6_k_avx512),
         _ => (tile_q4_k, tile_q4_k_grouped, tile_q6_k),
-    };
-    let tiles: [(GgmlType, Order, TileFn); 7] = [
-        (Q4_0, Plain, q4_0),
-        (Q5_0, Plain, q5_0),
-        (Q8_0, Plain, q8_0),
-        (Q4_K, Plain, q4_k),
-        (Q4_K, Grouped, q4_k_grouped),
-        (Q6_K, Plain, q6_k),
-        (Q6_K, Tiled, tile_q6_k_tiled),
-    ];
-    for (ty, order, tile) in tiles {
-        if let Some(kernels) = table.by_id[ty as usize].as_mut() {
-            kernels.tile[order as usize] = Some(tile);
+    }
+}
+
+/// The tile instruction sets this CPU runs, as the switches allow, narrowest first.
+pub fn tile_isas() -> Vec<TileIsa> {
+    if !available() {
+        return Vec::new();
+    }
+    let best = best_tile_isa();
+    let mut out = vec![TileIsa::Avx2];
+    if best == TileIsa::Avx2 {
+        return out;
+    }
+    if is_x86_feature_detected!("avxvnni") {
+        out.push(TileIsa::AvxVnni);
+    }
+    if tiles::Isa::avx512() {
+        out.push(TileIsa::Avx512Vnni);
+        if best == TileIsa::Avx512 {
+            out.push(TileIsa::Avx512);
         }
     }
-    table.level = match isa {
-        tiles::Isa::Avx2 => "avx2+fma",
-        tiles::Isa::AvxVnni => "avx2+fma+avx-vnni",
-        tiles::Isa::Avx512Vnni => "avx2+fma+avx512-vnni",
-        tiles::Isa::Avx512 => "avx2+fma+avx512",
-    };
+    out
+}
+
+/// The widest tile instruction set this CPU runs, as the switches allow.
+pub fn best_tile_isa() -> TileIsa {
+    match tiles::Isa::detect() {
+        tiles::Isa::Avx2 => TileIsa::Avx2,
+        tiles::Isa::AvxVnni => TileIsa::AvxVnni,
+        tiles::Isa::Avx512Vnni => TileIsa::Avx512Vnni,
+        tiles::Isa::Avx512 => TileIsa::Avx512,
+    }
 }

@@ -524,13 +524,18 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// Whether the CPU has the AVX-512 subsets the 512-bit and AVX512-VNNI tiles use.
+    pub fn avx512() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+
     /// The best this CPU has, as the switches allow.
     pub fn detect() -> Isa {
         let off = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
-        let avx512 = is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni");
+        let avx512 = Isa::avx512();
         if off("FULCRUM_NO_VNNI") {
             Isa::Avx2
         } else if avx512 && !off("FULCRUM_NO_AVX512") {
