@@ -1,6 +1,7 @@
 //! `fulcrum info`: describe a model file.
 
 use crate::common::{load_model, CliResult};
+use fulcrum_gguf::GgufFile;
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -14,8 +15,64 @@ pub struct Args {
     json: bool,
 }
 
+/// What of a file Fulcrum cannot run, read from its header alone: the architecture (if not one Fulcrum runs) and
+/// each unsupported tensor type with its tensor count.
+fn unsupported(file: &GgufFile) -> (Option<String>, BTreeMap<String, usize>) {
+    let arch = file
+        .get_str("general.architecture")
+        .ok()
+        .flatten()
+        .unwrap_or("(none)");
+    let arch =
+        (!fulcrum_core::config::SUPPORTED_ARCHITECTURES.contains(&arch)).then(|| arch.to_string());
+    let mut types = BTreeMap::new();
+    for t in file.tensors() {
+        if !fulcrum_quant::is_supported(t.ty) {
+            *types.entry(t.ty.name().to_string()).or_default() += 1;
+        }
+    }
+    (arch, types)
+}
+
 /// Runs `fulcrum info`.
 pub fn run(args: Args) -> CliResult {
+    // Before loading: a file Fulcrum cannot run is described, with what is missing, and is an error.
+    let path = fulcrum_models::resolve(&args.model, true)?;
+    let header = GgufFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (arch, types) = unsupported(&header);
+    if arch.is_some() || !types.is_empty() {
+        let supported = fulcrum_core::config::SUPPORTED_ARCHITECTURES.join(", ");
+        let mut missing = Vec::new();
+        if let Some(a) = &arch {
+            missing.push(format!("architecture '{a}' (Fulcrum runs {supported})"));
+        }
+        for (ty, n) in &types {
+            missing.push(format!("tensor type {ty} ({n} tensors)"));
+        }
+        if args.json {
+            let out = json!({
+                "path": path.display().to_string(),
+                "architecture": header.get_str("general.architecture").ok().flatten(),
+                "tensor_count": header.tensors().len(),
+                "supported": false,
+                "unsupported": {"architecture": arch, "tensor_types": types},
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            println!("path:            {}", path.display());
+            println!("supported:       no");
+            for m in &missing {
+                println!("  not supported: {m}");
+            }
+        }
+        return Err(format!(
+            "{} cannot run here: {} not supported",
+            path.display(),
+            missing.join("; ")
+        )
+        .into());
+    }
+    drop(header);
     let model = load_model(&args.model, false)?;
     let c = &model.config;
     let file = &model.file;
@@ -59,6 +116,7 @@ pub fn run(args: Args) -> CliResult {
             "add_bos": tok.add_bos(),
         },
         "chat_template": template,
+        "supported": true,
         "simd": fulcrum_core::ops::simd_level(),
         "tiles": crate::kernels::tiles_json(),
     });
@@ -67,6 +125,7 @@ pub fn run(args: Args) -> CliResult {
         return Ok(());
     }
     println!("path:            {}", model.path.display());
+    println!("supported:       yes (architecture and every tensor type)");
     println!(
         "name:            {}",
         str_key("general.name").unwrap_or_else(|| "-".into())

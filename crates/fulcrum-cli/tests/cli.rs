@@ -796,3 +796,80 @@ fn tile_kernels_are_measured_once_per_cpu_and_then_read_from_the_cache() {
     assert!(line.contains(&want), "{line} lacks {want}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn info_names_what_a_file_needs_that_fulcrum_lacks_before_loading_it() {
+    use fulcrum_gguf::writer::{to_bytes, TensorSpec};
+    use fulcrum_gguf::{GgmlType, Value};
+    let dir = std::env::temp_dir().join(format!("fulcrum-info-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Header-only checks: the tensors' contents are never read, so zeros do.
+    let file = |name: &str, arch: &str, types: &[GgmlType]| {
+        let specs: Vec<TensorSpec> = types
+            .iter()
+            .enumerate()
+            .map(|(i, &ty)| TensorSpec {
+                name: format!("blk.{i}.ffn_down.weight"),
+                dims: vec![256, 4],
+                ty,
+            })
+            .collect();
+        let data: Vec<Vec<u8>> = specs
+            .iter()
+            .map(|s| vec![0u8; fulcrum_quant::row_bytes(s.ty, 256) * 4])
+            .collect();
+        let tensors: Vec<(TensorSpec, &[u8])> = specs
+            .iter()
+            .cloned()
+            .zip(data.iter().map(Vec::as_slice))
+            .collect();
+        let metadata = vec![(
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        )];
+        let path = dir.join(name);
+        std::fs::write(&path, to_bytes(&metadata, &tensors).unwrap()).unwrap();
+        path
+    };
+    let phi = file(
+        "phi.gguf",
+        "phi3",
+        &[GgmlType::Q8_0, GgmlType::Q3_K, GgmlType::Q3_K],
+    );
+    let out = fulcrum(&["info", phi.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("supported:       no"), "{stdout}");
+    assert!(
+        stdout.contains("architecture 'phi3'") && stdout.contains("tensor type Q3_K (2 tensors)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("phi3") && stderr.contains("Q3_K") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let out = fulcrum(&["info", "--json", phi.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["supported"], false);
+    assert_eq!(v["unsupported"]["architecture"], "phi3");
+    assert_eq!(v["unsupported"]["tensor_types"]["Q3_K"], 2);
+    assert!(v["unsupported"]["tensor_types"].get("Q8_0").is_none());
+    // A known architecture with one unsupported type names only the type.
+    let q2 = file("q2.gguf", "llama", &[GgmlType::Q2_K]);
+    let v = fulcrum_json_allow_failure(&["info", "--json", q2.to_str().unwrap()]);
+    assert_eq!(v["unsupported"]["architecture"], serde_json::Value::Null);
+    assert_eq!(v["unsupported"]["tensor_types"]["Q2_K"], 1);
+    // A real model is supported.
+    let gguf = model("gemma3-270m").path.clone();
+    let v = fulcrum_json(&["info", "--json", gguf.to_str().unwrap()]);
+    assert_eq!(v["supported"], true);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The JSON a command prints, whether or not it succeeds.
+fn fulcrum_json_allow_failure(args: &[&str]) -> serde_json::Value {
+    serde_json::from_slice(&fulcrum(args).stdout).expect("JSON on stdout")
+}
