@@ -470,6 +470,13 @@ pub fn run(args: Args) -> CliResult {
     eprintln!(
         "KV cache: {kv_memory} MiB = {kv_tokens} tokens in blocks of {block_size}; sequences up to {max_seq_len} tokens"
     );
+    if let Some(tiles) = fulcrum_quant::tile_choice() {
+        eprintln!(
+            "kernels: {}; tiles for 1 row / 2-8 / 9+: {}",
+            fulcrum_quant::simd_level(),
+            crate::kernels::describe(&tiles)
+        );
+    }
     if let Some(d) = &draft {
         let mib = (kv_tokens * d.config.n_layers * d.config.kv_row_bytes()) >> 20;
         eprintln!("draft model's KV pool: {mib} MiB");
