@@ -146,7 +146,10 @@ fn message(frames: Vec<Vec<u8>>) -> ZmqMessage {
 /// Starts the publisher on the current Tokio runtime; returns the sender that the engine's sink feeds.
 pub async fn start(p: Publisher) -> Result<mpsc::UnboundedSender<Vec<KvEvent>>, String> {
     let (endpoint, bind) = resolve(&p.endpoint)?;
-    let mut socket = zeromq::PubSocket::new();
+    // A subscriber to connect to may come up any time later: keep trying (backing off to 30 s) rather than give up.
+    let mut options = zeromq::SocketOptions::default();
+    options.no_connect_timeout();
+    let mut socket = zeromq::PubSocket::with_options(options);
     if bind {
         socket
             .bind(&endpoint)
