@@ -12,13 +12,9 @@ const MATRIX_MIB: usize = 64;
 /// Passes per instruction set and class.
 const REPS: usize = 3;
 
-/// The cache file of measured choices, one per CPU model.
+/// The cache file of measured choices, one per CPU model, in the model cache (writable wherever models are pulled).
 fn cache_file() -> PathBuf {
-    let models = fulcrum_models::registry::models_dir();
-    models
-        .parent()
-        .map(|p| p.join("kernels.json"))
-        .unwrap_or_else(|| models.join("kernels.json"))
+    fulcrum_models::registry::models_dir().join("kernels.json")
 }
 
 /// What identifies this CPU for the cache: vendor, family, model, stepping and name, the instruction sets allowed,
@@ -136,7 +132,7 @@ pub fn measure() -> Option<(TileChoice, Vec<TileTiming>)> {
 /// `fulcrum bench --kernels`: measures, stores, and prints every timing and the choice.
 pub fn bench(as_json: bool) -> crate::common::CliResult {
     let (choice, timings) =
-        measure().ok_or("this CPU has one tile instruction set at most: nothing to choose")?;
+        measure().ok_or("this CPU has no SIMD tile kernels: nothing to choose")?;
     if as_json {
         let rows: Vec<Value> = timings
             .iter()
@@ -173,9 +169,23 @@ pub fn bench(as_json: bool) -> crate::common::CliResult {
 }
 
 /// Sets the kernel table's tile choice before any kernel runs: `FULCRUM_TILE_ISA` if set (the table reads it), else
-/// this CPU's cached measurement, else a new measurement (cached). Returns the choice and whether it was measured now.
+/// this CPU's cached measurement, else a new measurement (cached).
 pub fn configure() {
-    if std::env::var_os("FULCRUM_TILE_ISA").is_some() || fulcrum_quant::tile_isas().len() < 2 {
+    if let Ok(v) = std::env::var("FULCRUM_TILE_ISA") {
+        let isas = fulcrum_quant::tile_isas();
+        let names: Vec<Option<TileIsa>> = v.split(',').map(TileIsa::parse).collect();
+        let valid = matches!(names.len(), 1 | 3)
+            && names.iter().all(|n| n.is_some_and(|i| isas.contains(&i)));
+        if !valid {
+            let have: Vec<&str> = isas.iter().map(|i| i.name()).collect();
+            eprintln!(
+                "warning: FULCRUM_TILE_ISA={v} is not one of this CPU's tile instruction sets ({}), or three of them separated by commas; using the widest",
+                have.join(", ")
+            );
+        }
+        return;
+    }
+    if fulcrum_quant::tile_isas().len() < 2 {
         return;
     }
     let cached = std::fs::read(cache_file())

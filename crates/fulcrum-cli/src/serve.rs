@@ -164,7 +164,8 @@ fn kv_publisher(args: &Args) -> CliResult<Option<kv_events::Publisher>> {
             return Err(bad("expected a JSON object".into()).into());
         };
         let mut enabled = false;
-        let mut publisher = "null".to_string();
+        // vLLM's default publisher is zmq once events are enabled.
+        let mut publisher = "zmq".to_string();
         p.endpoint = "tcp://*:5557".into();
         for (k, v) in &fields {
             let text = || {
@@ -566,10 +567,7 @@ pub fn run(args: Args) -> CliResult {
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/reset_prefix_cache", post(reset_prefix_cache))
-        .route(
-            "/flush_cache",
-            get(reset_prefix_cache).post(reset_prefix_cache),
-        )
+        .route("/flush_cache", post(reset_prefix_cache))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -777,7 +777,7 @@ fn tile_kernels_are_measured_once_per_cpu_and_then_read_from_the_cache() {
         }
     }
     let cache: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("kernels.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(models.join("kernels.json")).unwrap()).unwrap();
     assert_eq!(cache[v["cpu"].as_str().unwrap()]["tiles"], v["tiles"]);
     // The next process takes the cached choice without measuring.
     let info = run(&["info", gguf.to_str().unwrap()]);

@@ -11,12 +11,13 @@
 //! big-endian) with every buffered batch from there as `[seq, payload]` and ends with `[-1, ""]`.
 //!
 //! An endpoint with `*`, `::`, or the `ipc://` scheme is bound; any other is connected to (vLLM's rule: a stable
-//! address binds, a volatile one connects). Connecting never blocks serving: batches wait in the replay buffer and a
-//! lost connection is re-established in the background.
+//! address binds, a volatile one connects). Connecting never blocks serving: batches wait in the replay buffer, and a
+//! failed or lost connection is retried in the background (backing off to 30 s).
 
 use fulcrum_engine::blocks::KvEvent;
+use futures_util::StreamExt;
 use std::collections::VecDeque;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -176,28 +177,50 @@ pub async fn start(p: Publisher) -> Result<mpsc::UnboundedSender<Vec<KvEvent>>, 
             topic: p.topic.into_bytes(),
             block_size: p.block_size,
         };
-        if !bind {
-            // Batches are buffered (for replay) while the first connection is made.
-            let connecting = socket.connect(&endpoint);
-            tokio::pin!(connecting);
-            loop {
-                tokio::select! {
-                    done = &mut connecting => {
-                        if let Err(e) = done {
-                            eprintln!("warning: KV events: cannot connect to {}: {e}; not publishing", p.endpoint);
-                            return;
-                        }
-                        break;
-                    }
-                    batch = state.rx.recv() => match batch {
-                        Some(events) => { state.next(&events); }
-                        None => return,
-                    },
-                    request = recv_opt(&mut replay) => state.replay(replay.as_mut(), request).await,
-                }
-            }
-        }
+        // A connected (not bound) socket is connected again whenever the subscriber goes away; batches meanwhile
+        // wait in the replay buffer.
+        let mut monitor = socket.monitor();
+        let mut connected = bind;
+        let mut delay = Duration::from_millis(100);
+        let mut warned = false;
+        let mut monitoring = true;
         loop {
+            if !connected {
+                let done = {
+                    let connecting = socket.connect(&endpoint);
+                    tokio::pin!(connecting);
+                    loop {
+                        tokio::select! {
+                            done = &mut connecting => break Some(done),
+                            batch = state.rx.recv() => match batch {
+                                Some(events) => { state.next(&events); }
+                                None => break None,
+                            },
+                            request = recv_opt(&mut replay) => state.replay(replay.as_mut(), request).await,
+                        }
+                    }
+                };
+                match done {
+                    None => return,
+                    Some(Ok(())) => {
+                        connected = true;
+                        delay = Duration::from_millis(100);
+                        warned = false;
+                    }
+                    Some(Err(e)) => {
+                        if !warned {
+                            eprintln!(
+                                "warning: KV events: cannot connect to {}: {e}; retrying",
+                                p.endpoint
+                            );
+                            warned = true;
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                }
+                continue;
+            }
             tokio::select! {
                 batch = state.rx.recv() => match batch {
                     Some(events) => {
@@ -210,6 +233,11 @@ pub async fn start(p: Publisher) -> Result<mpsc::UnboundedSender<Vec<KvEvent>>, 
                     None => return,
                 },
                 request = recv_opt(&mut replay) => state.replay(replay.as_mut(), request).await,
+                event = monitor.next(), if !bind && monitoring => match event {
+                    Some(zeromq::SocketEvent::Disconnected(_)) => connected = false,
+                    Some(_) => {}
+                    None => monitoring = false,
+                },
             }
         }
     });
