@@ -20,7 +20,8 @@ fn cache_file() -> PathBuf {
 /// What identifies this CPU for the cache: vendor, family, model, stepping and name, the instruction sets allowed,
 /// and Fulcrum's version (kernels change between versions).
 fn cpu_key() -> String {
-    let field = cpuinfo_field;
+    let info = cpuinfo();
+    let field = |name: &str| cpuinfo_field(&info, name);
     let isas: Vec<&str> = fulcrum_quant::tile_isas()
         .into_iter()
         .map(TileIsa::name)
@@ -80,13 +81,17 @@ pub fn tiles_json() -> Value {
 
 /// This CPU's model name.
 pub fn cpu_name() -> String {
-    cpuinfo_field("model name")
+    cpuinfo_field(&cpuinfo(), "model name")
 }
 
-fn cpuinfo_field(name: &str) -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
+/// `/proc/cpuinfo` (empty where there is none).
+fn cpuinfo() -> String {
+    std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()
+}
+
+/// The first value of field `name` in `info` (`/proc/cpuinfo`'s text).
+fn cpuinfo_field(info: &str, name: &str) -> String {
+    info.lines()
         .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
@@ -171,17 +176,10 @@ pub fn bench(as_json: bool) -> crate::common::CliResult {
 /// Sets the kernel table's tile choice before any kernel runs: `FULCRUM_TILE_ISA` if set (the table reads it), else
 /// this CPU's cached measurement, else a new measurement (cached).
 pub fn configure() {
-    if let Ok(v) = std::env::var("FULCRUM_TILE_ISA") {
-        let isas = fulcrum_quant::tile_isas();
-        let names: Vec<Option<TileIsa>> = v.split(',').map(TileIsa::parse).collect();
-        let valid = matches!(names.len(), 1 | 3)
-            && names.iter().all(|n| n.is_some_and(|i| isas.contains(&i)));
-        if !valid {
-            let have: Vec<&str> = isas.iter().map(|i| i.name()).collect();
-            eprintln!(
-                "warning: FULCRUM_TILE_ISA={v} is not one of this CPU's tile instruction sets ({}), or three of them separated by commas; using the widest",
-                have.join(", ")
-            );
+    // The kernel table reads the variable itself; here it is only checked, so that a bad value is not silent.
+    if let Some(parsed) = fulcrum_quant::env_tile_choice() {
+        if let Err(e) = parsed {
+            eprintln!("warning: {e}; using the widest");
         }
         return;
     }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fulcrum_bin;
+use common::{free_port, fulcrum_bin};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -121,14 +121,6 @@ impl Drop for Server {
             assert!(!log.contains("panicked"), "the server panicked:\n{log}");
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A response: status, lower-cased head, body.

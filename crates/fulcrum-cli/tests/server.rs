@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::fulcrum_bin;
+use common::{free_port, fulcrum_bin};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,15 +147,6 @@ fn run_script(py: &Path, pythonpath: Option<&Path>, name: &str, port: u16, env: 
     run_python((py, pythonpath), &script, &[url.as_ref()], env);
 }
 
-/// A port free on 127.0.0.1 now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Waits until the server at `port` reports healthy.
 fn wait_healthy(port: u16) {
     let start = Instant::now();
@@ -189,32 +180,28 @@ fn replicas_behind_the_sglang_router() {
     run_python((&py, pythonpath.as_deref()), &script, &args, &[]);
 }
 
+/// Runs the Python script at `path` (relative to this crate) with `args`, which start its own servers.
+fn run_crate_script(path: &str, args: &[&std::ffi::OsStr]) {
+    let (py, pythonpath) = python();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    run_python((&py, pythonpath.as_deref()), &script, args, &[]);
+}
+
 #[test]
 fn the_helm_chart_renders_valid_objects_that_run() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (py, pythonpath) = python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/check");
     let fulcrum = fulcrum_bin();
-    run_python(
-        (&py, pythonpath.as_deref()),
-        &script,
+    run_crate_script(
+        "../../deploy/check",
         &["--fulcrum".as_ref(), fulcrum.as_os_str()],
-        &[],
     );
 }
 
 #[test]
 fn kv_events_let_a_router_follow_the_prefix_cache() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (py, pythonpath) = python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/server/kv_events.py");
     let fulcrum = fulcrum_bin();
-    run_python(
-        (&py, pythonpath.as_deref()),
-        &script,
-        &[fulcrum.as_os_str()],
-        &[],
-    );
+    run_crate_script("tests/server/kv_events.py", &[fulcrum.as_os_str()]);
 }
 
 #[test]

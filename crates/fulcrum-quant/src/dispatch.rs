@@ -87,20 +87,28 @@ pub fn choose_tiles(choice: TileChoice) -> Result<(), String> {
         .map_err(|_| "the tile kernels are already chosen".to_string())
 }
 
-/// `FULCRUM_TILE_ISA`: one instruction set for every class, or three (1 row, 2–8, 9+) separated by commas.
-fn env_choice() -> Option<TileChoice> {
+/// `FULCRUM_TILE_ISA`, if set: one instruction set for every class, or three (1 row, 2–8, 9+) separated by commas,
+/// each one this CPU runs; an error says why a value is not.
+pub fn env_tile_choice() -> Option<Result<TileChoice, String>> {
     let v = std::env::var("FULCRUM_TILE_ISA").ok()?;
-    let isas: Vec<TileIsa> = v.split(',').map(TileIsa::parse).collect::<Option<_>>()?;
-    let per_class: [TileIsa; 3] = match isas[..] {
-        [one] => [one; 3],
-        [a, b, c] => [a, b, c],
-        _ => return None,
-    };
     let supported = crate::tile_isas();
-    per_class
-        .iter()
-        .all(|i| supported.contains(i))
-        .then_some([per_class; 2])
+    let bad = || {
+        let have: Vec<&str> = supported.iter().map(|i| i.name()).collect();
+        format!(
+            "FULCRUM_TILE_ISA={v} is not one of this CPU's tile instruction sets ({}), or three of them separated by commas",
+            have.join(", ")
+        )
+    };
+    let isas: Option<Vec<TileIsa>> = v.split(',').map(TileIsa::parse).collect();
+    let per_class: [TileIsa; 3] = match isas.as_deref() {
+        Some(&[one]) => [one; 3],
+        Some(&[a, b, c]) => [a, b, c],
+        _ => return Some(Err(bad())),
+    };
+    if !per_class.iter().all(|i| supported.contains(i)) {
+        return Some(Err(bad()));
+    }
+    Some(Ok([per_class; 2]))
 }
 
 fn build() -> Table {
@@ -111,7 +119,8 @@ fn build() -> Table {
     #[cfg(target_arch = "x86_64")]
     if crate::x86::available() {
         let best = crate::x86::best_tile_isa();
-        let choice = env_choice()
+        let choice = env_tile_choice()
+            .and_then(Result::ok)
             .or_else(|| CHOICE.get().copied())
             .unwrap_or([[best; 3]; 2]);
         crate::x86::install(&mut table, choice);

@@ -22,7 +22,7 @@ pub mod vecf32;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use dispatch::choose_tiles;
+pub use dispatch::{choose_tiles, env_tile_choice};
 pub use error::QuantError;
 pub use fulcrum_gguf::GgmlType;
 pub use rows::{row_bytes, try_row_bytes, vec_dot_type};
